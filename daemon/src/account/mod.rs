@@ -1,0 +1,380 @@
+//! The daemon's own signed-in session: restored at start from the Secret Service and the
+//! encrypted store, created by a login flow, kept fresh as tokens refresh, wiped by `SignOut`.
+
+mod secrets;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use matrix_sdk::{
+    Client, SessionChange, SessionMeta, SessionTokens, SqliteStoreConfig,
+    authentication::oauth::{ClientId, OAuthSession, UserSession},
+    ruma::{OwnedDeviceId, OwnedUserId},
+    store::RoomLoadSettings,
+};
+use rand::RngCore;
+pub use secrets::{APPLICATION, ItemKind, SecretStore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::{
+    error::{LinkError, Result},
+    protocol::LoginTarget,
+};
+
+/// The Manager's `SessionState` property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u32)]
+pub enum SessionState {
+    #[default]
+    Unknown = 0,
+    SignedOut = 1,
+    Restoring = 2,
+    SignedIn = 3,
+    Error = 4,
+}
+
+/// What the Manager publishes about the session. No secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub state: SessionState,
+    pub user_id: String,
+    pub device_id: String,
+    pub homeserver: String,
+    pub capabilities: Vec<String>,
+}
+
+/// The session as kept in the Secret Service. Deliberately not `Debug`.
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    homeserver: Url,
+    client_id: String,
+    user_id: OwnedUserId,
+    device_id: OwnedDeviceId,
+    access_token: String,
+    refresh_token: Option<String>,
+}
+
+impl StoredSession {
+    fn from_client(client: &Client) -> Result<Self> {
+        let session = client
+            .oauth()
+            .full_session()
+            .ok_or_else(|| LinkError::Failed("the client has no OAuth session".into()))?;
+        Ok(Self {
+            homeserver: client.homeserver(),
+            client_id: session.client_id.as_str().to_owned(),
+            user_id: session.user.meta.user_id,
+            device_id: session.user.meta.device_id,
+            access_token: session.user.tokens.access_token,
+            refresh_token: session.user.tokens.refresh_token,
+        })
+    }
+
+    fn into_oauth_session(self) -> (Url, OAuthSession) {
+        let session = OAuthSession {
+            client_id: ClientId::new(self.client_id),
+            user: UserSession {
+                meta: SessionMeta { user_id: self.user_id, device_id: self.device_id },
+                tokens: SessionTokens { access_token: self.access_token, refresh_token: self.refresh_token },
+            },
+        };
+        (self.homeserver, session)
+    }
+}
+
+/// The one session of the daemon.
+pub struct Account {
+    me: std::sync::Weak<Account>,
+    store_dir: PathBuf,
+    secrets: SecretStore,
+    info: watch::Sender<SessionInfo>,
+    client: Mutex<Option<Client>>,
+    watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Account {
+    pub fn new(data_dir: &Path) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            store_dir: data_dir.join("store"),
+            secrets: SecretStore,
+            info: watch::Sender::new(SessionInfo { state: SessionState::Unknown, ..Default::default() }),
+            client: Mutex::new(None),
+            watcher: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn info(&self) -> SessionInfo {
+        self.info.borrow().clone()
+    }
+
+    /// Waits until a restore in progress has finished.
+    pub async fn settled(&self) {
+        let mut rx = self.info.subscribe();
+        let _ = rx.wait_for(|i| !matches!(i.state, SessionState::Unknown | SessionState::Restoring)).await;
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<SessionInfo> {
+        self.info.subscribe()
+    }
+
+    fn set_state(&self, state: SessionState) {
+        self.info.send_modify(|i| {
+            *i = SessionInfo { state, ..Default::default() };
+        });
+    }
+
+    /// The signed-in client, restoring first if an earlier restore failed.
+    pub async fn client(self: &Arc<Self>) -> Result<Client> {
+        if self.info().state == SessionState::Error {
+            self.restore().await;
+        }
+        self.client.lock().await.clone().ok_or(LinkError::NotSignedIn)
+    }
+
+    /// Restores the kept session, if any. Never fails: the outcome is the session state.
+    pub async fn restore(self: &Arc<Self>) {
+        let mut slot = self.client.lock().await;
+        if slot.is_some() {
+            return;
+        }
+        self.set_state(SessionState::Restoring);
+        match self.restore_inner().await {
+            Ok(Some(client)) => {
+                info!("session restored");
+                *slot = Some(client.clone());
+                drop(slot);
+                self.publish_signed_in(&client).await;
+            }
+            Ok(None) => {
+                info!("no kept session: signed out");
+                self.set_state(SessionState::SignedOut);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot restore the session");
+                self.set_state(SessionState::Error);
+            }
+        }
+    }
+
+    async fn restore_inner(&self) -> Result<Option<Client>> {
+        let Some(raw) = self.secrets.load(ItemKind::Session).await? else {
+            // A store without a session cannot be used; it would only leak disk space.
+            wipe_dir(&self.store_dir).await;
+            return Ok(None);
+        };
+        let stored: StoredSession = serde_json::from_slice(&raw)
+            .map_err(|_| LinkError::SecretStorage("the kept session is unreadable".into()))?;
+        let key = self
+            .secrets
+            .load(ItemKind::StoreKey)
+            .await?
+            .ok_or_else(|| LinkError::SecretStorage("the store key is missing from the keyring".into()))?;
+        let key = store_key(&key)?;
+        let (homeserver, session) = stored.into_oauth_session();
+        let client = self.build_client(ServerSpec::Url(homeserver), &key).await?;
+        client
+            .oauth()
+            .restore_session(session, RoomLoadSettings::default())
+            .await
+            .map_err(|e| LinkError::Failed(format!("cannot restore the session from the store: {e}")))?;
+        self.watch_session(&client);
+        Ok(Some(client))
+    }
+
+    async fn build_client(&self, server: ServerSpec, key: &[u8; 32]) -> Result<Client> {
+        create_private_dir(&self.store_dir).await?;
+        let builder = Client::builder()
+            .sqlite_store_with_config_and_cache_path(
+                SqliteStoreConfig::new(&self.store_dir).key(Some(key)),
+                None::<&Path>,
+            )
+            .handle_refresh_tokens();
+        let builder = match server {
+            ServerSpec::Url(url) => builder.homeserver_url(url),
+            ServerSpec::NameOrUrl(s) => builder.server_name_or_homeserver_url(s),
+        };
+        builder.build().await.map_err(|e| {
+            use matrix_sdk::ClientBuildError as B;
+            match e {
+                B::AutoDiscovery(_) | B::Http(_) => {
+                    LinkError::Network("cannot reach or discover the homeserver".into())
+                }
+                B::SqliteStore(_) => LinkError::Failed("cannot open the encrypted store".into()),
+                other => LinkError::Failed(format!("cannot set up the Matrix client: {other}")),
+            }
+        })
+    }
+
+    async fn publish_signed_in(&self, client: &Client) {
+        let capabilities = probe_capabilities(client).await;
+        self.info.send_modify(|i| {
+            *i = SessionInfo {
+                state: SessionState::SignedIn,
+                user_id: client.user_id().map(|u| u.to_string()).unwrap_or_default(),
+                device_id: client.device_id().map(|d| d.to_string()).unwrap_or_default(),
+                homeserver: client.homeserver().to_string(),
+                capabilities,
+            }
+        });
+    }
+
+    /// Persists refreshed tokens; drops the session when the server no longer knows it.
+    fn watch_session(&self, client: &Client) {
+        let mut changes = client.subscribe_to_session_changes();
+        let weak = self.me.clone();
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let change = match changes.recv().await {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => SessionChange::TokensRefreshed,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(account) = weak.upgrade() else { return };
+                match change {
+                    SessionChange::TokensRefreshed => match StoredSession::from_client(&client) {
+                        Ok(stored) => {
+                            if let Err(e) = account.save_session(&stored).await {
+                                warn!(error = %e, "cannot persist refreshed tokens");
+                            } else {
+                                debug!("refreshed tokens persisted");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "refreshed session unreadable"),
+                    },
+                    SessionChange::UnknownToken(_) => {
+                        warn!("the homeserver no longer accepts our session: signing out locally");
+                        account.wipe().await.ok();
+                        return;
+                    }
+                }
+            }
+        });
+        if let Some(old) = self.watcher.lock().expect("watcher lock").replace(task) {
+            old.abort();
+        }
+    }
+
+    async fn save_session(&self, stored: &StoredSession) -> Result<()> {
+        let json = serde_json::to_vec(stored).map_err(|e| LinkError::Failed(e.to_string()))?;
+        self.secrets.save(ItemKind::Session, &json).await
+    }
+
+    /// Revokes the daemon's device and tokens, then wipes the store and our keyring items.
+    pub async fn sign_out(&self) -> Result<()> {
+        let client = self.client.lock().await.clone().ok_or(LinkError::NotSignedIn)?;
+        let revoked = match tokio::time::timeout(Duration::from_secs(20), client.oauth().logout()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(LinkError::Network(
+                "signed out here, but the homeserver could not be told; remove the device from another client"
+                    .into(),
+            )),
+        };
+        self.wipe().await?;
+        info!("signed out");
+        revoked
+    }
+
+    /// Forgets the session locally: keyring items, store, client.
+    async fn wipe(&self) -> Result<()> {
+        if let Some(task) = self.watcher.lock().expect("watcher lock").take() {
+            task.abort();
+        }
+        let mut slot = self.client.lock().await;
+        self.secrets.delete(ItemKind::Session).await?;
+        self.secrets.delete(ItemKind::StoreKey).await?;
+        *slot = None;
+        wipe_dir(&self.store_dir).await;
+        self.set_state(SessionState::SignedOut);
+        Ok(())
+    }
+
+    async fn fresh_store_key(&self) -> Result<[u8; 32]> {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        self.secrets.save(ItemKind::StoreKey, &key).await?;
+        Ok(key)
+    }
+}
+
+enum ServerSpec {
+    Url(Url),
+    NameOrUrl(String),
+}
+
+#[async_trait]
+impl LoginTarget for Account {
+    async fn new_client(&self, server: &str) -> Result<Client> {
+        if self.client.lock().await.is_some() {
+            return Err(LinkError::AlreadySignedIn);
+        }
+        // The key goes to the keyring before any byte reaches the disk: no keyring, no store.
+        let key = self.fresh_store_key().await?;
+        wipe_dir(&self.store_dir).await;
+        let spec = match Url::parse(server) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => ServerSpec::Url(url),
+            _ => ServerSpec::NameOrUrl(server.to_owned()),
+        };
+        self.build_client(spec, &key).await
+    }
+
+    async fn adopt(&self, client: Client) -> Result<()> {
+        let stored = StoredSession::from_client(&client)?;
+        self.save_session(&stored).await?;
+        *self.client.lock().await = Some(client.clone());
+        self.watch_session(&client);
+        self.publish_signed_in(&client).await;
+        info!("signed in; session kept in the Secret Service");
+        Ok(())
+    }
+
+    async fn abandon(&self) {
+        if self.client.lock().await.is_none() {
+            wipe_dir(&self.store_dir).await;
+            self.secrets.delete(ItemKind::StoreKey).await.ok();
+        }
+    }
+}
+
+fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| LinkError::SecretStorage("the kept store key is malformed".into()))
+}
+
+/// What the daemon can do against the signed-in homeserver, for the `Capabilities` property.
+async fn probe_capabilities(client: &Client) -> Vec<String> {
+    let mut caps = vec!["grant".to_owned()];
+    let probe = tokio::time::timeout(Duration::from_secs(10), client.unstable_features()).await;
+    if let Ok(Ok(features)) = probe
+        && features.iter().any(|f| f.as_str() == "org.matrix.msc4108")
+    {
+        caps.push("protocol-2024".to_owned());
+    }
+    caps
+}
+
+async fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
+    })
+    .await
+    .map_err(|e| LinkError::Failed(e.to_string()))?
+    .map_err(|e| LinkError::Failed(format!("cannot create the store directory: {e}")))
+}
+
+async fn wipe_dir(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => debug!("store directory removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(error = %e, "cannot remove the store directory"),
+    }
+}

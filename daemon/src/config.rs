@@ -1,0 +1,309 @@
+//! The daemon's configuration: `config.toml` from `$XDG_CONFIG_HOME/matrix-linkd/`, then each of
+//! `$XDG_CONFIG_DIRS`. The first file found wins; no file means the defaults. Unknown keys and bad
+//! values are errors that name the file and the key: a typo must not silently change behaviour.
+
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use url::Url;
+
+/// Directory name under the XDG base directories.
+pub const APP_DIR: &str = "matrix-linkd";
+pub const CONFIG_FILE: &str = "config.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Homeserver for `StartLogin` when the daemon shows the QR and the caller gives none.
+    pub homeserver: Option<Url>,
+    /// Display name the daemon gives its own device when it signs in.
+    pub device_display_name: String,
+    /// Verbosity of the daemon's own log lines. Dependencies never log above `info`.
+    pub log_level: LogLevel,
+    pub timeouts: Timeouts,
+    pub desktop: Desktop,
+    pub security: Security,
+    pub oauth: OAuthClient,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Overall limit for one flow, from `Start*` to its end, in seconds.
+    pub flow: u64,
+    /// Grant: how long to wait for the new device to appear on the homeserver, in seconds.
+    pub device_creation: u64,
+    /// How long a `detached` flow may be driven by other processes of the same user, in seconds.
+    pub detached: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Desktop {
+    /// Show notifications for grant flows (with Approve/Deny buttons where the server has actions).
+    pub notifications: bool,
+    /// Open the verification URI ourselves (OpenURI portal, then xdg-open) when the caller allows it.
+    pub open_uri: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Security {
+    /// Flatpak/Snap app ids that may use the daemon from inside their sandbox.
+    pub allowed_sandboxed_apps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthClient {
+    /// `client_name` sent with dynamic client registration.
+    pub client_name: String,
+    /// `client_uri` sent with dynamic client registration (must be https for most servers).
+    pub client_uri: Url,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "error" => Ok(LogLevel::Error),
+            "warn" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            other => Err(format!("unknown log level `{other}` (error, warn, info, debug, trace)")),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            homeserver: None,
+            device_display_name: "matrix-linkd".to_owned(),
+            log_level: LogLevel::Info,
+            timeouts: Timeouts::default(),
+            desktop: Desktop::default(),
+            security: Security::default(),
+            oauth: OAuthClient::default(),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { flow: 300, device_creation: 30, detached: 600 }
+    }
+}
+
+impl Default for Desktop {
+    fn default() -> Self {
+        Self { notifications: true, open_uri: true }
+    }
+}
+
+impl Default for OAuthClient {
+    fn default() -> Self {
+        Self {
+            client_name: "matrix-linkd".to_owned(),
+            client_uri: Url::parse("https://github.com/matrix-linkd/matrix-linkd")
+                .expect("static URL"),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn flow(&self) -> Duration {
+        Duration::from_secs(self.flow)
+    }
+    pub fn device_creation(&self) -> Duration {
+        Duration::from_secs(self.device_creation)
+    }
+    pub fn detached(&self) -> Duration {
+        Duration::from_secs(self.detached)
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+/// Where a configuration came from, for the startup log line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Defaults,
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Defaults => f.write_str("built-in defaults"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the first config file found on the XDG search path, or the defaults.
+    pub fn load_default() -> Result<(Self, Source), ConfigError> {
+        for path in search_path() {
+            if path.is_file() {
+                let cfg = Self::load_file(&path)?;
+                return Ok((cfg, Source::File(path)));
+            }
+        }
+        Ok((Self::default(), Source::Defaults))
+    }
+
+    pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message names the key and the line; keep it on one line for journald.
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+        if !(10..=3600).contains(&self.timeouts.flow) {
+            return Err(invalid("timeouts.flow", format!("{} is not between 10 and 3600 seconds", self.timeouts.flow)));
+        }
+        if !(1..=600).contains(&self.timeouts.device_creation) {
+            return Err(invalid(
+                "timeouts.device_creation",
+                format!("{} is not between 1 and 600 seconds", self.timeouts.device_creation),
+            ));
+        }
+        if !(10..=86400).contains(&self.timeouts.detached) {
+            return Err(invalid(
+                "timeouts.detached",
+                format!("{} is not between 10 and 86400 seconds", self.timeouts.detached),
+            ));
+        }
+        if let Some(hs) = &self.homeserver
+            && !matches!(hs.scheme(), "https" | "http")
+        {
+            return Err(invalid("homeserver", format!("scheme `{}` is not http or https", hs.scheme())));
+        }
+        if self.device_display_name.trim().is_empty() {
+            return Err(invalid("device_display_name", "must not be empty".to_owned()));
+        }
+        for app in &self.security.allowed_sandboxed_apps {
+            if app.is_empty() || app.contains(char::is_whitespace) {
+                return Err(invalid("security.allowed_sandboxed_apps", format!("`{app}` is not an app id")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute())
+}
+
+pub fn home_dir() -> PathBuf {
+    env_dir("HOME").unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// `$XDG_CONFIG_HOME/matrix-linkd/config.toml`, then `$XDG_CONFIG_DIRS/*/matrix-linkd/config.toml`.
+pub fn search_path() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let config_home = env_dir("XDG_CONFIG_HOME").unwrap_or_else(|| home_dir().join(".config"));
+    out.push(config_home.join(APP_DIR).join(CONFIG_FILE));
+    let dirs = std::env::var("XDG_CONFIG_DIRS").unwrap_or_default();
+    let dirs: Vec<&str> = dirs.split(':').filter(|d| d.starts_with('/')).collect();
+    if dirs.is_empty() {
+        out.push(PathBuf::from("/etc/xdg").join(APP_DIR).join(CONFIG_FILE));
+    } else {
+        out.extend(dirs.iter().map(|d| PathBuf::from(d).join(APP_DIR).join(CONFIG_FILE)));
+    }
+    out
+}
+
+/// `$XDG_DATA_HOME/matrix-linkd`: where the encrypted matrix-sdk store lives.
+pub fn data_dir() -> PathBuf {
+    env_dir("XDG_DATA_HOME").unwrap_or_else(|| home_dir().join(".local/share")).join(APP_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/x/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../config/config.toml");
+        let cfg = parse(text).unwrap();
+        assert_eq!(cfg.timeouts.flow, 300);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse("[timeouts]\nflwo = 3\n").unwrap_err().to_string();
+        assert!(err.starts_with("/x/config.toml:"), "{err}");
+        assert!(err.contains("flwo"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = parse("[timeouts]\nflow = 1\n").unwrap_err().to_string();
+        assert!(err.contains("`timeouts.flow`"), "{err}");
+        let err = parse("log_level = \"loud\"\n").unwrap_err().to_string();
+        assert!(err.contains("log_level") && err.contains("loud"), "{err}");
+        let err = parse("homeserver = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(err.contains("`homeserver`"), "{err}");
+        let err = parse("homeserver = \"not a url\"\n").unwrap_err().to_string();
+        assert!(err.contains("homeserver"), "{err}");
+    }
+}

@@ -1,0 +1,285 @@
+//! The `Manager` object: starts flows, signs out, publishes the session.
+
+use std::{collections::HashMap, sync::Arc};
+
+use rand::RngCore;
+use tracing::{info, warn};
+use zbus::{
+    Connection, interface,
+    message::Header,
+    object_server::SignalEmitter,
+    zvariant::{OwnedObjectPath, OwnedValue, Value},
+};
+
+use super::{
+    Context, FLOW_PATH_PREFIX,
+    caller::{self, Caller, Owner},
+    error::Error,
+    flow::{self, FlowSettings},
+};
+use crate::{
+    account::SessionState,
+    error::{LinkError, Result},
+    protocol::{FlowKind, GrantRequest, LoginRequest, LoginTarget, Secret},
+};
+
+/// The Manager interface, version 1.
+#[derive(Clone)]
+pub struct Manager {
+    pub(super) ctx: Arc<Context>,
+}
+
+type Options = HashMap<String, OwnedValue>;
+
+/// Typed access to `a{sv}` options. Unknown keys are ignored (the dictionary is for extension);
+/// a known key with the wrong type is `InvalidArgs`.
+struct Opts<'a>(&'a Options);
+
+impl Opts<'_> {
+    fn wrong(key: &str, ty: &str) -> LinkError {
+        LinkError::InvalidArgs(format!("option `{key}` must be of type `{ty}`"))
+    }
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.0.get(key).map(|v| &**v) {
+            None => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s.to_string())),
+            Some(_) => Err(Self::wrong(key, "s")),
+        }
+    }
+    fn boolean(&self, key: &str, default: bool) -> Result<bool> {
+        match self.0.get(key).map(|v| &**v) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(Self::wrong(key, "b")),
+        }
+    }
+    fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let v = v.try_clone().map_err(|_| Self::wrong(key, "ay"))?;
+                Vec::<u8>::try_from(v).map(Some).map_err(|_| Self::wrong(key, "ay"))
+            }
+        }
+    }
+}
+
+/// What every `Start*` has in common.
+struct Common {
+    caller: Caller,
+    path: OwnedObjectPath,
+    detached: bool,
+    qr_code: Option<Secret<Vec<u8>>>,
+}
+
+impl Manager {
+    async fn common(&self, conn: &Connection, hdr: &Header<'_>, opts: &Opts<'_>) -> Result<Common> {
+        let caller = caller::identify(conn, hdr).await?;
+        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        let detached = opts.boolean("detached", false)?;
+        if detached && caller.sandbox_app.is_some() {
+            return Err(LinkError::NotAllowed("sandboxed callers cannot start detached flows".into()));
+        }
+        let token = match opts.string("handle_token")? {
+            Some(t) if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => t,
+            Some(_) => return Err(LinkError::InvalidArgs("`handle_token` must match [A-Za-z0-9_]+".into())),
+            None => {
+                let mut b = [0u8; 8];
+                rand::rng().fill_bytes(&mut b);
+                format!("t{}", hex::encode(b))
+            }
+        };
+        let sender = caller.unique_name.trim_start_matches(':').replace('.', "_");
+        let path = OwnedObjectPath::try_from(format!("{FLOW_PATH_PREFIX}/{sender}/{token}"))
+            .map_err(|_| LinkError::InvalidArgs("cannot build a flow path from `handle_token`".into()))?;
+        let qr_code = opts.bytes("qr_code")?.map(Secret);
+        if qr_code.as_ref().is_some_and(|q| q.0.is_empty() || q.0.len() > 4096) {
+            return Err(LinkError::InvalidQrCode("the QR code is empty or too long".into()));
+        }
+        Ok(Common { caller, path, detached, qr_code })
+    }
+
+    fn settings(&self, kind: FlowKind, common: &Common, notify: bool, open_uri: bool) -> Result<FlowSettings> {
+        let timeouts = &self.ctx.config.timeouts;
+        let owner = if common.detached {
+            let uid = common
+                .caller
+                .uid
+                .ok_or_else(|| LinkError::NotAllowed("the bus does not know the caller's UID".into()))?;
+            Owner::Uid { uid, until: flow::detached_until(timeouts.detached().min(timeouts.flow())) }
+        } else {
+            Owner::Name(common.caller.unique_name.clone())
+        };
+        Ok(FlowSettings {
+            kind,
+            owner,
+            starter: common.caller.unique_name.clone(),
+            detached: common.detached,
+            notify,
+            open_uri,
+            expires_at_us: flow::expires_at_us(timeouts.flow()),
+        })
+    }
+
+    async fn start_grant_inner(&self, conn: &Connection, hdr: &Header<'_>, options: &Options) -> Result<OwnedObjectPath> {
+        let opts = Opts(options);
+        let common = self.common(conn, hdr, &opts).await?;
+        let notify = opts.boolean("notify", true)?;
+        let open_uri = opts.boolean("open_uri", true)? && self.ctx.config.desktop.open_uri;
+        let settings = self.settings(FlowKind::Grant, &common, notify, open_uri)?;
+        self.ctx.account.settled().await;
+        let client = self.ctx.account.client().await?;
+        let _slot = self.ctx.reserve(&common.path)?;
+        let timeouts = &self.ctx.config.timeouts;
+        let handle = self.ctx.engine.start_grant(
+            client,
+            GrantRequest {
+                qr_code: common.qr_code,
+                timeout: timeouts.flow(),
+                device_creation_timeout: timeouts.device_creation(),
+            },
+        )?;
+        flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
+            .await
+            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
+        _slot.keep();
+        info!(scanned = options.contains_key("qr_code"), "grant flow started");
+        Ok(common.path)
+    }
+
+    async fn start_login_inner(&self, conn: &Connection, hdr: &Header<'_>, options: &Options) -> Result<OwnedObjectPath> {
+        let opts = Opts(options);
+        let common = self.common(conn, hdr, &opts).await?;
+        let homeserver = match opts.string("homeserver")? {
+            Some(s) => Some(
+                url::Url::parse(&s)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                    .ok_or_else(|| LinkError::InvalidArgs("`homeserver` must be an http(s) URL".into()))?,
+            ),
+            None => self.ctx.config.homeserver.clone(),
+        };
+        let device_display_name =
+            opts.string("device_display_name")?.unwrap_or_else(|| self.ctx.config.device_display_name.clone());
+        let settings = self.settings(FlowKind::Login, &common, false, false)?;
+        self.ctx.account.settled().await;
+        if self.ctx.account.info().state == SessionState::SignedIn {
+            return Err(LinkError::AlreadySignedIn);
+        }
+        let _slot = self.ctx.reserve(&common.path)?;
+        let target: Arc<dyn LoginTarget> = self.ctx.account.clone();
+        let handle = self.ctx.engine.start_login(
+            target,
+            LoginRequest {
+                qr_code: common.qr_code,
+                homeserver,
+                device_display_name,
+                timeout: self.ctx.config.timeouts.flow(),
+            },
+        )?;
+        flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
+            .await
+            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
+        _slot.keep();
+        info!(scanned = options.contains_key("qr_code"), "login flow started");
+        Ok(common.path)
+    }
+}
+
+#[interface(name = "io.github.matrix_linkd.Linkd1.Manager")]
+impl Manager {
+    /// The daemon (signed in) lets a new device sign in. Returns the flow object.
+    #[zbus(out_args("flow"))]
+    async fn start_grant(
+        &self,
+        options: Options,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start_grant_inner(conn, &hdr, &options).await.map_err(|e| {
+            info!(error = %e, "StartGrant refused");
+            e.into()
+        })
+    }
+
+    /// The daemon signs in as a new device. Returns the flow object.
+    #[zbus(out_args("flow"))]
+    async fn start_login(
+        &self,
+        options: Options,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start_login_inner(conn, &hdr, &options).await.map_err(|e| {
+            info!(error = %e, "StartLogin refused");
+            e.into()
+        })
+    }
+
+    /// Revokes the daemon's device and tokens and wipes its store and keyring items.
+    async fn sign_out(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<(), Error> {
+        let caller = caller::identify(conn, &hdr).await?;
+        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        if self.ctx.active().is_some() {
+            return Err(LinkError::Busy("a flow is running; cancel it first".into()).into());
+        }
+        self.ctx.account.sign_out().await.map_err(|e| {
+            warn!(error = %e, "sign-out");
+            e.into()
+        })
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> u32 {
+        1
+    }
+
+    #[zbus(property)]
+    fn session_state(&self) -> u32 {
+        self.ctx.account.info().state as u32
+    }
+
+    #[zbus(property)]
+    fn user_id(&self) -> String {
+        self.ctx.account.info().user_id
+    }
+
+    #[zbus(property)]
+    fn device_id(&self) -> String {
+        self.ctx.account.info().device_id
+    }
+
+    #[zbus(property)]
+    fn homeserver(&self) -> String {
+        self.ctx.account.info().homeserver
+    }
+
+    #[zbus(property)]
+    fn capabilities(&self) -> Vec<String> {
+        let info = self.ctx.account.info();
+        let mut caps = info.capabilities;
+        if info.state != SessionState::SignedIn {
+            caps.retain(|c| c != "grant");
+            caps.insert(0, "login".to_owned());
+        }
+        caps
+    }
+}
+
+/// Emits `PropertiesChanged` for the session properties whenever the account changes.
+pub async fn publish_session(conn: Connection, ctx: Arc<Context>) {
+    let mut rx = ctx.account.subscribe();
+    let Ok(iface) = conn.object_server().interface::<_, Manager>(super::MANAGER_PATH).await else { return };
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let em: &SignalEmitter<'_> = iface.signal_emitter();
+        let m = iface.get().await;
+        let _ = m.session_state_changed(em).await;
+        let _ = m.user_id_changed(em).await;
+        let _ = m.device_id_changed(em).await;
+        let _ = m.homeserver_changed(em).await;
+        let _ = m.capabilities_changed(em).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! matrix-linkd: a per-user daemon that keeps one signed-in Matrix session and runs "sign in with
+//! QR code" (MSC4108) flows for local programs over D-Bus.
+//!
+//! Layers, one direction of dependency: [`dbus`] → [`protocol`] / [`account`] → matrix-sdk.
+
+pub mod account;
+pub mod config;
+pub mod dbus;
+pub mod desktop;
+pub mod error;
+pub mod protocol;

@@ -1,0 +1,110 @@
+//! `matrix-linkd`: the daemon binary.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use matrix_linkd::{
+    account::Account,
+    config::{self, Config, LogLevel, Source},
+    dbus::{self, Context},
+    protocol::{Engine, sdk::SdkEngine},
+};
+use tracing::{error, info};
+
+/// Keeps one signed-in Matrix session and serves QR login flows on the session bus
+/// (io.github.matrix_linkd.Linkd1).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (default: $XDG_CONFIG_HOME/matrix-linkd/config.toml, then $XDG_CONFIG_DIRS).
+    #[arg(long, value_name = "FILE", env = "MATRIX_LINKD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log level of the daemon's own lines (error, warn, info, debug, trace); overrides the config.
+    /// Dependencies never log above `info`, and no level logs a secret.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn init_logging(level: LogLevel) {
+    let dep = match level {
+        LogLevel::Debug | LogLevel::Trace => "info",
+        other => other.as_str(),
+    };
+    let filter = format!(
+        "warn,matrix_linkd={lvl},matrix_sdk={dep},matrix_sdk_base={dep},matrix_sdk_crypto={dep}",
+        lvl = level.as_str()
+    );
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = match &args.config {
+        Some(path) => Config::load_file(path).map(|c| (c, Source::File(path.clone()))),
+        None => Config::load_default(),
+    };
+    let (cfg, source) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("matrix-linkd: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("configuration OK ({source})");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(args.log_level.unwrap_or(cfg.log_level));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("matrix-linkd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cfg, source))
+}
+
+async fn run(cfg: Config, source: Source) -> ExitCode {
+    info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting");
+    let cfg = Arc::new(cfg);
+    let engine: Arc<dyn Engine> = match SdkEngine::new(&cfg.oauth) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            error!(error = %e, "cannot set up the engine");
+            return ExitCode::FAILURE;
+        }
+    };
+    let account = Account::new(&config::data_dir());
+    let ctx = Context::new(cfg, account.clone(), engine);
+    let conn = match dbus::serve(ctx.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot serve on the session bus");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(async move { account.restore().await });
+
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGTERM");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+    }
+    dbus::shutdown(&conn, &ctx).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}

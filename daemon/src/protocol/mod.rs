@@ -1,0 +1,167 @@
+//! The QR login protocol engine, behind a small trait so the D-Bus layer never sees a protocol
+//! type. The engine runs one task per flow; the D-Bus layer feeds it commands and reads events.
+
+pub mod sdk;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use matrix_sdk::Client;
+use tokio::sync::{mpsc, oneshot};
+use url::Url;
+
+use crate::error::{LinkError, Result};
+
+/// Which side of the link the daemon plays. Values are the D-Bus `Kind` property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FlowKind {
+    /// The daemon is the signed-in existing device and lets a new device in.
+    Grant = 1,
+    /// The daemon is the new device and gets signed in.
+    Login = 2,
+}
+
+/// Wire generation. Values are the D-Bus `Protocol` property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WireProtocol {
+    /// MSC4108 as of 2024: ETag rendezvous, ECIES, `MATRIX\x02` QR codes.
+    V2024 = 1,
+    /// MSC4108 + MSC4388: sequence-token rendezvous, HPKE.
+    Msc4388 = 2,
+}
+
+/// The Flow `State` property. Unknown future values must be read as 0 by clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FlowState {
+    Unknown = 0,
+    Starting = 1,
+    QrReady = 2,
+    WaitingForCheckCode = 3,
+    ShowingCheckCode = 4,
+    WaitingForApproval = 5,
+    WaitingForToken = 6,
+    SyncingSecrets = 7,
+    Done = 8,
+    Failed = 9,
+    Cancelled = 10,
+}
+
+impl FlowState {
+    pub fn is_final(self) -> bool {
+        matches!(self, FlowState::Done | FlowState::Failed | FlowState::Cancelled)
+    }
+}
+
+/// A value that must never be logged. `Debug` prints nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Progress reported by an engine. Each moves the flow to the state named in the comment.
+#[derive(Debug, Clone)]
+pub enum FlowEvent {
+    /// `QrReady`: the daemon shows this QR code (protocol bytes).
+    QrReady(Secret<Vec<u8>>),
+    /// `WaitingForCheckCode`: the other device scanned our QR and shows a code; ask the user.
+    WaitingForCheckCode,
+    /// `ShowingCheckCode`: we scanned; show this two-digit code so the user types it there.
+    ShowCheckCode(Secret<u8>),
+    /// `WaitingForApproval` (grant): the new device asks to sign in; the user must consent.
+    WaitingForApproval { verification_uri: Secret<String>, peer_device_id: Option<String> },
+    /// `WaitingForToken`: grant: consent given, the new device is getting its token; login:
+    /// waiting for the user to approve us on the other device (the user code may be shown).
+    WaitingForToken { user_code: Option<Secret<String>> },
+    /// `SyncingSecrets`: cross-signing and backup secrets are being sent or imported.
+    SyncingSecrets,
+}
+
+/// What the user or the D-Bus owner asks of a running flow.
+#[derive(Debug)]
+pub enum FlowCommand {
+    CheckCode(u8),
+    Approve,
+    Cancel,
+}
+
+/// How a flow ended. Exactly one per flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowOutcome {
+    Success { user_id: String, device_id: String },
+    Cancelled,
+    Failed(LinkError),
+}
+
+/// The D-Bus layer's end of a running flow.
+pub struct FlowHandle {
+    pub protocol: WireProtocol,
+    pub events: mpsc::UnboundedReceiver<FlowEvent>,
+    pub commands: mpsc::UnboundedSender<FlowCommand>,
+    pub outcome: oneshot::Receiver<FlowOutcome>,
+}
+
+/// The engine's end of a running flow.
+pub struct FlowPort {
+    pub events: mpsc::UnboundedSender<FlowEvent>,
+    pub commands: mpsc::UnboundedReceiver<FlowCommand>,
+    pub outcome: oneshot::Sender<FlowOutcome>,
+}
+
+impl FlowHandle {
+    pub fn pair(protocol: WireProtocol) -> (FlowHandle, FlowPort) {
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = oneshot::channel();
+        (
+            FlowHandle { protocol, events: ev_rx, commands: cmd_tx, outcome: out_rx },
+            FlowPort { events: ev_tx, commands: cmd_rx, outcome: out_tx },
+        )
+    }
+}
+
+/// Parameters of a grant flow.
+#[derive(Debug)]
+pub struct GrantRequest {
+    /// Bytes the caller scanned from the new device; `None` = the daemon shows the QR.
+    pub qr_code: Option<Secret<Vec<u8>>>,
+    pub timeout: Duration,
+    pub device_creation_timeout: Duration,
+}
+
+/// Parameters of a login flow.
+#[derive(Debug)]
+pub struct LoginRequest {
+    /// Bytes the caller scanned from the existing device; `None` = the daemon shows the QR.
+    pub qr_code: Option<Secret<Vec<u8>>>,
+    /// Homeserver to create the rendezvous on when the daemon shows the QR.
+    pub homeserver: Option<Url>,
+    pub device_display_name: String,
+    pub timeout: Duration,
+}
+
+/// Where a login flow puts the new session: the account layer implements it.
+#[async_trait]
+pub trait LoginTarget: Send + Sync {
+    /// A fresh, signed-out client for `server` (a URL, or a server name to resolve), backed by
+    /// the daemon's encrypted store. Fails before anything is written when secrets cannot be kept.
+    async fn new_client(&self, server: &str) -> Result<Client>;
+    /// Keep the signed-in client: persist the session and publish it.
+    async fn adopt(&self, client: Client) -> Result<()>;
+    /// The login failed: forget the partial store.
+    async fn abandon(&self);
+}
+
+/// A QR login protocol engine.
+pub trait Engine: Send + Sync {
+    /// Starts a flow where `client` (signed in) lets a new device sign in.
+    fn start_grant(&self, client: Client, request: GrantRequest) -> Result<FlowHandle>;
+    /// Starts a flow where the daemon signs in as a new device.
+    fn start_login(&self, target: Arc<dyn LoginTarget>, request: LoginRequest) -> Result<FlowHandle>;
+}
