@@ -1,1 +1,404 @@
-pub fn x(){}
+//! Client library for matrix-linkd: typed proxies ([`proxy`]) and a high-level API ([`Linkd`])
+//! that subscribes to a flow before starting it and turns its `Response` into a `Result`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), matrix_linkd_client::ClientError> {
+//! use matrix_linkd_client::{Linkd, LoginOptions, FlowEvent, State};
+//! let linkd = Linkd::connect().await?;
+//! let mut flow = linkd.start_login(LoginOptions::default()).await?;
+//! while let Some(event) = flow.next_event().await? {
+//!     if let FlowEvent::State(State::QrReady) = event {
+//!         println!("{}", String::from_utf8_lossy(&flow.qr_code("utf8").await?));
+//!     }
+//! }
+//! let signed_in = flow.result().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod proxy;
+pub mod qr;
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use zbus::{
+    Connection, MatchRule, MessageStream,
+    message::Type as MessageType,
+    names::InterfaceName,
+    zvariant::{OwnedObjectPath, OwnedValue, Value},
+};
+
+pub use crate::proxy::{FlowProxy, ManagerProxy};
+
+pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
+pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
+pub const FLOW_INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Flow";
+pub const ERROR_PREFIX: &str = "io.github.matrix_linkd.Linkd1.Error.";
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon answered with an error (`name` is the full D-Bus error name).
+    #[error("{message} ({name})")]
+    Daemon { name: String, message: String },
+    /// The flow was cancelled (by us, the user, or because its owner left).
+    #[error("the flow was cancelled")]
+    Cancelled,
+    /// The bus itself failed.
+    #[error("D-Bus: {0}")]
+    Bus(zbus::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ClientError {
+    /// The short error name (`NotSignedIn`, …) for daemon errors.
+    pub fn short_name(&self) -> Option<&str> {
+        match self {
+            ClientError::Daemon { name, .. } => Some(name.rsplit('.').next().unwrap_or(name)),
+            _ => None,
+        }
+    }
+}
+
+impl From<zbus::Error> for ClientError {
+    fn from(e: zbus::Error) -> Self {
+        match e {
+            zbus::Error::MethodError(name, message, _) => {
+                ClientError::Daemon { name: name.to_string(), message: message.unwrap_or_default() }
+            }
+            zbus::Error::FDO(fdo) => {
+                let name = zbus::DBusError::name(&*fdo).to_string();
+                let message = zbus::DBusError::description(&*fdo).unwrap_or_default().to_owned();
+                ClientError::Daemon { name, message }
+            }
+            other => ClientError::Bus(other),
+        }
+    }
+}
+
+impl From<zbus::fdo::Error> for ClientError {
+    fn from(e: zbus::fdo::Error) -> Self {
+        zbus::Error::FDO(Box::new(e)).into()
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// The Manager's `SessionState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Unknown,
+    SignedOut,
+    Restoring,
+    SignedIn,
+    Error,
+}
+
+impl From<u32> for SessionState {
+    fn from(v: u32) -> Self {
+        match v {
+            1 => SessionState::SignedOut,
+            2 => SessionState::Restoring,
+            3 => SessionState::SignedIn,
+            4 => SessionState::Error,
+            _ => SessionState::Unknown,
+        }
+    }
+}
+
+/// The Flow's `State`. Unknown values read as `Unknown`, as the API asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Unknown,
+    Starting,
+    QrReady,
+    WaitingForCheckCode,
+    ShowingCheckCode,
+    WaitingForApproval,
+    WaitingForToken,
+    SyncingSecrets,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl From<u32> for State {
+    fn from(v: u32) -> Self {
+        match v {
+            1 => State::Starting,
+            2 => State::QrReady,
+            3 => State::WaitingForCheckCode,
+            4 => State::ShowingCheckCode,
+            5 => State::WaitingForApproval,
+            6 => State::WaitingForToken,
+            7 => State::SyncingSecrets,
+            8 => State::Done,
+            9 => State::Failed,
+            10 => State::Cancelled,
+            _ => State::Unknown,
+        }
+    }
+}
+
+/// A snapshot of the daemon's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: SessionState,
+    pub user_id: String,
+    pub device_id: String,
+    pub homeserver: String,
+    pub capabilities: Vec<String>,
+}
+
+/// Options of `StartGrant`.
+#[derive(Debug, Clone)]
+pub struct GrantOptions {
+    pub qr_code: Option<Vec<u8>>,
+    pub detached: bool,
+    pub notify: bool,
+    pub open_uri: bool,
+}
+
+impl Default for GrantOptions {
+    fn default() -> Self {
+        Self { qr_code: None, detached: false, notify: true, open_uri: true }
+    }
+}
+
+/// Options of `StartLogin`.
+#[derive(Debug, Clone, Default)]
+pub struct LoginOptions {
+    pub qr_code: Option<Vec<u8>>,
+    pub detached: bool,
+    pub homeserver: Option<String>,
+    pub device_display_name: Option<String>,
+}
+
+/// A successful flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    pub user_id: String,
+    /// Empty when the daemon could not learn it.
+    pub device_id: String,
+}
+
+/// What a flow reports to its owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowEvent {
+    State(State),
+}
+
+/// Entry point: one connection to the session bus.
+#[derive(Clone)]
+pub struct Linkd {
+    conn: Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Linkd {
+    /// Connects to the session bus (`DBUS_SESSION_BUS_ADDRESS`).
+    pub async fn connect() -> Result<Self> {
+        Self::with_connection(Connection::session().await?).await
+    }
+
+    pub async fn with_connection(conn: Connection) -> Result<Self> {
+        let manager = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+        Ok(Self { conn, manager })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn manager(&self) -> &ManagerProxy<'static> {
+        &self.manager
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        Ok(Status {
+            state: self.manager.session_state().await?.into(),
+            user_id: self.manager.user_id().await?,
+            device_id: self.manager.device_id().await?,
+            homeserver: self.manager.homeserver().await?,
+            capabilities: self.manager.capabilities().await?,
+        })
+    }
+
+    pub async fn sign_out(&self) -> Result<()> {
+        Ok(self.manager.sign_out().await?)
+    }
+
+    pub async fn start_grant(&self, options: GrantOptions) -> Result<Flow> {
+        let token = new_token();
+        let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
+        opts.insert("handle_token", Value::from(token.clone()));
+        opts.insert("detached", Value::from(options.detached));
+        opts.insert("notify", Value::from(options.notify));
+        opts.insert("open_uri", Value::from(options.open_uri));
+        if let Some(qr) = options.qr_code {
+            opts.insert("qr_code", Value::from(qr));
+        }
+        self.start(&token, |m| async move { m.start_grant(opts).await }).await
+    }
+
+    pub async fn start_login(&self, options: LoginOptions) -> Result<Flow> {
+        let token = new_token();
+        let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
+        opts.insert("handle_token", Value::from(token.clone()));
+        opts.insert("detached", Value::from(options.detached));
+        if let Some(qr) = options.qr_code {
+            opts.insert("qr_code", Value::from(qr));
+        }
+        if let Some(hs) = options.homeserver {
+            opts.insert("homeserver", Value::from(hs));
+        }
+        if let Some(name) = options.device_display_name {
+            opts.insert("device_display_name", Value::from(name));
+        }
+        self.start(&token, |m| async move { m.start_login(opts).await }).await
+    }
+
+    /// Subscribes to the predicted flow path, then calls `Start*`: no signal can be missed.
+    async fn start<'a, F, Fut>(&'a self, token: &str, call: F) -> Result<Flow>
+    where
+        F: FnOnce(&'a ManagerProxy<'static>) -> Fut,
+        Fut: std::future::Future<Output = zbus::Result<OwnedObjectPath>>,
+    {
+        let unique = self.conn.unique_name().ok_or_else(|| ClientError::Other("no unique name".into()))?;
+        let predicted = format!(
+            "/io/github/matrix_linkd/Linkd1/flow/{}/{token}",
+            unique.trim_start_matches(':').replace('.', "_")
+        );
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender(BUS_NAME)?
+            .path(predicted.clone())?
+            .build();
+        let signals = MessageStream::for_match_rule(rule, &self.conn, Some(64)).await?;
+        let path = call(&self.manager).await?;
+        if path.as_str() != predicted {
+            return Err(ClientError::Other(format!("the daemon returned an unexpected path {}", path.as_str())));
+        }
+        let proxy = FlowProxy::builder(&self.conn)
+            .path(path.clone())?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let mut flow = Flow { proxy, signals, path, last_state: State::Starting, response: None };
+        // The first state may have changed before the subscription's first read: sync once.
+        if let Ok(s) = flow.proxy.state().await {
+            flow.last_state = s.into();
+        }
+        Ok(flow)
+    }
+}
+
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::rng().fill_bytes(&mut b);
+    format!("c{}", hex::encode(b))
+}
+
+/// A running flow, owned by this connection.
+pub struct Flow {
+    proxy: FlowProxy<'static>,
+    signals: MessageStream,
+    path: OwnedObjectPath,
+    last_state: State,
+    response: Option<(u32, HashMap<String, OwnedValue>)>,
+}
+
+fn string_of(results: &HashMap<String, OwnedValue>, key: &str) -> String {
+    results.get(key).and_then(|v| <&str>::try_from(&**v).ok()).unwrap_or_default().to_owned()
+}
+
+impl Flow {
+    pub fn path(&self) -> &OwnedObjectPath {
+        &self.path
+    }
+
+    pub fn proxy(&self) -> &FlowProxy<'static> {
+        &self.proxy
+    }
+
+    /// The last state seen.
+    pub fn state(&self) -> State {
+        self.last_state
+    }
+
+    /// The next state change, or `None` once `Response` arrived.
+    pub async fn next_event(&mut self) -> Result<Option<FlowEvent>> {
+        if self.response.is_some() {
+            return Ok(None);
+        }
+        while let Some(msg) = self.signals.next().await {
+            let msg = msg?;
+            let header = msg.header();
+            match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
+                (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {
+                    let body = msg.body();
+                    let (iface, changed, _invalidated): (InterfaceName<'_>, HashMap<String, Value<'_>>, Vec<String>) =
+                        body.deserialize()?;
+                    if iface.as_str() != FLOW_INTERFACE {
+                        continue;
+                    }
+                    if let Some(Value::U32(s)) = changed.get("State") {
+                        let state = State::from(*s);
+                        if state != self.last_state {
+                            self.last_state = state;
+                            return Ok(Some(FlowEvent::State(state)));
+                        }
+                    }
+                }
+                (Some(FLOW_INTERFACE), Some("Response")) => {
+                    let (code, results): (u32, HashMap<String, OwnedValue>) = msg.body().deserialize()?;
+                    self.response = Some((code, results));
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+        Err(ClientError::Other("the bus connection closed".into()))
+    }
+
+    /// Waits for `Response` and turns it into a result.
+    pub async fn result(mut self) -> Result<SignedIn> {
+        while self.next_event().await?.is_some() {}
+        let (code, results) = self.response.take().expect("response seen");
+        match code {
+            0 => Ok(SignedIn { user_id: string_of(&results, "user_id"), device_id: string_of(&results, "device_id") }),
+            1 => Err(ClientError::Cancelled),
+            _ => Err(ClientError::Daemon { name: string_of(&results, "error"), message: string_of(&results, "message") }),
+        }
+    }
+
+    pub async fn qr_code(&self, format: &str) -> Result<Vec<u8>> {
+        Ok(self.proxy.get_qr_code(format).await?)
+    }
+
+    pub async fn check_code(&self, code: u8) -> Result<()> {
+        Ok(self.proxy.check_code(code).await?)
+    }
+
+    pub async fn check_code_to_show(&self) -> Result<u8> {
+        Ok(self.proxy.check_code_to_show().await?)
+    }
+
+    pub async fn verification_uri(&self) -> Result<String> {
+        Ok(self.proxy.verification_uri().await?)
+    }
+
+    pub async fn user_code(&self) -> Result<String> {
+        Ok(self.proxy.user_code().await?)
+    }
+
+    pub async fn approve(&self) -> Result<()> {
+        Ok(self.proxy.approve().await?)
+    }
+
+    pub async fn cancel(&self) -> Result<()> {
+        Ok(self.proxy.cancel().await?)
+    }
+}

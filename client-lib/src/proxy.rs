@@ -1,0 +1,65 @@
+//! Typed proxies for the two interfaces, matching `dbus/*.xml`.
+
+use std::collections::HashMap;
+
+use zbus::{
+    proxy,
+    zvariant::{OwnedObjectPath, OwnedValue, Value},
+};
+
+/// `io.github.matrix_linkd.Linkd1.Manager`.
+#[proxy(
+    interface = "io.github.matrix_linkd.Linkd1.Manager",
+    default_service = "io.github.matrix_linkd.Linkd1",
+    default_path = "/io/github/matrix_linkd/Linkd1"
+)]
+pub trait Manager {
+    fn start_grant(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn start_login(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn sign_out(&self) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn session_state(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn user_id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn device_id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn homeserver(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn capabilities(&self) -> zbus::Result<Vec<String>>;
+}
+
+/// `io.github.matrix_linkd.Linkd1.Flow`.
+#[proxy(interface = "io.github.matrix_linkd.Linkd1.Flow", default_service = "io.github.matrix_linkd.Linkd1")]
+pub trait Flow {
+    fn check_code(&self, code: u8) -> zbus::Result<()>;
+    fn approve(&self) -> zbus::Result<()>;
+    fn cancel(&self) -> zbus::Result<()>;
+    fn get_qr_code(&self, format: &str) -> zbus::Result<Vec<u8>>;
+    fn wait(&self) -> zbus::Result<(u32, HashMap<String, OwnedValue>)>;
+
+    #[zbus(signal)]
+    fn response(&self, response: u32, results: HashMap<String, OwnedValue>) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn kind(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn protocol(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn expires_at(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn error_name(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn check_code_to_show(&self) -> zbus::Result<u8>;
+    #[zbus(property)]
+    fn verification_uri(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn user_code(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn peer_device_id(&self) -> zbus::Result<String>;
+}
