@@ -1,1 +1,331 @@
+//! Test harness: a private `dbus-daemon`, a real unlocked gnome-keyring on it, the real
+//! `matrix-linkd` binary, and helpers to drive it. Nothing here touches the caller's own session
+//! bus, keyring or home directory, and nothing mutates the test process's environment.
 
+pub mod homeserver;
+pub mod peers;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tempfile::TempDir;
+use zbus::{Connection, fdo::DBusProxy, names::BusName};
+
+pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
+pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
+
+/// The workspace's build output directory (`target/debug`), from this test binary's location.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+}
+
+/// The daemon binary; `make test` builds it before the tests run.
+pub fn daemon_bin() -> PathBuf {
+    let bin = bin_dir().join("matrix-linkd");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` (make test does) first", bin.display());
+    bin
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// One private desktop session: home, runtime dir, bus, optionally a keyring.
+pub struct Session {
+    pub dir: TempDir,
+    pub bus_address: String,
+    bus: Child,
+    daemons: Vec<Child>,
+}
+
+pub struct SessionOptions {
+    /// Start and unlock gnome-keyring (`org.freedesktop.secrets`) on the bus.
+    pub keyring: bool,
+    /// A D-Bus service directory holding our activation file.
+    pub activation: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { keyring: true, activation: false }
+    }
+}
+
+impl Session {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(SessionOptions::default()).await
+    }
+
+    pub async fn start_with(opts: SessionOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("linkd-test-").tempdir()?;
+        for sub in ["home", "runtime", "bus", "services", "home/.config", "home/.local/share"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("runtime"), std::fs::Permissions::from_mode(0o700))?;
+        let servicedir = if opts.activation {
+            let template = std::fs::read_to_string(workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"))?;
+            let file = template.replace("@bindir@", &bin_dir().display().to_string());
+            std::fs::write(dir.path().join("services/io.github.matrix_linkd.Linkd1.service"), file)?;
+            format!("<servicedir>{}</servicedir>", dir.path().join("services").display())
+        } else {
+            String::new()
+        };
+        let config = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={}</listen>
+  <auth>EXTERNAL</auth>
+  {servicedir}
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>"#,
+            dir.path().join("bus").display()
+        );
+        let config_path = dir.path().join("bus.conf");
+        std::fs::write(&config_path, config)?;
+        let mut cmd = Command::new("dbus-daemon");
+        cmd.arg(format!("--config-file={}", config_path.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Self::apply_env(&mut cmd, dir.path(), None);
+        let mut bus = cmd.spawn().context("dbus-daemon (apt-get install dbus-daemon)")?;
+        let mut line = String::new();
+        BufReader::new(bus.stdout.take().unwrap()).read_line(&mut line)?;
+        let bus_address = line.trim().to_owned();
+        if bus_address.is_empty() {
+            bail!("dbus-daemon printed no address");
+        }
+        let session = Session { dir, bus_address, bus, daemons: Vec::new() };
+        if opts.keyring {
+            session.start_keyring()?;
+        }
+        Ok(session)
+    }
+
+    fn apply_env(cmd: &mut Command, root: &Path, bus: Option<&str>) {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", root.join("home"))
+            .env("XDG_RUNTIME_DIR", root.join("runtime"))
+            .env("XDG_CONFIG_HOME", root.join("home/.config"))
+            .env("XDG_DATA_HOME", root.join("home/.local/share"))
+            .env("XDG_CONFIG_DIRS", root.join("etc-xdg"));
+        if let Some(bus) = bus {
+            cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
+    }
+
+    /// A command that runs inside this session (its bus, home and XDG dirs).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        Self::apply_env(&mut cmd, self.dir.path(), Some(&self.bus_address));
+        cmd
+    }
+
+    /// gnome-keyring with an unlocked `login` collection, started before anything touches
+    /// `org.freedesktop.secrets` (see test-stack.md).
+    fn start_keyring(&self) -> Result<()> {
+        let mut child = self
+            .command("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("gnome-keyring-daemon (apt-get install gnome-keyring)")?;
+        child.stdin.take().unwrap().write_all(b"test-keyring-password")?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("gnome-keyring-daemon --unlock failed");
+        }
+        // It daemonizes and exits with the bus. Wait until the name is there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self
+                .command("busctl")
+                .args(["--user", "status", "org.freedesktop.secrets"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if st.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("gnome-keyring did not take org.freedesktop.secrets");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("home/.local/share/matrix-linkd")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("home/.config/matrix-linkd/config.toml")
+    }
+
+    /// Writes the daemon's config file.
+    pub fn write_config(&self, toml: &str) -> Result<()> {
+        std::fs::create_dir_all(self.config_path().parent().unwrap())?;
+        std::fs::write(self.config_path(), toml)?;
+        Ok(())
+    }
+
+    pub fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("daemon-{n}.log"))
+    }
+
+    /// Starts the real daemon binary on this bus and waits for its name.
+    pub async fn start_daemon(&mut self, extra_args: &[&str]) -> Result<usize> {
+        let n = self.daemons.len();
+        let log = std::fs::File::create(self.log_path(n))?;
+        let child = self
+            .command(daemon_bin())
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.daemons.push(child);
+        let conn = self.connect().await?;
+        let dbus = DBusProxy::new(&conn).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !dbus.name_has_owner(BusName::try_from(BUS_NAME)?).await? {
+            if let Some(status) = self.daemons[n].try_wait()? {
+                bail!("matrix-linkd exited with {status}: {}", self.log(n));
+            }
+            if Instant::now() > deadline {
+                bail!("matrix-linkd did not take its name: {}", self.log(n));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(n)
+    }
+
+    /// Whether daemon `n` still runs.
+    pub fn daemon_running(&mut self, n: usize) -> bool {
+        matches!(self.daemons[n].try_wait(), Ok(None))
+    }
+
+    /// Stops daemon `n` with SIGTERM and waits for it.
+    pub fn stop_daemon(&mut self, n: usize) -> Result<std::process::ExitStatus> {
+        let pid = self.daemons[n].id();
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.daemons[n].try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                self.daemons[n].kill().ok();
+                bail!("matrix-linkd did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.log_path(n)).unwrap_or_default()
+    }
+
+    /// A new connection to this session's bus.
+    pub async fn connect(&self) -> Result<Connection> {
+        Ok(zbus::connection::Builder::address(self.bus_address.as_str())?.build().await?)
+    }
+
+    /// A `matrix-linkd-client` on a new connection.
+    pub async fn client(&self) -> Result<matrix_linkd_client::Linkd> {
+        Ok(matrix_linkd_client::Linkd::with_connection(self.connect().await?).await?)
+    }
+
+    /// Waits until the daemon's `SessionState` equals `state`.
+    pub async fn wait_session_state(&self, state: u32, timeout: Duration) -> Result<()> {
+        let linkd = self.client().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = linkd.manager().session_state().await?;
+            if now == state {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("SessionState stayed {now}, wanted {state}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            d.kill().ok();
+            d.wait().ok();
+        }
+        // gnome-keyring leaves with the bus.
+        self.bus.kill().ok();
+        self.bus.wait().ok();
+    }
+}
+
+/// Config for tests: fast, quiet, nothing opened on the desktop.
+pub fn test_config(homeserver: &str, flow_timeout: u64) -> String {
+    format!(
+        "homeserver = \"{homeserver}\"\nlog_level = \"debug\"\n[timeouts]\nflow = {flow_timeout}\ndevice_creation = 10\n[desktop]\nopen_uri = false\n"
+    )
+}
+
+/// Follows `flow` until it reaches `state`; fails if it ends first.
+pub async fn wait_state(flow: &mut matrix_linkd_client::Flow, state: matrix_linkd_client::State) -> Result<()> {
+    use matrix_linkd_client::FlowEvent;
+    if flow.state() == state {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, flow.next_event()).await {
+            Err(_) => bail!("flow stayed in {:?}, wanted {state:?}", flow.state()),
+            Ok(Err(e)) => bail!("flow error while waiting for {state:?}: {e}"),
+            Ok(Ok(None)) => bail!("flow ended while waiting for {state:?}"),
+            Ok(Ok(Some(FlowEvent::State(s)))) if s == state => return Ok(()),
+            Ok(Ok(Some(_))) => {}
+        }
+    }
+}
+
+/// Signs the daemon in as a new device: the daemon shows the QR code, `existing` scans it.
+/// Returns the daemon's user and device ID.
+pub async fn sign_in_daemon(
+    session: &Session,
+    hs: &homeserver::MockHomeserver,
+    existing: &matrix_sdk::Client,
+) -> Result<matrix_linkd_client::SignedIn> {
+    use matrix_linkd_client::{LoginOptions, State};
+    let linkd = session.client().await?;
+    let mut flow = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let qr = flow.qr_code("raw").await?;
+    hs.plan_login();
+    let mut peer = peers::grant_scanning(existing.clone(), qr);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    let signed_in = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("existing device: {e}"))?;
+    Ok(signed_in)
+}

@@ -1,0 +1,150 @@
+//! The four flows end to end: the real daemon binary on a private bus with a real gnome-keyring,
+//! matrix-sdk 0.18 clients in this process as the other device, and the mock homeserver.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use matrix_linkd_client::{GrantOptions, LoginOptions, State};
+use matrix_linkd_tests::{
+    Session,
+    homeserver::{MockHomeserver, USER},
+    peers, sign_in_daemon, test_config, wait_state,
+};
+
+const SIGNED_IN: u32 = 3;
+
+/// Login, daemon shows the QR; then the daemon restarts and is signed in again from the keyring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_showing_qr_then_restore() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 120))?;
+    let d = session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+
+    let signed_in = sign_in_daemon(&session, &hs, &alice).await?;
+    assert_eq!(signed_in.user_id, USER);
+    assert!(!signed_in.device_id.is_empty());
+
+    // The other side sees the daemon's device as cross-signed by its owner (after a keys/query).
+    alice.encryption().request_user_identity(alice.user_id().unwrap()).await?;
+    let device = alice
+        .encryption()
+        .get_device(alice.user_id().unwrap(), signed_in.device_id.as_str().into())
+        .await?
+        .expect("alice sees the daemon's device");
+    assert!(device.is_cross_signed_by_owner(), "daemon device is not cross-signed");
+
+    let status = session.client().await?.status().await?;
+    assert_eq!(status.user_id, USER);
+    assert_eq!(status.device_id, signed_in.device_id);
+    assert!(status.capabilities.contains(&"grant".to_owned()), "{:?}", status.capabilities);
+
+    // Restart: the session comes back from the Secret Service and the encrypted store.
+    session.stop_daemon(d)?;
+    let d2 = session.start_daemon(&[]).await?;
+    session.wait_session_state(SIGNED_IN, Duration::from_secs(20)).await?;
+    let status = session.client().await?.status().await?;
+    assert_eq!((status.user_id.as_str(), status.device_id.as_str()), (USER, signed_in.device_id.as_str()));
+    assert!(session.daemon_running(d2));
+    // Nothing in clear: the store holds no token.
+    let token = hs.issued_tokens().pop().unwrap();
+    assert!(!grep_dir(&session.data_dir(), token.as_bytes()), "access token found in the data dir");
+    Ok(())
+}
+
+/// Login, daemon scans the QR the existing device shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_scanning_qr() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 120))?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+
+    let mut peer = peers::grant_generating(alice.clone());
+    let qr = peer.qr().await?;
+    hs.plan_login();
+    let linkd = session.client().await?;
+    let mut flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
+    wait_state(&mut flow, State::ShowingCheckCode).await?;
+    let code = flow.check_code_to_show().await?;
+    peer.code_sender().await?.send(code).await?;
+    let signed_in = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    assert_eq!(signed_in.user_id, USER);
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("existing device: {e}"))?;
+    session.wait_session_state(SIGNED_IN, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// Grant, daemon shows the QR: the new device scans, the user types the code and approves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_showing_qr() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 120))?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    sign_in_daemon(&session, &hs, &alice).await?;
+
+    let linkd = session.client().await?;
+    let mut flow = linkd.start_grant(GrantOptions { open_uri: false, notify: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let qr = flow.qr_code("raw").await?;
+    let new_device = hs.new_device().await;
+    let mut peer = peers::login_scanning(new_device.clone(), qr);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    assert!(flow.verification_uri().await?.contains("/link"));
+    hs.plan_login();
+    flow.approve().await?;
+    let signed_in = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    assert_eq!(signed_in.user_id, USER);
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
+    peers::assert_verified_new_device(&new_device).await?;
+    Ok(())
+}
+
+/// Grant, daemon scans the QR the new device shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_scanning_qr() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 120))?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    sign_in_daemon(&session, &hs, &alice).await?;
+
+    let new_device = hs.new_device().await;
+    let mut peer = peers::login_generating(new_device.clone());
+    let qr = peer.qr().await?;
+    let linkd = session.client().await?;
+    let mut flow = linkd
+        .start_grant(GrantOptions { qr_code: Some(qr), open_uri: false, notify: false, ..Default::default() })
+        .await?;
+    wait_state(&mut flow, State::ShowingCheckCode).await?;
+    let code = flow.check_code_to_show().await?;
+    peer.code_sender().await?.send(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    hs.plan_login();
+    flow.approve().await?;
+    let signed_in = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    assert_eq!(signed_in.user_id, USER);
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
+    peers::assert_verified_new_device(&new_device).await?;
+    Ok(())
+}
+
+fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            grep_dir(&p, needle)
+        } else {
+            std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
