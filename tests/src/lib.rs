@@ -280,6 +280,15 @@ impl Drop for Session {
         // gnome-keyring leaves with the bus.
         self.bus.kill().ok();
         self.bus.wait().ok();
+        if std::thread::panicking() {
+            for n in 0..self.daemons.len() {
+                eprintln!("--- matrix-linkd log {n} ---\n{}", self.log(n));
+            }
+        }
+        if std::env::var_os("LINKD_KEEP_TEST_DIRS").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept {}", dir.keep().display());
+        }
     }
 }
 
@@ -328,4 +337,45 @@ pub async fn sign_in_daemon(
     let signed_in = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow::anyhow!("existing device: {e}"))?;
     Ok(signed_in)
+}
+
+/// A session whose daemon is signed in (by a QR login from `ALICEDEV`).
+pub struct SignedInSetup {
+    pub hs: homeserver::MockHomeserver,
+    pub session: Session,
+    pub alice: matrix_sdk::Client,
+    pub daemon: usize,
+    pub signed_in: matrix_linkd_client::SignedIn,
+}
+
+pub async fn signed_in_setup(flow_timeout: u64) -> Result<SignedInSetup> {
+    let hs = homeserver::MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), flow_timeout))?;
+    let daemon = session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    let signed_in = sign_in_daemon(&session, &hs, &alice).await?;
+    Ok(SignedInSetup { hs, session, alice, daemon, signed_in })
+}
+
+/// The short D-Bus error name of a client error (`NotSignedIn`, `AccessDenied`, …).
+pub fn error_short_name<T: std::fmt::Debug>(r: std::result::Result<T, matrix_linkd_client::ClientError>) -> String {
+    match r {
+        Ok(v) => format!("unexpected success: {v:?}"),
+        Err(e) => e.short_name().map(str::to_owned).unwrap_or_else(|| format!("not a daemon error: {e}")),
+    }
+}
+
+/// Builds a 2024 QR code: `MATRIX 02 <intent> <key> <u16 len> <rendezvous URL> [<u16 len> <server>]`.
+pub fn qr_2024(intent: u8, rendezvous_url: &str, server: Option<&str>) -> Vec<u8> {
+    let mut out = b"MATRIX\x02".to_vec();
+    out.push(intent);
+    out.extend_from_slice(&[7u8; 32]);
+    out.extend_from_slice(&(rendezvous_url.len() as u16).to_be_bytes());
+    out.extend_from_slice(rendezvous_url.as_bytes());
+    if let Some(s) = server {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out
 }

@@ -4,11 +4,55 @@ use zbus::DBusError as _;
 
 use crate::error::LinkError;
 
-/// Errors on the wire: `io.github.matrix_linkd.Linkd1.Error.<Name>`, plus the two standard names
-/// (`InvalidArgs`, `AccessDenied`) carried through the `ZBus` variant.
+/// Errors on the wire: ours (`io.github.matrix_linkd.Linkd1.Error.<Name>`) or a standard one
+/// (`org.freedesktop.DBus.Error.InvalidArgs`, `…AccessDenied`).
+#[derive(Debug)]
+pub enum Error {
+    Linkd(LinkdError),
+    Fdo(zbus::fdo::Error),
+}
+
+impl zbus::DBusError for Error {
+    fn name(&self) -> zbus::names::ErrorName<'_> {
+        match self {
+            Error::Linkd(e) => e.name(),
+            Error::Fdo(e) => e.name(),
+        }
+    }
+    fn description(&self) -> Option<&str> {
+        match self {
+            Error::Linkd(e) => e.description(),
+            Error::Fdo(e) => e.description(),
+        }
+    }
+    fn create_reply(&self, call: &zbus::message::Header<'_>) -> zbus::Result<zbus::message::Message> {
+        match self {
+            Error::Linkd(e) => e.create_reply(call),
+            Error::Fdo(e) => e.create_reply(call),
+        }
+    }
+}
+
+impl From<zbus::Error> for Error {
+    fn from(e: zbus::Error) -> Self {
+        Error::Linkd(LinkdError::ZBus(e))
+    }
+}
+
+impl From<LinkError> for Error {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::InvalidArgs(m) => Error::Fdo(zbus::fdo::Error::InvalidArgs(m)),
+            LinkError::AccessDenied(m) => Error::Fdo(zbus::fdo::Error::AccessDenied(m)),
+            other => Error::Linkd(other.into()),
+        }
+    }
+}
+
+/// Our own error names.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "io.github.matrix_linkd.Linkd1.Error")]
-pub enum Error {
+pub enum LinkdError {
     #[zbus(error)]
     ZBus(zbus::Error),
     NotSignedIn(String),
@@ -30,8 +74,9 @@ pub enum Error {
     Failed(String),
 }
 
-impl From<LinkError> for Error {
+impl From<LinkError> for LinkdError {
     fn from(e: LinkError) -> Self {
+        use LinkdError as Error;
         let m = e.to_string();
         match e {
             LinkError::NotSignedIn => Error::NotSignedIn(m),
@@ -51,10 +96,8 @@ impl From<LinkError> for Error {
             LinkError::SecretStorage(_) => Error::SecretStorage(m),
             LinkError::NotAllowed(_) => Error::NotAllowed(m),
             LinkError::Failed(_) => Error::Failed(m),
-            LinkError::InvalidArgs(_) => Error::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::InvalidArgs(m)))),
-            LinkError::AccessDenied(_) => {
-                Error::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied(m))))
-            }
+            // Standard names; `Error::from` routes these to `Error::Fdo` before we get here.
+            LinkError::InvalidArgs(_) | LinkError::AccessDenied(_) => Error::Failed(m),
         }
     }
 }

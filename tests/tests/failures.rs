@@ -1,0 +1,320 @@
+//! Every bad input gets a named error, the peer side behaves, and the daemon stays up with its
+//! session intact. Same stack as `flows.rs`.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Result;
+use matrix_linkd_client::{ClientError, FlowProxy, GrantOptions, LoginOptions, ManagerProxy, State};
+use matrix_linkd_tests::{
+    Session, SessionOptions, error_short_name,
+    homeserver::{MockHomeserver, USER},
+    peers, qr_2024, signed_in_setup, test_config, wait_state,
+};
+use zbus::zvariant::Value;
+
+const SIGNED_OUT: u32 = 1;
+const ERROR: u32 = 4;
+
+async fn assert_still_signed_in(session: &mut Session, daemon: usize) -> Result<()> {
+    assert!(session.daemon_running(daemon), "the daemon died: {}", session.log(daemon));
+    let status = session.client().await?.status().await?;
+    assert_eq!((status.user_id.as_str(), status.state), (USER, matrix_linkd_client::SessionState::SignedIn));
+    Ok(())
+}
+
+fn failed_with(r: Result<matrix_linkd_client::SignedIn, ClientError>, name: &str) {
+    match r {
+        Err(ClientError::Daemon { name: n, .. }) => assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}")),
+        other => panic!("expected {name}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_truncated_and_foreign_qr_codes() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    let d = session.start_daemon(&[]).await?;
+    let linkd = session.client().await?;
+    let login = |qr: Vec<u8>| linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() });
+
+    let good = qr_2024(0x04, &format!("{}/rendezvous/s1", hs.uri()), Some(&hs.uri()));
+    assert_eq!(error_short_name(login(b"not a qr code".to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(error_short_name(login(good[..good.len() - 5].to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(error_short_name(login(good[..10].to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(error_short_name(login(b"MATRIX\x07\x03".to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
+    // The latest generation is recognised, and refused by name.
+    assert_eq!(error_short_name(login(b"MATRIX\x03\x00abc".to_vec()).await.map(|f| f.path().clone())), "Unsupported");
+    // Wrong intent: a QR shown by another new device (0x03) cannot sign the daemon in.
+    let login_intent = qr_2024(0x03, &format!("{}/rendezvous/s1", hs.uri()), None);
+    assert_eq!(error_short_name(login(login_intent).await.map(|f| f.path().clone())), "InvalidQrCode");
+    // Oversized.
+    assert_eq!(error_short_name(login(vec![b'M'; 5000]).await.map(|f| f.path().clone())), "InvalidQrCode");
+
+    assert!(session.daemon_running(d));
+    assert_eq!(session.client().await?.manager().session_state().await?, SIGNED_OUT);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_the_wrong_session_state() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    session.start_daemon(&[]).await?;
+    let linkd = session.client().await?;
+    // Signed out: no grant, no sign-out.
+    assert_eq!(error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())), "NotSignedIn");
+    assert_eq!(error_short_name(linkd.sign_out().await), "NotSignedIn");
+    drop(session);
+
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    assert_eq!(
+        error_short_name(linkd.start_login(LoginOptions { homeserver: Some(s.hs.uri()), ..Default::default() }).await.map(|f| f.path().clone())),
+        "AlreadySignedIn"
+    );
+    // A reciprocate QR (shown by a signed-in device) cannot be granted.
+    let reciprocate = qr_2024(0x04, &format!("{}/rendezvous/s1", s.hs.uri()), Some("localhost"));
+    assert_eq!(
+        error_short_name(linkd.start_grant(GrantOptions { qr_code: Some(reciprocate), ..Default::default() }).await.map(|f| f.path().clone())),
+        "InvalidQrCode"
+    );
+
+    // CheckCode / Approve before their state; a second flow while one runs.
+    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    assert_eq!(error_short_name(flow.check_code(42).await), "InvalidState");
+    assert_eq!(error_short_name(flow.approve().await), "InvalidState");
+    assert_eq!(error_short_name(flow.qr_code("bmp").await), "InvalidArgs");
+    assert_eq!(error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())), "Busy");
+    assert_eq!(error_short_name(linkd.sign_out().await), "Busy");
+    flow.cancel().await?;
+    assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
+
+    // Malformed options.
+    let manager = linkd.manager();
+    let bad_type: HashMap<&str, Value<'_>> = HashMap::from([("detached", Value::from("yes"))]);
+    assert_eq!(error_short_name(manager.start_grant(bad_type).await.map_err(ClientError::from)), "InvalidArgs");
+    let bad_token: HashMap<&str, Value<'_>> = HashMap::from([("handle_token", Value::from("a/b"))]);
+    assert_eq!(error_short_name(manager.start_grant(bad_token).await.map_err(ClientError::from)), "InvalidArgs");
+
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_check_code_fails_the_flow() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code((code + 1) % 100).await?;
+    // A second attempt is not allowed (the flow may already be gone).
+    let again = error_short_name(flow.check_code(code).await);
+    assert!(again == "InvalidState" || again == "UnknownObject", "{again}");
+    failed_with(flow.result().await, "InvalidCheckCode");
+    peer.task.abort();
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_may_drive_or_read_a_flow() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let owner = s.session.client().await?;
+    let mut flow = owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+
+    let other = s.session.connect().await?;
+    let foreign = FlowProxy::builder(&other)
+        .path(flow.path().clone())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let denied = |r: zbus::Result<()>| error_short_name(r.map_err(ClientError::from));
+    assert_eq!(denied(foreign.check_code(1).await), "AccessDenied");
+    assert_eq!(denied(foreign.approve().await), "AccessDenied");
+    assert_eq!(denied(foreign.cancel().await), "AccessDenied");
+    assert_eq!(denied(foreign.get_qr_code("raw").await.map(|_| ())), "AccessDenied");
+    assert_eq!(denied(foreign.wait().await.map(|_| ())), "AccessDenied");
+    assert_eq!(denied(foreign.verification_uri().await.map(|_| ())), "AccessDenied");
+    assert_eq!(denied(foreign.check_code_to_show().await.map(|_| ())), "AccessDenied");
+    // Public properties are readable.
+    assert_eq!(foreign.state().await?, 2);
+    assert_eq!(foreign.kind().await?, 1);
+    // The owner is unaffected.
+    flow.cancel().await?;
+    assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_leaving_cancels_the_flow() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let owner = s.session.client().await?;
+    let mut flow = owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let path = flow.path().clone();
+    let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
+    peer.shown_code().await?;
+    drop(flow);
+    owner.connection().clone().close().await?;
+    drop(owner);
+
+    // The object goes away and a new flow can start.
+    let watcher = s.session.connect().await?;
+    let proxy = FlowProxy::builder(&watcher).path(path)?.cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.state().await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the flow outlived its owner");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peer.task.abort();
+    let linkd = s.session.client().await?;
+    let flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    flow.cancel().await?;
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_flows_serve_other_processes_of_the_user() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    // Like `busctl call … StartGrant 'a{sv}' 2 handle_token s t1 detached b true`: the starter exits.
+    let starter = s.session.connect().await?;
+    let manager = ManagerProxy::new(&starter).await?;
+    let opts: HashMap<&str, Value<'_>> = HashMap::from([
+        ("handle_token", Value::from("t1")),
+        ("detached", Value::from(true)),
+        ("notify", Value::from(false)),
+        ("open_uri", Value::from(false)),
+    ]);
+    let path = manager.start_grant(opts).await?;
+    starter.close().await?;
+
+    let other = s.session.connect().await?;
+    let flow = FlowProxy::builder(&other).path(path)?.cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while flow.state().await? != 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!flow.get_qr_code("utf8").await?.is_empty());
+    flow.cancel().await?;
+    let (response, _) = flow.wait().await.or_else(|e| match e {
+        // The flow may be gone by the time Wait arrives.
+        zbus::Error::MethodError(..) | zbus::Error::FDO(_) => Ok((1, HashMap::new())),
+        e => Err(e),
+    })?;
+    assert_eq!(response, 1);
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rendezvous_is_named() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    s.hs.expire_rendezvous();
+    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "Expired");
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_reporting_failure_is_passed_through() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    // The device grant expires on the OAuth server: the new device sends m.login.failure.
+    s.hs.plan_token_error("expired_token");
+    flow.approve().await?;
+    let r = tokio::time::timeout(Duration::from_secs(30), flow.result()).await?;
+    match &r {
+        Err(ClientError::Daemon { message, .. }) => assert!(message.contains("authorization_expired"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    failed_with(r, "LoginFailed");
+    assert!(peer.finish().await?.is_err());
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_times_out() -> Result<()> {
+    let mut s = signed_in_setup(10).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let expires = flow.proxy().expires_at().await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
+    assert!(expires > now && expires < now + 11_000_000, "ExpiresAt {expires} vs now {now}");
+    failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "Expired");
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keyring_means_no_login_and_nothing_on_disk() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start_with(SessionOptions { keyring: false, ..Default::default() }).await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    let d = session.start_daemon(&[]).await?;
+    session.wait_session_state(ERROR, Duration::from_secs(20)).await?;
+    let linkd = session.client().await?;
+    let flow = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
+    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "SecretStorage");
+    assert!(!session.data_dir().exists(), "something was written without a keyring");
+    assert!(session.daemon_running(d));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_keyring_means_no_login() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    let d = session.start_daemon(&[]).await?;
+    session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
+    let st = session
+        .command("busctl")
+        .args(["--user", "call", "org.freedesktop.secrets", "/org/freedesktop/secrets", "org.freedesktop.Secret.Service", "Lock", "ao", "1", "/org/freedesktop/secrets/collection/login"])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    assert!(st.success());
+    let linkd = session.client().await?;
+    let flow = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
+    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "SecretStorage");
+    assert!(!session.data_dir().exists(), "something was written with a locked keyring");
+    assert!(session.daemon_running(d));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_revokes_and_wipes() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    assert!(s.session.data_dir().join("store").exists());
+    linkd.sign_out().await?;
+    let revocations = s.hs.server.server().received_requests().await.unwrap_or_default();
+    let revocations: Vec<_> = revocations.iter().filter(|r| r.url.path() == "/oauth2/revoke").collect();
+    assert_eq!(revocations.len(), 2, "refresh and access token should be revoked");
+    let body = String::from_utf8_lossy(&revocations[1].body).into_owned();
+    assert!(body.contains(&format!("token={}", s.hs.issued_tokens()[0])) && body.contains("client_id="), "{body}");
+    assert_eq!(linkd.manager().session_state().await?, SIGNED_OUT);
+    assert_eq!(linkd.manager().user_id().await?, "");
+    assert!(!s.session.data_dir().join("store").exists(), "store left behind");
+    // No item of ours is left in the keyring.
+    let out = s.session.command("secret-tool").args(["search", "--all", "application", "io.github.matrix_linkd"]).output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty() && String::from_utf8_lossy(&out.stderr).trim().is_empty(), "keyring items left: {out:?}");
+    // A restart stays signed out.
+    s.session.stop_daemon(s.daemon)?;
+    s.session.start_daemon(&[]).await?;
+    s.session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
+    Ok(())
+}
