@@ -1,0 +1,177 @@
+//! The daemon as the bus sees it: D-Bus activation, the introspected interfaces against the
+//! committed XML contract, and no secret in log lines or broadcast traffic.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Result, bail};
+use base64::Engine as _;
+use matrix_linkd_client::{GrantOptions, State};
+use matrix_linkd_tests::{
+    BUS_NAME, MANAGER_PATH, Session, SessionOptions,
+    homeserver::MockHomeserver,
+    peers, sign_in_daemon, test_config, wait_state, workspace_root,
+};
+use zbus::{fdo::DBusProxy, names::BusName};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbus_activation_starts_the_daemon() -> Result<()> {
+    let session = Session::start_with(SessionOptions { keyring: true, activation: true }).await?;
+    let conn = session.connect().await?;
+    let dbus = DBusProxy::new(&conn).await?;
+    let name = BusName::try_from(BUS_NAME)?;
+    assert!(!dbus.name_has_owner(name.clone()).await?);
+    assert!(dbus.list_activatable_names().await?.iter().any(|n| n.as_str() == BUS_NAME));
+    // Any call to the name starts the daemon through the activation file's Exec=.
+    let linkd = matrix_linkd_client::Linkd::with_connection(conn.clone()).await?;
+    assert_eq!(linkd.manager().version().await?, 1);
+    assert!(dbus.name_has_owner(name.clone()).await?);
+    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    let pid = dbus.get_connection_unix_process_id(name).await?;
+    std::process::Command::new("kill").arg(pid.to_string()).status()?;
+    Ok(())
+}
+
+/// A comparable description of one interface: members, signatures, directions, annotations.
+fn describe(xml: &str, iface: &str) -> Result<Vec<String>> {
+    let node = zbus_xml::Node::from_reader(xml.as_bytes())?;
+    let Some(i) = node.interfaces().iter().find(|i| i.name().as_str() == iface) else {
+        bail!("interface {iface} missing")
+    };
+    let mut out = Vec::new();
+    let ann = |a: &[zbus_xml::Annotation]| {
+        a.iter().map(|a| format!("@{}={}", a.name(), a.value())).collect::<Vec<_>>().join(",")
+    };
+    for a in i.annotations() {
+        out.push(format!("annotation {}={}", a.name(), a.value()));
+    }
+    for m in i.methods() {
+        let args: Vec<_> = m
+            .args()
+            .iter()
+            .map(|a| format!("{}:{:?}:{:?}", a.name().unwrap_or("-"), a.ty(), a.direction()))
+            .collect();
+        out.push(format!("method {}({}) {}", m.name(), args.join(", "), ann(m.annotations())));
+    }
+    for s in i.signals() {
+        let args: Vec<_> = s.args().iter().map(|a| format!("{}:{:?}", a.name().unwrap_or("-"), a.ty())).collect();
+        out.push(format!("signal {}({}) {}", s.name(), args.join(", "), ann(s.annotations())));
+    }
+    for p in i.properties() {
+        out.push(format!("property {} {:?} {:?} {}", p.name(), p.ty(), p.access(), ann(p.annotations())));
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_matches_the_xml_contract() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    session.start_daemon(&[]).await?;
+    let conn = session.connect().await?;
+    let introspect = |path: String| {
+        let conn = conn.clone();
+        async move {
+            let proxy = zbus::fdo::IntrospectableProxy::builder(&conn).destination(BUS_NAME)?.path(path)?.build().await?;
+            anyhow::Ok(proxy.introspect().await?)
+        }
+    };
+    let manager_xml = introspect(MANAGER_PATH.to_owned()).await?;
+    let linkd = matrix_linkd_client::Linkd::with_connection(conn.clone()).await?;
+    let flow = linkd
+        .start_login(matrix_linkd_client::LoginOptions { homeserver: Some(hs.uri()), ..Default::default() })
+        .await?;
+    let flow_xml = introspect(flow.path().to_string()).await?;
+    flow.cancel().await?;
+
+    for (iface, live) in [
+        ("io.github.matrix_linkd.Linkd1.Manager", &manager_xml),
+        ("io.github.matrix_linkd.Linkd1.Flow", &flow_xml),
+    ] {
+        let file = std::fs::read_to_string(workspace_root().join(format!("dbus/{iface}.xml")))?;
+        let want = describe(&file, iface)?;
+        let got = describe(live, iface)?;
+        assert_eq!(got, want, "{iface}: the running daemon differs from dbus/{iface}.xml");
+    }
+    Ok(())
+}
+
+/// Runs a complete login and a complete grant with trace logging and a monitor on every signal,
+/// then looks for each secret of those flows in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_logs_or_signals() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    let monitor_log = session.dir.path().join("monitor.log");
+    let mut monitor = session
+        .command("dbus-monitor")
+        .args(["--session", "type='signal'"])
+        .stdout(std::fs::File::create(&monitor_log)?)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let d = session.start_daemon(&["--log-level", "trace"]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+
+    let mut secrets: Vec<String> = Vec::new();
+    let mut check_codes = Vec::new();
+    sign_in_daemon(&session, &hs, &alice).await?;
+
+    let linkd = session.client().await?;
+    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let qr = flow.qr_code("raw").await?;
+    let new_device = hs.new_device().await;
+    let mut peer = peers::login_scanning(new_device.clone(), qr.clone());
+    let code = peer.shown_code().await?;
+    check_codes.push(code);
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    secrets.push(flow.verification_uri().await?);
+    hs.plan_login();
+    flow.approve().await?;
+    flow.result().await?;
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    monitor.kill().ok();
+    monitor.wait().ok();
+    assert!(session.daemon_running(d));
+
+    // The secrets of both flows.
+    let qr_data = matrix_sdk::authentication::oauth::qrcode::QrCodeData::from_bytes(&qr)?;
+    if let matrix_sdk::authentication::oauth::qrcode::QrCodeIntentData::Msc4108 { rendezvous_url, .. } = qr_data.intent_data() {
+        secrets.push(rendezvous_url.to_string());
+    }
+    secrets.push(hex::encode(&qr));
+    secrets.push(qr.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "));
+    secrets.push(base64::engine::general_purpose::STANDARD_NO_PAD.encode(&qr));
+    secrets.push(qr_data.public_key().to_base64());
+    secrets.extend(hs.user_codes());
+    for token in hs.issued_tokens() {
+        secrets.push(format!("REFRESH_{token}"));
+        secrets.push(token);
+    }
+    assert!(secrets.len() >= 8, "{secrets:?}");
+
+    let log = session.log(d);
+    let monitor = std::fs::read_to_string(&monitor_log)?;
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the daemon did not log at trace level");
+    assert!(monitor.contains("PropertiesChanged"), "the monitor saw no signal");
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "secret found in the daemon log: {secret}");
+        assert!(!monitor.contains(secret.as_str()), "secret found in a signal: {secret}");
+    }
+    // Check codes are two digits: look for them next to anything that names a code.
+    let code_re = regex::Regex::new(r"(?i)(check|code)[^\n]{0,40}?\b(\d{1,2})\b")?;
+    for line in log.lines() {
+        for cap in code_re.captures_iter(line) {
+            let n: u8 = cap[2].parse()?;
+            assert!(!check_codes.contains(&n), "check code in the log: {line}");
+        }
+    }
+    // No byte-valued property (CheckCodeToShow is the only one) ever travels in a signal.
+    assert!(!monitor.contains("variant             byte"), "a byte value was broadcast");
+    Ok(())
+}
