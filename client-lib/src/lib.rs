@@ -203,7 +203,8 @@ impl Linkd {
     }
 
     pub async fn with_connection(conn: Connection) -> Result<Self> {
-        let manager = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+        let manager =
+            ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await?;
         Ok(Self { conn, manager })
     }
 
@@ -278,7 +279,10 @@ impl Linkd {
         let signals = MessageStream::for_match_rule(rule, &self.conn, Some(64)).await?;
         let path = call(&self.manager).await?;
         if path.as_str() != predicted {
-            return Err(ClientError::Other(format!("the daemon returned an unexpected path {}", path.as_str())));
+            return Err(ClientError::Other(format!(
+                "the daemon returned an unexpected path {}",
+                path.as_str()
+            )));
         }
         let proxy = FlowProxy::builder(&self.conn)
             .path(path.clone())?
@@ -339,8 +343,11 @@ impl Flow {
             match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
                 (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {
                     let body = msg.body();
-                    let (iface, changed, _invalidated): (InterfaceName<'_>, HashMap<String, Value<'_>>, Vec<String>) =
-                        body.deserialize()?;
+                    let (iface, changed, _invalidated): (
+                        InterfaceName<'_>,
+                        HashMap<String, Value<'_>>,
+                        Vec<String>,
+                    ) = body.deserialize()?;
                     if iface.as_str() != FLOW_INTERFACE {
                         continue;
                     }
@@ -368,9 +375,15 @@ impl Flow {
         while self.next_event().await?.is_some() {}
         let (code, results) = self.response.take().expect("response seen");
         match code {
-            0 => Ok(SignedIn { user_id: string_of(&results, "user_id"), device_id: string_of(&results, "device_id") }),
+            0 => Ok(SignedIn {
+                user_id: string_of(&results, "user_id"),
+                device_id: string_of(&results, "device_id"),
+            }),
             1 => Err(ClientError::Cancelled),
-            _ => Err(ClientError::Daemon { name: string_of(&results, "error"), message: string_of(&results, "message") }),
+            _ => Err(ClientError::Daemon {
+                name: string_of(&results, "error"),
+                message: string_of(&results, "message"),
+            }),
         }
     }
 

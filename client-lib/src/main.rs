@@ -118,7 +118,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             drive(flow, false).await
         }
         Command::Grant { qr, yes, no_open, no_notify } => {
-            let options = GrantOptions { qr_code: qr.bytes()?, open_uri: !no_open, notify: !no_notify, ..Default::default() };
+            let options = GrantOptions {
+                qr_code: qr.bytes()?,
+                open_uri: !no_open,
+                notify: !no_notify,
+                ..Default::default()
+            };
             let flow = linkd.start_grant(options).await?;
             drive(flow, yes).await
         }
@@ -174,7 +179,8 @@ async fn drive(mut flow: Flow, auto_approve: bool) -> Result<(), ClientError> {
             State::WaitingForApproval => {
                 let uri = flow.verification_uri().await?;
                 println!("A new device asks to sign in. Consent page: {uri}");
-                let ok = auto_approve || prompt("Approve this new device? [y/N] ").await?.eq_ignore_ascii_case("y");
+                let ok = auto_approve
+                    || prompt("Approve this new device? [y/N] ").await?.eq_ignore_ascii_case("y");
                 if ok { flow.approve().await? } else { flow.cancel().await? }
             }
             State::WaitingForToken => {

@@ -133,8 +133,7 @@ impl Default for OAuthClient {
     fn default() -> Self {
         Self {
             client_name: "matrix-linkd".to_owned(),
-            client_uri: Url::parse("https://github.com/matrix-linkd/matrix-linkd")
-                .expect("static URL"),
+            client_uri: Url::parse("https://github.com/matrix-linkd/matrix-linkd").expect("static URL"),
         }
     }
 }
@@ -191,8 +190,8 @@ impl Config {
     }
 
     pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
@@ -209,7 +208,10 @@ impl Config {
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
         if !(10..=3600).contains(&self.timeouts.flow) {
-            return Err(invalid("timeouts.flow", format!("{} is not between 10 and 3600 seconds", self.timeouts.flow)));
+            return Err(invalid(
+                "timeouts.flow",
+                format!("{} is not between 10 and 3600 seconds", self.timeouts.flow),
+            ));
         }
         if !(1..=600).contains(&self.timeouts.device_creation) {
             return Err(invalid(

@@ -79,7 +79,9 @@ impl Respond for WhoAmI {
             .unwrap_or_default()
             .to_owned();
         match self.0.users.lock().unwrap().get(&token) {
-            Some(user) => ResponseTemplate::new(200).set_body_json(json!({"user_id": user, "device_id": "WHOAMI"})),
+            Some(user) => {
+                ResponseTemplate::new(200).set_body_json(json!({"user_id": user, "device_id": "WHOAMI"}))
+            }
             None => ResponseTemplate::new(401)
                 .set_body_json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "unknown token"})),
         }
@@ -125,7 +127,8 @@ impl Respond for Devices {
         let n = seen.entry(id.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            ResponseTemplate::new(404).set_body_json(json!({"errcode": "M_NOT_FOUND", "error": "no such device"}))
+            ResponseTemplate::new(404)
+                .set_body_json(json!({"errcode": "M_NOT_FOUND", "error": "no such device"}))
         } else {
             let id = percent_decode(&id);
             ResponseTemplate::new(200).set_body_json(json!({"device_id": id, "display_name": "new device"}))
@@ -134,7 +137,10 @@ impl Respond for Devices {
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// The 2024 rendezvous (ETag API), many sessions at once, with an expiry switch.
@@ -162,7 +168,10 @@ fn with_headers(t: ResponseTemplate, etag: u64) -> ResponseTemplate {
 impl Respond for Rendezvous {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let not_found = || ResponseTemplate::new(404).set_body_json(json!({ "errcode": "M_NOT_FOUND", "error": "not found" }));
+        let not_found = || {
+            ResponseTemplate::new(404)
+                .set_body_json(json!({ "errcode": "M_NOT_FOUND", "error": "not found" }))
+        };
         let mut st = self.state.lock().unwrap();
         if req.method == Method::POST {
             st.next_id += 1;
@@ -226,10 +235,18 @@ impl MockHomeserver {
         let user_codes = Arc::new(Mutex::new(Vec::new()));
         Mock::given(method("POST"))
             .and(path("/oauth2/device"))
-            .respond_with(DeviceAuthorization { base: base.clone(), counter: AtomicU64::new(0), codes: user_codes.clone() })
+            .respond_with(DeviceAuthorization {
+                base: base.clone(),
+                counter: AtomicU64::new(0),
+                codes: user_codes.clone(),
+            })
             .mount(server.server())
             .await;
-        Mock::given(method("POST")).and(path("/oauth2/token")).respond_with(Token(tokens.clone())).mount(server.server()).await;
+        Mock::given(method("POST"))
+            .and(path("/oauth2/token"))
+            .respond_with(Token(tokens.clone()))
+            .mount(server.server())
+            .await;
         Mock::given(method("GET"))
             .and(path("/_matrix/client/v3/account/whoami"))
             .respond_with(WhoAmI(tokens.clone()))
@@ -260,7 +277,9 @@ impl MockHomeserver {
     fn mint(&self, device: &str) -> (String, matrix_sdk::test_utils::client::MockClientBuilder) {
         let n = self.token_counter.fetch_add(1, Ordering::Relaxed);
         let user = UserId::parse(USER).unwrap();
-        let builder = self.server.client_builder_for_crypto_end_to_end(&user, &matrix_sdk::ruma::OwnedDeviceId::from(device));
+        let builder = self
+            .server
+            .client_builder_for_crypto_end_to_end(&user, &matrix_sdk::ruma::OwnedDeviceId::from(device));
         let token = format!("TOKEN_{n}");
         self.tokens.users.lock().unwrap().insert(token.clone(), user);
         (token, builder)

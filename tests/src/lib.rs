@@ -29,7 +29,11 @@ pub fn bin_dir() -> PathBuf {
 /// The daemon binary; `make test` builds it before the tests run.
 pub fn daemon_bin() -> PathBuf {
     let bin = bin_dir().join("matrix-linkd");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` (make test does) first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` (make test does) first",
+        bin.display()
+    );
     bin
 }
 
@@ -72,7 +76,9 @@ impl Session {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path().join("runtime"), std::fs::Permissions::from_mode(0o700))?;
         let servicedir = if opts.activation {
-            let template = std::fs::read_to_string(workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"))?;
+            let template = std::fs::read_to_string(
+                workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"),
+            )?;
             let file = template.replace("@bindir@", &bin_dir().display().to_string());
             std::fs::write(dir.path().join("services/io.github.matrix_linkd.Linkd1.service"), file)?;
             format!("<servicedir>{}</servicedir>", dir.path().join("services").display())
@@ -300,7 +306,10 @@ pub fn test_config(homeserver: &str, flow_timeout: u64) -> String {
 }
 
 /// Follows `flow` until it reaches `state`; fails if it ends first.
-pub async fn wait_state(flow: &mut matrix_linkd_client::Flow, state: matrix_linkd_client::State) -> Result<()> {
+pub async fn wait_state(
+    flow: &mut matrix_linkd_client::Flow,
+    state: matrix_linkd_client::State,
+) -> Result<()> {
     use matrix_linkd_client::FlowEvent;
     if flow.state() == state {
         return Ok(());
@@ -326,7 +335,8 @@ pub async fn sign_in_daemon(
 ) -> Result<matrix_linkd_client::SignedIn> {
     use matrix_linkd_client::{LoginOptions, State};
     let linkd = session.client().await?;
-    let mut flow = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let qr = flow.qr_code("raw").await?;
     hs.plan_login();
@@ -359,7 +369,9 @@ pub async fn signed_in_setup(flow_timeout: u64) -> Result<SignedInSetup> {
 }
 
 /// The short D-Bus error name of a client error (`NotSignedIn`, `AccessDenied`, …).
-pub fn error_short_name<T: std::fmt::Debug>(r: std::result::Result<T, matrix_linkd_client::ClientError>) -> String {
+pub fn error_short_name<T: std::fmt::Debug>(
+    r: std::result::Result<T, matrix_linkd_client::ClientError>,
+) -> String {
     match r {
         Ok(v) => format!("unexpected success: {v:?}"),
         Err(e) => e.short_name().map(str::to_owned).unwrap_or_else(|| format!("not a daemon error: {e}")),
@@ -378,4 +390,68 @@ pub fn qr_2024(intent: u8, rendezvous_url: &str, server: Option<&str>) -> Vec<u8
         out.extend_from_slice(s.as_bytes());
     }
     out
+}
+
+/// Xvfb and dunst: a real notification server with actions, on this session's bus.
+pub struct Notifications {
+    xvfb: Child,
+    dunst: Child,
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        for c in [&mut self.dunst, &mut self.xvfb] {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+impl Session {
+    pub fn start_notifications(&self) -> Result<Notifications> {
+        // Xvfb writes the display number to the -displayfd descriptor once it accepts clients.
+        let mut xvfb = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("Xvfb (apt-get install xvfb)")?;
+        let mut display = String::new();
+        BufReader::new(xvfb.stdout.take().expect("piped")).read_line(&mut display)?;
+        let display = format!(":{}", display.trim());
+        let dunst = self
+            .command("dunst")
+            .args(["-config", "/dev/null"])
+            .env("DISPLAY", &display)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("dunst (apt-get install dunst)");
+        let dunst = match dunst {
+            Ok(d) => d,
+            Err(e) => {
+                xvfb.kill().ok();
+                return Err(e);
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st =
+                self.command("dunstctl").arg("count").stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+            if st.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("dunst did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Notifications { xvfb, dunst })
+    }
+
+    /// `dunstctl` in this session.
+    pub fn dunstctl(&self, args: &[&str]) -> Result<String> {
+        let out = self.command("dunstctl").args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }

@@ -32,7 +32,11 @@ pub struct Peer<E> {
 }
 
 impl<E> Peer<E> {
-    async fn next_matching<T>(&mut self, what: &str, mut pick: impl FnMut(PeerEvent) -> Option<T>) -> Result<T> {
+    async fn next_matching<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(PeerEvent) -> Option<T>,
+    ) -> Result<T> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let ev = tokio::time::timeout_at(deadline, self.events.recv())
@@ -48,17 +52,25 @@ impl<E> Peer<E> {
         self.next_matching("the QR code", |e| if let PeerEvent::Qr(q) = e { Some(q) } else { None }).await
     }
     pub async fn shown_code(&mut self) -> Result<u8> {
-        self.next_matching("a check code", |e| if let PeerEvent::ShowCode(c) = e { Some(c) } else { None }).await
-    }
-    pub async fn code_sender(&mut self) -> Result<CheckCodeSender> {
-        self.next_matching("a check code prompt", |e| if let PeerEvent::NeedCode(s) = e { Some(s) } else { None }).await
-    }
-    pub async fn verification_uri(&mut self) -> Result<String> {
-        self.next_matching("the verification URI", |e| if let PeerEvent::VerificationUri(u) = e { Some(u) } else { None })
+        self.next_matching("a check code", |e| if let PeerEvent::ShowCode(c) = e { Some(c) } else { None })
             .await
     }
+    pub async fn code_sender(&mut self) -> Result<CheckCodeSender> {
+        self.next_matching(
+            "a check code prompt",
+            |e| if let PeerEvent::NeedCode(s) = e { Some(s) } else { None },
+        )
+        .await
+    }
+    pub async fn verification_uri(&mut self) -> Result<String> {
+        self.next_matching("the verification URI", |e| {
+            if let PeerEvent::VerificationUri(u) = e { Some(u) } else { None }
+        })
+        .await
+    }
     pub async fn user_code(&mut self) -> Result<String> {
-        self.next_matching("the user code", |e| if let PeerEvent::UserCode(u) = e { Some(u) } else { None }).await
+        self.next_matching("the user code", |e| if let PeerEvent::UserCode(u) = e { Some(u) } else { None })
+            .await
     }
     /// Waits for the peer's own flow to finish.
     pub async fn finish(self) -> Result<Result<(), E>> {
@@ -80,7 +92,9 @@ fn generated(p: GeneratedQrProgress) -> Option<PeerEvent> {
 fn grant_event<Q>(p: GrantLoginProgress<Q>, inner: fn(Q) -> Option<PeerEvent>) -> Option<PeerEvent> {
     match p {
         GrantLoginProgress::EstablishingSecureChannel(q) => inner(q),
-        GrantLoginProgress::WaitingForAuth { verification_uri } => Some(PeerEvent::VerificationUri(verification_uri.to_string())),
+        GrantLoginProgress::WaitingForAuth { verification_uri } => {
+            Some(PeerEvent::VerificationUri(verification_uri.to_string()))
+        }
         GrantLoginProgress::SyncingSecrets => Some(PeerEvent::SyncingSecrets),
         _ => None,
     }
@@ -95,7 +109,10 @@ fn login_event<Q>(p: LoginProgress<Q>, inner: fn(Q) -> Option<PeerEvent>) -> Opt
     }
 }
 
-fn forward(progress: impl Stream<Item = Option<PeerEvent>> + Send + 'static, tx: mpsc::UnboundedSender<PeerEvent>) {
+fn forward(
+    progress: impl Stream<Item = Option<PeerEvent>> + Send + 'static,
+    tx: mpsc::UnboundedSender<PeerEvent>,
+) {
     tokio::spawn(async move {
         let mut progress = std::pin::pin!(progress);
         while let Some(ev) = progress.next().await {
@@ -126,7 +143,8 @@ pub fn grant_generating(client: Client) -> Peer<QRCodeGrantLoginError> {
     let (tx, events) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let oauth = client.oauth();
-        let fut = oauth.grant_login_with_qr_code().device_creation_timeout(Duration::from_secs(10)).generate();
+        let fut =
+            oauth.grant_login_with_qr_code().device_creation_timeout(Duration::from_secs(10)).generate();
         forward(fut.subscribe_to_progress().map(|p| grant_event(p, generated)), tx);
         fut.into_future().await
     });
@@ -162,10 +180,12 @@ pub fn login_generating(client: Client) -> Peer<QRCodeLoginError> {
 
 /// The new device ended signed in, cross-signed, and trusting its own identity.
 pub async fn assert_verified_new_device(client: &Client) -> Result<()> {
-    let status = client.encryption().cross_signing_status().await.ok_or_else(|| anyhow!("no cross-signing status"))?;
+    let status =
+        client.encryption().cross_signing_status().await.ok_or_else(|| anyhow!("no cross-signing status"))?;
     anyhow::ensure!(status.is_complete(), "cross-signing incomplete: {status:?}");
     let user = client.user_id().ok_or_else(|| anyhow!("no user"))?;
-    let identity = client.encryption().get_user_identity(user).await?.ok_or_else(|| anyhow!("no own identity"))?;
+    let identity =
+        client.encryption().get_user_identity(user).await?.ok_or_else(|| anyhow!("no own identity"))?;
     anyhow::ensure!(identity.is_verified(), "own identity not verified");
     let device = client.encryption().get_own_device().await?.ok_or_else(|| anyhow!("no own device"))?;
     anyhow::ensure!(device.is_cross_signed_by_owner(), "own device not cross-signed");

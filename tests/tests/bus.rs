@@ -7,9 +7,8 @@ use anyhow::{Result, bail};
 use base64::Engine as _;
 use matrix_linkd_client::{GrantOptions, State};
 use matrix_linkd_tests::{
-    BUS_NAME, MANAGER_PATH, Session, SessionOptions,
-    homeserver::MockHomeserver,
-    peers, sign_in_daemon, test_config, wait_state, workspace_root,
+    BUS_NAME, MANAGER_PATH, Session, SessionOptions, homeserver::MockHomeserver, peers, sign_in_daemon,
+    test_config, wait_state, workspace_root,
 };
 use zbus::{fdo::DBusProxy, names::BusName};
 
@@ -53,7 +52,8 @@ fn describe(xml: &str, iface: &str) -> Result<Vec<String>> {
         out.push(format!("method {}({}) {}", m.name(), args.join(", "), ann(m.annotations())));
     }
     for s in i.signals() {
-        let args: Vec<_> = s.args().iter().map(|a| format!("{}:{:?}", a.name().unwrap_or("-"), a.ty())).collect();
+        let args: Vec<_> =
+            s.args().iter().map(|a| format!("{}:{:?}", a.name().unwrap_or("-"), a.ty())).collect();
         out.push(format!("signal {}({}) {}", s.name(), args.join(", "), ann(s.annotations())));
     }
     for p in i.properties() {
@@ -73,7 +73,11 @@ async fn introspection_matches_the_xml_contract() -> Result<()> {
     let introspect = |path: String| {
         let conn = conn.clone();
         async move {
-            let proxy = zbus::fdo::IntrospectableProxy::builder(&conn).destination(BUS_NAME)?.path(path)?.build().await?;
+            let proxy = zbus::fdo::IntrospectableProxy::builder(&conn)
+                .destination(BUS_NAME)?
+                .path(path)?
+                .build()
+                .await?;
             anyhow::Ok(proxy.introspect().await?)
         }
     };
@@ -119,7 +123,8 @@ async fn no_secret_in_logs_or_signals() -> Result<()> {
     sign_in_daemon(&session, &hs, &alice).await?;
 
     let linkd = session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let qr = flow.qr_code("raw").await?;
     let new_device = hs.new_device().await;
@@ -141,7 +146,9 @@ async fn no_secret_in_logs_or_signals() -> Result<()> {
 
     // The secrets of both flows.
     let qr_data = matrix_sdk::authentication::oauth::qrcode::QrCodeData::from_bytes(&qr)?;
-    if let matrix_sdk::authentication::oauth::qrcode::QrCodeIntentData::Msc4108 { rendezvous_url, .. } = qr_data.intent_data() {
+    if let matrix_sdk::authentication::oauth::qrcode::QrCodeIntentData::Msc4108 { rendezvous_url, .. } =
+        qr_data.intent_data()
+    {
         secrets.push(rendezvous_url.to_string());
     }
     secrets.push(hex::encode(&qr));

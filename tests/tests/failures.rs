@@ -24,7 +24,9 @@ async fn assert_still_signed_in(session: &mut Session, daemon: usize) -> Result<
 
 fn failed_with(r: Result<matrix_linkd_client::SignedIn, ClientError>, name: &str) {
     match r {
-        Err(ClientError::Daemon { name: n, .. }) => assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}")),
+        Err(ClientError::Daemon { name: n, .. }) => {
+            assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}"))
+        }
         other => panic!("expected {name}, got {other:?}"),
     }
 }
@@ -39,12 +41,24 @@ async fn malformed_truncated_and_foreign_qr_codes() -> Result<()> {
     let login = |qr: Vec<u8>| linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() });
 
     let good = qr_2024(0x04, &format!("{}/rendezvous/s1", hs.uri()), Some(&hs.uri()));
-    assert_eq!(error_short_name(login(b"not a qr code".to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
-    assert_eq!(error_short_name(login(good[..good.len() - 5].to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(
+        error_short_name(login(b"not a qr code".to_vec()).await.map(|f| f.path().clone())),
+        "InvalidQrCode"
+    );
+    assert_eq!(
+        error_short_name(login(good[..good.len() - 5].to_vec()).await.map(|f| f.path().clone())),
+        "InvalidQrCode"
+    );
     assert_eq!(error_short_name(login(good[..10].to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
-    assert_eq!(error_short_name(login(b"MATRIX\x07\x03".to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(
+        error_short_name(login(b"MATRIX\x07\x03".to_vec()).await.map(|f| f.path().clone())),
+        "InvalidQrCode"
+    );
     // The latest generation is recognised, and refused by name.
-    assert_eq!(error_short_name(login(b"MATRIX\x03\x00abc".to_vec()).await.map(|f| f.path().clone())), "Unsupported");
+    assert_eq!(
+        error_short_name(login(b"MATRIX\x03\x00abc".to_vec()).await.map(|f| f.path().clone())),
+        "Unsupported"
+    );
     // Wrong intent: a QR shown by another new device (0x03) cannot sign the daemon in.
     let login_intent = qr_2024(0x03, &format!("{}/rendezvous/s1", hs.uri()), None);
     assert_eq!(error_short_name(login(login_intent).await.map(|f| f.path().clone())), "InvalidQrCode");
@@ -64,30 +78,47 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
     session.start_daemon(&[]).await?;
     let linkd = session.client().await?;
     // Signed out: no grant, no sign-out.
-    assert_eq!(error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())), "NotSignedIn");
+    assert_eq!(
+        error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
+        "NotSignedIn"
+    );
     assert_eq!(error_short_name(linkd.sign_out().await), "NotSignedIn");
     drop(session);
 
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
     assert_eq!(
-        error_short_name(linkd.start_login(LoginOptions { homeserver: Some(s.hs.uri()), ..Default::default() }).await.map(|f| f.path().clone())),
+        error_short_name(
+            linkd
+                .start_login(LoginOptions { homeserver: Some(s.hs.uri()), ..Default::default() })
+                .await
+                .map(|f| f.path().clone())
+        ),
         "AlreadySignedIn"
     );
     // A reciprocate QR (shown by a signed-in device) cannot be granted.
     let reciprocate = qr_2024(0x04, &format!("{}/rendezvous/s1", s.hs.uri()), Some("localhost"));
     assert_eq!(
-        error_short_name(linkd.start_grant(GrantOptions { qr_code: Some(reciprocate), ..Default::default() }).await.map(|f| f.path().clone())),
+        error_short_name(
+            linkd
+                .start_grant(GrantOptions { qr_code: Some(reciprocate), ..Default::default() })
+                .await
+                .map(|f| f.path().clone())
+        ),
         "InvalidQrCode"
     );
 
     // CheckCode / Approve before their state; a second flow while one runs.
-    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     assert_eq!(error_short_name(flow.check_code(42).await), "InvalidState");
     assert_eq!(error_short_name(flow.approve().await), "InvalidState");
     assert_eq!(error_short_name(flow.qr_code("bmp").await), "InvalidArgs");
-    assert_eq!(error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())), "Busy");
+    assert_eq!(
+        error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
+        "Busy"
+    );
     assert_eq!(error_short_name(linkd.sign_out().await), "Busy");
     flow.cancel().await?;
     assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
@@ -95,9 +126,15 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
     // Malformed options.
     let manager = linkd.manager();
     let bad_type: HashMap<&str, Value<'_>> = HashMap::from([("detached", Value::from("yes"))]);
-    assert_eq!(error_short_name(manager.start_grant(bad_type).await.map_err(ClientError::from)), "InvalidArgs");
+    assert_eq!(
+        error_short_name(manager.start_grant(bad_type).await.map_err(ClientError::from)),
+        "InvalidArgs"
+    );
     let bad_token: HashMap<&str, Value<'_>> = HashMap::from([("handle_token", Value::from("a/b"))]);
-    assert_eq!(error_short_name(manager.start_grant(bad_token).await.map_err(ClientError::from)), "InvalidArgs");
+    assert_eq!(
+        error_short_name(manager.start_grant(bad_token).await.map_err(ClientError::from)),
+        "InvalidArgs"
+    );
 
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
@@ -106,7 +143,8 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
 async fn wrong_check_code_fails_the_flow() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
     let code = peer.shown_code().await?;
@@ -124,7 +162,8 @@ async fn wrong_check_code_fails_the_flow() -> Result<()> {
 async fn only_the_owner_may_drive_or_read_a_flow() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let owner = s.session.client().await?;
-    let mut flow = owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
 
     let other = s.session.connect().await?;
@@ -154,7 +193,8 @@ async fn only_the_owner_may_drive_or_read_a_flow() -> Result<()> {
 async fn owner_leaving_cancels_the_flow() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let owner = s.session.client().await?;
-    let mut flow = owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let path = flow.path().clone();
     let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
@@ -165,7 +205,11 @@ async fn owner_leaving_cancels_the_flow() -> Result<()> {
 
     // The object goes away and a new flow can start.
     let watcher = s.session.connect().await?;
-    let proxy = FlowProxy::builder(&watcher).path(path)?.cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+    let proxy = FlowProxy::builder(&watcher)
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while proxy.state().await.is_ok() {
         assert!(std::time::Instant::now() < deadline, "the flow outlived its owner");
@@ -173,7 +217,8 @@ async fn owner_leaving_cancels_the_flow() -> Result<()> {
     }
     peer.task.abort();
     let linkd = s.session.client().await?;
-    let flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     flow.cancel().await?;
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
@@ -194,7 +239,11 @@ async fn detached_flows_serve_other_processes_of_the_user() -> Result<()> {
     starter.close().await?;
 
     let other = s.session.connect().await?;
-    let flow = FlowProxy::builder(&other).path(path)?.cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+    let flow = FlowProxy::builder(&other)
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while flow.state().await? != 2 {
         assert!(std::time::Instant::now() < deadline);
@@ -215,7 +264,8 @@ async fn detached_flows_serve_other_processes_of_the_user() -> Result<()> {
 async fn expired_rendezvous_is_named() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     s.hs.expire_rendezvous();
     failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "Expired");
@@ -226,7 +276,8 @@ async fn expired_rendezvous_is_named() -> Result<()> {
 async fn peer_reporting_failure_is_passed_through() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
     let code = peer.shown_code().await?;
@@ -238,7 +289,9 @@ async fn peer_reporting_failure_is_passed_through() -> Result<()> {
     flow.approve().await?;
     let r = tokio::time::timeout(Duration::from_secs(30), flow.result()).await?;
     match &r {
-        Err(ClientError::Daemon { message, .. }) => assert!(message.contains("authorization_expired"), "{message}"),
+        Err(ClientError::Daemon { message, .. }) => {
+            assert!(message.contains("authorization_expired"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     failed_with(r, "LoginFailed");
@@ -250,7 +303,8 @@ async fn peer_reporting_failure_is_passed_through() -> Result<()> {
 async fn flow_times_out() -> Result<()> {
     let mut s = signed_in_setup(10).await?;
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let expires = flow.proxy().expires_at().await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
@@ -283,7 +337,17 @@ async fn locked_keyring_means_no_login() -> Result<()> {
     session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
     let st = session
         .command("busctl")
-        .args(["--user", "call", "org.freedesktop.secrets", "/org/freedesktop/secrets", "org.freedesktop.Secret.Service", "Lock", "ao", "1", "/org/freedesktop/secrets/collection/login"])
+        .args([
+            "--user",
+            "call",
+            "org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service",
+            "Lock",
+            "ao",
+            "1",
+            "/org/freedesktop/secrets/collection/login",
+        ])
         .stdout(std::process::Stdio::null())
         .status()?;
     assert!(st.success());
@@ -305,13 +369,24 @@ async fn sign_out_revokes_and_wipes() -> Result<()> {
     let revocations: Vec<_> = revocations.iter().filter(|r| r.url.path() == "/oauth2/revoke").collect();
     assert_eq!(revocations.len(), 2, "refresh and access token should be revoked");
     let body = String::from_utf8_lossy(&revocations[1].body).into_owned();
-    assert!(body.contains(&format!("token={}", s.hs.issued_tokens()[0])) && body.contains("client_id="), "{body}");
+    assert!(
+        body.contains(&format!("token={}", s.hs.issued_tokens()[0])) && body.contains("client_id="),
+        "{body}"
+    );
     assert_eq!(linkd.manager().session_state().await?, SIGNED_OUT);
     assert_eq!(linkd.manager().user_id().await?, "");
     assert!(!s.session.data_dir().join("store").exists(), "store left behind");
     // No item of ours is left in the keyring.
-    let out = s.session.command("secret-tool").args(["search", "--all", "application", "io.github.matrix_linkd"]).output()?;
-    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty() && String::from_utf8_lossy(&out.stderr).trim().is_empty(), "keyring items left: {out:?}");
+    let out = s
+        .session
+        .command("secret-tool")
+        .args(["search", "--all", "application", "io.github.matrix_linkd"])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty()
+            && String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "keyring items left: {out:?}"
+    );
     // A restart stays signed out.
     s.session.stop_daemon(s.daemon)?;
     s.session.start_daemon(&[]).await?;

@@ -88,7 +88,8 @@ async fn grant_showing_qr() -> Result<()> {
     sign_in_daemon(&session, &hs, &alice).await?;
 
     let linkd = session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { open_uri: false, notify: false, ..Default::default() }).await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { open_uri: false, notify: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let qr = flow.qr_code("raw").await?;
     let new_device = hs.new_device().await;
@@ -112,7 +113,7 @@ async fn grant_showing_qr() -> Result<()> {
 async fn grant_scanning_qr() -> Result<()> {
     let hs = MockHomeserver::start().await;
     let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 120))?;
+    session.write_config(&test_config(&hs.uri(), 120).replace("open_uri = false", "open_uri = true"))?;
     session.start_daemon(&[]).await?;
     let alice = hs.existing_device("ALICEDEV").await;
     sign_in_daemon(&session, &hs, &alice).await?;
@@ -121,9 +122,9 @@ async fn grant_scanning_qr() -> Result<()> {
     let mut peer = peers::login_generating(new_device.clone());
     let qr = peer.qr().await?;
     let linkd = session.client().await?;
-    let mut flow = linkd
-        .start_grant(GrantOptions { qr_code: Some(qr), open_uri: false, notify: false, ..Default::default() })
-        .await?;
+    // Default options: notifications and URI opening on, with no notification server, portal or
+    // xdg-open in this session. The flow must not care.
+    let mut flow = linkd.start_grant(GrantOptions { qr_code: Some(qr), ..Default::default() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     let code = flow.check_code_to_show().await?;
     peer.code_sender().await?.send(code).await?;

@@ -172,11 +172,10 @@ impl Account {
         };
         let stored: StoredSession = serde_json::from_slice(&raw)
             .map_err(|_| LinkError::SecretStorage("the kept session is unreadable".into()))?;
-        let key = self
-            .secrets
-            .load(ItemKind::StoreKey)
-            .await?
-            .ok_or_else(|| LinkError::SecretStorage("the store key is missing from the keyring".into()))?;
+        let key =
+            self.secrets.load(ItemKind::StoreKey).await?.ok_or_else(|| {
+                LinkError::SecretStorage("the store key is missing from the keyring".into())
+            })?;
         let key = store_key(&key)?;
         let (homeserver, session) = stored.into_oauth_session();
         let client = self.build_client(ServerSpec::Url(homeserver), &key).await?;
@@ -235,7 +234,9 @@ impl Account {
             loop {
                 let change = match changes.recv().await {
                     Ok(c) => c,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => SessionChange::TokensRefreshed,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        SessionChange::TokensRefreshed
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 let Some(account) = weak.upgrade() else { return };
@@ -281,7 +282,8 @@ impl Account {
                 ))
             }
             Err(_) => Err(LinkError::Network(
-                "signed out here, but the homeserver did not answer; remove the device from another client".into(),
+                "signed out here, but the homeserver did not answer; remove the device from another client"
+                    .into(),
             )),
         };
         self.wipe().await?;
@@ -403,12 +405,10 @@ async fn probe_capabilities(client: &Client) -> Vec<String> {
 async fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
-    })
-    .await
-    .map_err(|e| LinkError::Failed(e.to_string()))?
-    .map_err(|e| LinkError::Failed(format!("cannot create the store directory: {e}")))
+    tokio::task::spawn_blocking(move || std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir))
+        .await
+        .map_err(|e| LinkError::Failed(e.to_string()))?
+        .map_err(|e| LinkError::Failed(format!("cannot create the store directory: {e}")))
 }
 
 async fn wipe_dir(dir: &Path) {

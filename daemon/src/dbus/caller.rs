@@ -56,7 +56,8 @@ pub async fn identify(conn: &Connection, hdr: &Header<'_>) -> Result<Caller> {
         .await
         .map_err(|_| LinkError::AccessDenied("the caller's credentials are unknown".into()))?;
     let pid = creds.process_fd().and_then(|fd| pid_of_pidfd(fd.as_raw_fd())).or(creds.process_id());
-    let label = creds.linux_security_label().map(|l| String::from_utf8_lossy(l).trim_end_matches('\0').to_owned());
+    let label =
+        creds.linux_security_label().map(|l| String::from_utf8_lossy(l).trim_end_matches('\0').to_owned());
     let sandbox_app = sandbox_app(pid, label.as_deref());
     Ok(Caller { unique_name, uid: creds.unix_user_id(), sandbox_app })
 }
@@ -111,7 +112,11 @@ mod tests {
 
     #[test]
     fn allow_list() {
-        let c = Caller { unique_name: OwnedUniqueName::try_from(":1.5").unwrap(), uid: Some(1), sandbox_app: Some("org.x.App".into()) };
+        let c = Caller {
+            unique_name: OwnedUniqueName::try_from(":1.5").unwrap(),
+            uid: Some(1),
+            sandbox_app: Some("org.x.App".into()),
+        };
         assert!(matches!(check_allowed(&c, &[]), Err(LinkError::NotAllowed(_))));
         assert!(check_allowed(&c, &["org.x.App".into()]).is_ok());
     }

@@ -114,8 +114,14 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(error_name(&LinkError::NotSignedIn), "io.github.matrix_linkd.Linkd1.Error.NotSignedIn");
-        assert_eq!(error_name(&LinkError::InvalidCheckCode), "io.github.matrix_linkd.Linkd1.Error.InvalidCheckCode");
+        assert_eq!(
+            error_name(&LinkError::InvalidCheckCode),
+            "io.github.matrix_linkd.Linkd1.Error.InvalidCheckCode"
+        );
         assert_eq!(error_name(&LinkError::InvalidArgs("x".into())), "org.freedesktop.DBus.Error.InvalidArgs");
-        assert_eq!(error_name(&LinkError::AccessDenied("x".into())), "org.freedesktop.DBus.Error.AccessDenied");
+        assert_eq!(
+            error_name(&LinkError::AccessDenied("x".into())),
+            "org.freedesktop.DBus.Error.AccessDenied"
+        );
     }
 }

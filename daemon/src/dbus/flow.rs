@@ -138,7 +138,10 @@ impl Flow {
         if self.current_state().is_final() {
             return Err(LinkError::InvalidState("the flow has ended".into()));
         }
-        self.shared.commands.send(FlowCommand::Cancel).map_err(|_| LinkError::InvalidState("the flow has ended".into()))
+        self.shared
+            .commands
+            .send(FlowCommand::Cancel)
+            .map_err(|_| LinkError::InvalidState("the flow has ended".into()))
     }
 }
 
@@ -170,14 +173,22 @@ impl Flow {
     }
 
     /// Consent to let the new device in. Valid only in `WaitingForApproval`.
-    async fn approve(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<(), Error> {
+    async fn approve(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
         self.check_owner(conn, &hdr).await?;
         self.do_approve()?;
         Ok(())
     }
 
     /// Refuse or stop. Valid in every live state; the peer is told where the protocol allows.
-    async fn cancel(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<(), Error> {
+    async fn cancel(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
         self.check_owner(conn, &hdr).await?;
         self.do_cancel()?;
         Ok(())
@@ -403,7 +414,10 @@ async fn apply(ctx: &Arc<Context>, flow: &Flow, iface: &InterfaceRef<Flow>, ev: 
             let _ = i.peer_device_id_invalidate(em).await;
             drop(i);
             set_state(flow, iface, FlowState::WaitingForApproval).await;
-            if flow.shared.settings.kind == FlowKind::Grant && flow.shared.settings.notify && ctx.config.desktop.notifications {
+            if flow.shared.settings.kind == FlowKind::Grant
+                && flow.shared.settings.notify
+                && ctx.config.desktop.notifications
+            {
                 let flow = flow.clone();
                 tokio::spawn(
                     async move {
@@ -449,9 +463,19 @@ async fn finish(
             if !device_id.is_empty() {
                 r.insert("device_id".into(), ov(Value::from(device_id.as_str())));
             }
-            (FlowState::Done, RESPONSE_SUCCESS, r, ("New device signed in", "The device can now read your encrypted messages."))
+            (
+                FlowState::Done,
+                RESPONSE_SUCCESS,
+                r,
+                ("New device signed in", "The device can now read your encrypted messages."),
+            )
         }
-        FlowOutcome::Cancelled => (FlowState::Cancelled, RESPONSE_CANCELLED, Results::new(), ("Device linking cancelled", "No device was signed in.")),
+        FlowOutcome::Cancelled => (
+            FlowState::Cancelled,
+            RESPONSE_CANCELLED,
+            Results::new(),
+            ("Device linking cancelled", "No device was signed in."),
+        ),
         FlowOutcome::Failed(e) => {
             let name = error_name(e);
             flow.data().error_name = name.clone();
@@ -474,7 +498,13 @@ async fn finish(
     }
     let settings = &flow.shared.settings;
     let unicast = emitter.clone().set_destination(BusName::Unique(settings.starter.as_ref()));
-    if let Err(e) = Flow::response(&unicast, code, results.iter().map(|(k, v)| (k.clone(), v.try_clone().expect("plain"))).collect()).await {
+    if let Err(e) = Flow::response(
+        &unicast,
+        code,
+        results.iter().map(|(k, v)| (k.clone(), v.try_clone().expect("plain"))).collect(),
+    )
+    .await
+    {
         debug!(error = %e, "Response not delivered (owner gone?)");
     }
     flow.shared.result.send_replace(Some((code, results)));

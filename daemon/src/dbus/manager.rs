@@ -99,7 +99,13 @@ impl Manager {
         Ok(Common { caller, path, detached, qr_code })
     }
 
-    fn settings(&self, kind: FlowKind, common: &Common, notify: bool, open_uri: bool) -> Result<FlowSettings> {
+    fn settings(
+        &self,
+        kind: FlowKind,
+        common: &Common,
+        notify: bool,
+        open_uri: bool,
+    ) -> Result<FlowSettings> {
         let timeouts = &self.ctx.config.timeouts;
         let owner = if common.detached {
             let uid = common
@@ -121,7 +127,12 @@ impl Manager {
         })
     }
 
-    async fn start_grant_inner(&self, conn: &Connection, hdr: &Header<'_>, options: &Options) -> Result<OwnedObjectPath> {
+    async fn start_grant_inner(
+        &self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        options: &Options,
+    ) -> Result<OwnedObjectPath> {
         let opts = Opts(options);
         let common = self.common(conn, hdr, &opts).await?;
         let notify = opts.boolean("notify", true)?;
@@ -147,7 +158,12 @@ impl Manager {
         Ok(common.path)
     }
 
-    async fn start_login_inner(&self, conn: &Connection, hdr: &Header<'_>, options: &Options) -> Result<OwnedObjectPath> {
+    async fn start_login_inner(
+        &self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        options: &Options,
+    ) -> Result<OwnedObjectPath> {
         let opts = Opts(options);
         let common = self.common(conn, hdr, &opts).await?;
         let homeserver = match opts.string("homeserver")? {
@@ -159,8 +175,9 @@ impl Manager {
             ),
             None => self.ctx.config.homeserver.clone(),
         };
-        let device_display_name =
-            opts.string("device_display_name")?.unwrap_or_else(|| self.ctx.config.device_display_name.clone());
+        let device_display_name = opts
+            .string("device_display_name")?
+            .unwrap_or_else(|| self.ctx.config.device_display_name.clone());
         let settings = self.settings(FlowKind::Login, &common, false, false)?;
         self.ctx.account.settled().await;
         if self.ctx.account.info().state == SessionState::SignedIn {
@@ -217,7 +234,11 @@ impl Manager {
     }
 
     /// Revokes the daemon's device and tokens and wipes its store and keyring items.
-    async fn sign_out(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<(), Error> {
+    async fn sign_out(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
         let caller = caller::identify(conn, &hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
         if self.ctx.active().is_some() {

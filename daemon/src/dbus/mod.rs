@@ -81,7 +81,8 @@ impl Context {
 /// Connects to the session bus, exports the Manager, then takes the well-known name.
 pub async fn serve(ctx: Arc<Context>) -> zbus::Result<Connection> {
     let manager = manager::Manager { ctx: ctx.clone() };
-    let conn = connection::Builder::session()?.serve_at(MANAGER_PATH, manager)?.name(BUS_NAME)?.build().await?;
+    let conn =
+        connection::Builder::session()?.serve_at(MANAGER_PATH, manager)?.name(BUS_NAME)?.build().await?;
     info!(name = BUS_NAME, "on the session bus");
     tokio::spawn(manager::publish_session(conn.clone(), ctx));
     Ok(conn)

@@ -24,7 +24,9 @@ impl std::str::FromStr for QrFormat {
             "png" => Ok(QrFormat::Png),
             "svg" => Ok(QrFormat::Svg),
             "utf8" => Ok(QrFormat::Utf8),
-            other => Err(LinkError::InvalidArgs(format!("unknown QR format `{other}` (raw, png, svg, utf8)"))),
+            other => {
+                Err(LinkError::InvalidArgs(format!("unknown QR format `{other}` (raw, png, svg, utf8)")))
+            }
         }
     }
 }

@@ -52,7 +52,8 @@ impl SdkEngine {
 
 /// Kind of QR code, told apart by its header before any parser sees it.
 fn parse_qr(bytes: &[u8]) -> Result<QrCodeData> {
-    if bytes.starts_with(b"IO_ELEMENT_MSC4388") || (bytes.starts_with(b"MATRIX") && bytes.get(6) == Some(&0x03))
+    if bytes.starts_with(b"IO_ELEMENT_MSC4388")
+        || (bytes.starts_with(b"MATRIX") && bytes.get(6) == Some(&0x03))
     {
         return Err(LinkError::Unsupported(
             "this QR code uses the latest (MSC4388) protocol generation, which this engine does not speak"
@@ -227,9 +228,8 @@ impl Engine for SdkEngine {
         tokio::spawn(
             async move {
                 let oauth = client.oauth();
-                let builder = oauth
-                    .grant_login_with_qr_code()
-                    .device_creation_timeout(request.device_creation_timeout);
+                let builder =
+                    oauth.grant_login_with_qr_code().device_creation_timeout(request.device_creation_timeout);
                 let stop = match &qr {
                     Some(qr) => {
                         let fut = builder.scan(qr);
@@ -262,9 +262,9 @@ impl Engine for SdkEngine {
         let qr = request.qr_code.as_ref().map(|b| parse_qr(&b.0)).transpose()?;
         let server = match &qr {
             Some(qr) => match qr.intent_data() {
-                QrCodeIntentData::Msc4108 { data: Msc4108IntentData::Reciprocate { server_name }, .. } => {
-                    server_name.clone()
-                }
+                QrCodeIntentData::Msc4108 {
+                    data: Msc4108IntentData::Reciprocate { server_name }, ..
+                } => server_name.clone(),
                 _ => {
                     return Err(LinkError::InvalidQrCode(
                         "this QR code was shown by a device that wants to sign in; scan the one on a \
@@ -277,7 +277,8 @@ impl Engine for SdkEngine {
                 Some(url) => url.to_string(),
                 None => {
                     return Err(LinkError::InvalidArgs(
-                        "no homeserver: pass the `homeserver` option or set `homeserver` in config.toml".into(),
+                        "no homeserver: pass the `homeserver` option or set `homeserver` in config.toml"
+                            .into(),
                     ));
                 }
             },
@@ -288,7 +289,8 @@ impl Engine for SdkEngine {
         let span = info_span!("login", scanned = qr.is_some());
         tokio::spawn(
             async move {
-                let outcome = run_login(&*target, &server, qr, registration, &request, &mut port, deadline).await;
+                let outcome =
+                    run_login(&*target, &server, qr, registration, &request, &mut port, deadline).await;
                 if !matches!(outcome, FlowOutcome::Success { .. }) {
                     target.abandon().await;
                 }
@@ -376,9 +378,9 @@ fn secure_channel_error(e: SecureChannelError) -> LinkError {
         }
         S::InvalidCheckCode => LinkError::InvalidCheckCode,
         S::RendezvousChannel(_) => LinkError::Network("a rendezvous request failed".into()),
-        S::InvalidIntent => {
-            LinkError::InvalidQrCode("both devices have the same intent; scan the other device's QR code".into())
-        }
+        S::InvalidIntent => LinkError::InvalidQrCode(
+            "both devices have the same intent; scan the other device's QR code".into(),
+        ),
         S::CannotReceiveCheckCode => LinkError::Failed("the check code was never entered".into()),
         S::UnsupportedQrCodeType => {
             LinkError::Unsupported("the QR code uses a protocol generation this engine does not speak".into())
@@ -425,9 +427,9 @@ fn login_error(e: QRCodeLoginError) -> LinkError {
 fn grant_error(e: QRCodeGrantLoginError) -> LinkError {
     use QRCodeGrantLoginError as G;
     match e {
-        G::MissingSecretsBackup(_) => {
-            LinkError::MissingSecrets("this device does not hold the private cross-signing keys to share".into())
-        }
+        G::MissingSecretsBackup(_) => LinkError::MissingSecrets(
+            "this device does not hold the private cross-signing keys to share".into(),
+        ),
         G::InvalidCheckCode => LinkError::InvalidCheckCode,
         G::NotFound => LinkError::Expired("the rendezvous session expired or was deleted".into()),
         G::Unknown(_) => LinkError::ProtocolError("the handshake failed".into()),
