@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Starts the local homeserver stack on 127.0.0.1 and waits until it is healthy:
+#   Synapse (pinned, from PyPI, sqlite) with both rendezvous APIs, delegating auth to
+#   the OAuth server (oidc-provider + MAS-compat shim, pinned npm packages).
+# Installs what is missing first (a venv and node_modules under git-ignored folders).
+#
+#   stack/start.sh                 the `main` stack on ports 18008 (Synapse) and 18080 (OAuth)
+#   STACK_NAME=x SYNAPSE_PORT=… OAUTH_PORT=… DEVICE_CODE_TTL=… stack/start.sh   another instance
+#
+# Writes .stack/<name>/stack.env (URLs, ports) and PID files; stack/stop.sh stops it by PID.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=${STACK_NAME:-main}
+SYNAPSE_PORT=${SYNAPSE_PORT:-18008}
+OAUTH_PORT=${OAUTH_PORT:-18080}
+SECRET=${MAS_SECRET:-test-shared-secret-between-synapse-and-mas}
+SYNAPSE_VERSION=1.163.2
+DIR=$ROOT/.stack/$NAME
+VENV=$ROOT/.stack/venv
+NODE_DIR=$ROOT/stack/node
+NODE=$NODE_DIR/node_modules/.bin/node
+log() { echo "[stack:$NAME] $*" >&2; }
+
+"$ROOT/stack/install.sh"
+
+if [ -f "$DIR/synapse.pid" ] || [ -f "$DIR/oauth.pid" ]; then
+  log "already started (run stack/stop.sh${STACK_NAME:+ with STACK_NAME=$NAME} first)"; exit 1
+fi
+rm -rf "$DIR"; mkdir -p "$DIR/synapse"
+D=$DIR/synapse
+
+cat > "$D/homeserver.yaml" <<YAML
+server_name: "127.0.0.1:$SYNAPSE_PORT"
+serve_client_wellknown: true
+pid_file: $D/homeserver.pid
+public_baseurl: "http://127.0.0.1:$SYNAPSE_PORT/"
+listeners:
+  - port: $SYNAPSE_PORT
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    x_forwarded: false
+    resources: [{names: [client], compress: false}]
+database: {name: sqlite3, args: {database: $D/homeserver.db}}
+media_store_path: $D/media_store
+signing_key_path: $D/signing.key
+log_config: $D/log.config
+report_stats: false
+trusted_key_servers: []
+suppress_key_server_warning: true
+macaroon_secret_key: "test-macaroon"
+form_secret: "test-form"
+password_config: {enabled: false}
+rc_message: {per_second: 1000, burst_count: 1000}
+rc_login: {address: {per_second: 1000, burst_count: 1000}, account: {per_second: 1000, burst_count: 1000}}
+rc_key_requests: {per_second: 1000, burst_count: 1000}
+matrix_authentication_service:
+  enabled: true
+  endpoint: "http://127.0.0.1:$OAUTH_PORT/"
+  secret: "$SECRET"
+experimental_features:
+  msc4108_enabled: true
+  msc4388_mode: open
+YAML
+cat > "$D/log.config" <<YAML
+version: 1
+formatters: {f: {format: '%(asctime)s %(levelname)s %(name)s %(message)s'}}
+handlers: {file: {class: logging.FileHandler, filename: $D/homeserver.log, formatter: f}}
+root: {level: INFO, handlers: [file]}
+disable_existing_loggers: false
+YAML
+
+log "OAuth server on 127.0.0.1:$OAUTH_PORT"
+OAUTH_PORT=$OAUTH_PORT SYNAPSE_URL=http://127.0.0.1:$SYNAPSE_PORT MAS_SECRET=$SECRET \
+  DEVICE_CODE_TTL=${DEVICE_CODE_TTL:-600} ACCESS_TOKEN_TTL=${ACCESS_TOKEN_TTL:-300} \
+  setsid "$NODE" "$NODE_DIR/oauth-server.mjs" >"$DIR/oauth.log" 2>&1 </dev/null &
+echo $! >"$DIR/oauth.pid"
+
+log "Synapse $SYNAPSE_VERSION on 127.0.0.1:$SYNAPSE_PORT"
+"$VENV/bin/python" -m synapse.app.homeserver -c "$D/homeserver.yaml" --generate-keys >/dev/null 2>&1
+setsid "$VENV/bin/python" -m synapse.app.homeserver -c "$D/homeserver.yaml" >"$D/stdout.log" 2>&1 </dev/null &
+echo $! >"$DIR/synapse.pid"
+
+up() { curl -sf --max-time 2 "$1" >/dev/null; }
+for _ in $(seq 300); do
+  if up "http://127.0.0.1:$SYNAPSE_PORT/_matrix/client/versions" && up "http://127.0.0.1:$OAUTH_PORT/.well-known/openid-configuration" \
+     && up "http://127.0.0.1:$SYNAPSE_PORT/_matrix/client/v1/auth_metadata"; then
+    cat >"$DIR/stack.env" <<ENV
+STACK_NAME=$NAME
+SYNAPSE_URL=http://127.0.0.1:$SYNAPSE_PORT/
+OAUTH_URL=http://127.0.0.1:$OAUTH_PORT/
+SYNAPSE_PORT=$SYNAPSE_PORT
+OAUTH_PORT=$OAUTH_PORT
+STACK_DIR=$DIR
+ENV
+    log "up"
+    exit 0
+  fi
+  for p in synapse oauth; do
+    if ! kill -0 "$(cat "$DIR/$p.pid")" 2>/dev/null; then
+      log "$p died"; tail -20 "$DIR/oauth.log" "$D/stdout.log" "$D/homeserver.log" 2>/dev/null >&2 || true
+      "$ROOT/stack/stop.sh" || true; exit 1
+    fi
+  done
+  sleep 0.1
+done
+log "did not come up in 30 s"; tail -20 "$D/homeserver.log" "$DIR/oauth.log" >&2 || true
+"$ROOT/stack/stop.sh" || true
+exit 1
