@@ -4,6 +4,7 @@
 
 pub mod homeserver;
 pub mod peers;
+pub mod stack;
 
 use std::{
     io::{BufRead, BufReader, Write},
