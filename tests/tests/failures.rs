@@ -272,8 +272,9 @@ async fn expired_rendezvous_is_named() -> Result<()> {
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_reporting_failure_is_passed_through() -> Result<()> {
+/// Grant up to consent, then the OAuth server answers the new device's token poll with
+/// `token_error`; the new device tells the daemon, which must name it.
+async fn peer_gives_up(token_error: &'static str, expected: &str, message_part: &str) -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
     let mut flow =
@@ -284,19 +285,28 @@ async fn peer_reporting_failure_is_passed_through() -> Result<()> {
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
-    // The device grant expires on the OAuth server: the new device sends m.login.failure.
-    s.hs.plan_token_error("expired_token");
+    s.hs.plan_token_error(token_error);
     flow.approve().await?;
     let r = tokio::time::timeout(Duration::from_secs(30), flow.result()).await?;
     match &r {
-        Err(ClientError::Daemon { message, .. }) => {
-            assert!(message.contains("authorization_expired"), "{message}")
-        }
+        Err(ClientError::Daemon { message, .. }) => assert!(message.contains(message_part), "{message}"),
         other => panic!("{other:?}"),
     }
-    failed_with(r, "LoginFailed");
+    failed_with(r, expected);
     assert!(peer.finish().await?.is_err());
     assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+/// The device code expired: the new device sends `m.login.failure` (`authorization_expired`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_reporting_failure_is_passed_through() -> Result<()> {
+    peer_gives_up("expired_token", "Expired", "authorization_expired").await
+}
+
+/// The user denied: the new device sends `m.login.declined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_declining_is_passed_through() -> Result<()> {
+    peer_gives_up("access_denied", "LoginFailed", "declined").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

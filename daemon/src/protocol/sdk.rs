@@ -11,9 +11,9 @@ use matrix_sdk::{
     authentication::oauth::{
         ClientRegistrationData, OAuthError,
         qrcode::{
-            DeviceCodeErrorResponseType, GeneratedQrProgress, GrantLoginProgress, LoginProgress,
-            Msc4108IntentData, QRCodeGrantLoginError, QRCodeLoginError, QrCodeData, QrCodeIntent,
-            QrCodeIntentData, QrProgress, SecureChannelError,
+            DeviceCodeErrorResponseType, GeneratedQrProgress, GrantLoginProgress, LoginFailureReason,
+            LoginProgress, Msc4108IntentData, QRCodeGrantLoginError, QRCodeLoginError, QrAuthMessage,
+            QrCodeData, QrCodeIntent, QrCodeIntentData, QrProgress, SecureChannelError,
         },
         registration::{ApplicationType, ClientMetadata, Localized, OAuthGrantType},
     },
@@ -367,6 +367,17 @@ fn outcome_name(outcome: &FlowOutcome) -> &'static str {
     }
 }
 
+/// The peer's `m.login.failure` reason. An expired authorization is our `Expired`; the rest pass
+/// through by their protocol name.
+fn failure_reason(reason: LoginFailureReason) -> LinkError {
+    match reason {
+        LoginFailureReason::AuthorizationExpired => LinkError::Expired(
+            "the other device reports that the sign-in request expired (authorization_expired)".into(),
+        ),
+        other => LinkError::LoginFailed(other.as_str().to_owned()),
+    }
+}
+
 fn secure_channel_error(e: SecureChannelError) -> LinkError {
     use SecureChannelError as S;
     match e {
@@ -408,7 +419,7 @@ fn login_error(e: QRCodeLoginError) -> LinkError {
                 _ => LinkError::Network("an OAuth request failed".into()),
             },
         },
-        L::LoginFailure { reason, .. } => LinkError::LoginFailed(reason.as_str().to_owned()),
+        L::LoginFailure { reason, .. } => failure_reason(reason),
         L::UnexpectedMessage { expected, .. } => {
             LinkError::ProtocolError(format!("unexpected message, expected {expected}"))
         }
@@ -439,10 +450,15 @@ fn grant_error(e: QRCodeGrantLoginError) -> LinkError {
         G::DeviceIDAlreadyInUse => LinkError::DeviceIdInUse,
         G::DeviceNotFound => LinkError::DeviceNotFound,
         G::SecureChannel(sc) => secure_channel_error(sc),
+        // matrix-sdk's grant side does not expect `m.login.declined`: a new device whose user
+        // denied consent sends it where `m.login.success` was due.
+        G::UnexpectedMessage { received: QrAuthMessage::LoginDeclined, .. } => {
+            LinkError::LoginFailed("the sign-in was declined on the new device".into())
+        }
         G::UnexpectedMessage { expected, .. } => {
             LinkError::ProtocolError(format!("unexpected message, expected {expected}"))
         }
-        G::LoginFailure { reason } => LinkError::LoginFailed(reason.as_str().to_owned()),
+        G::LoginFailure { reason } => failure_reason(reason),
     }
 }
 

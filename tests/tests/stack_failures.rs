@@ -1,0 +1,136 @@
+//! Failure paths on the real stack: the user denies consent on the OAuth page, the device code
+//! expires, the rendezvous session expires (Synapse: 60 s), Synapse stops mid-flow. Each ends in a
+//! named error, the other device is told (or fails on its own where the protocol has no message),
+//! the daemon stays up and its signed-in session stays intact.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use matrix_linkd_client::{ClientError, GrantOptions, LoginOptions, SessionState, SignedIn, State};
+use matrix_linkd_tests::{
+    Session, peers,
+    stack::{Stack, daemon_session, sign_in_daemon, user_code_of},
+    wait_state,
+};
+
+fn failed_with(r: Result<SignedIn, ClientError>, name: &str) -> String {
+    match r {
+        Err(ClientError::Daemon { name: n, message }) => {
+            assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}"), "{message}");
+            message
+        }
+        other => panic!("expected {name}, got {other:?}"),
+    }
+}
+
+async fn assert_intact(session: &mut Session, user: &str) -> Result<()> {
+    assert!(session.daemon_running(0), "the daemon died: {}", session.log(0));
+    let status = session.client().await?.status().await?;
+    assert_eq!((status.state, status.user_id.as_str()), (SessionState::SignedIn, user));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_denies_consent_on_the_oauth_page() -> Result<()> {
+    let stack = Stack::main()?;
+    let login = Stack::new_login("dn");
+    let phone = stack.existing_device(&login).await?;
+    let mut session = daemon_session(&stack, 120).await?;
+    let me = sign_in_daemon(&stack, &session, &phone, &login).await?;
+
+    let linkd = session.client().await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
+    let mut peer = peers::login_scanning(laptop, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    let uri = flow.verification_uri().await?;
+    flow.approve().await?;
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, true)?;
+    // The new device gets access_denied and says so (m.login.declined); the daemon names it.
+    let message =
+        failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "LoginFailed");
+    assert!(message.contains("declined"), "{message}");
+    assert!(peer.finish().await?.is_err(), "the new device should have failed");
+    assert_intact(&mut session, &me.user_id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_code_expires() -> Result<()> {
+    // A stack of its own whose device codes live 8 s.
+    let stack = Stack::start("devexp", 28008, 28080, &[("DEVICE_CODE_TTL", "8")])?;
+    let login = Stack::new_login("ex");
+    let phone = stack.existing_device(&login).await?;
+    let mut session = daemon_session(&stack, 120).await?;
+    let linkd = session.client().await?;
+    let mut flow = linkd
+        .start_login(LoginOptions { homeserver: Some(stack.synapse.to_string()), ..Default::default() })
+        .await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let mut peer = peers::grant_scanning(phone.clone(), flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    peer.verification_uri().await?;
+    // Nobody approves: the daemon (new device) sees expired_token and tells the phone.
+    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "Expired");
+    let phone_result = peer.finish().await?;
+    assert!(
+        matches!(
+            &phone_result,
+            Err(matrix_sdk::authentication::oauth::qrcode::QRCodeGrantLoginError::LoginFailure { .. })
+        ),
+        "the phone was not told: {phone_result:?}"
+    );
+    assert!(session.daemon_running(0));
+    let status = session.client().await?.status().await?;
+    assert_eq!(status.state, SessionState::SignedOut);
+    assert!(!session.data_dir().join("store").exists(), "a failed login left a store behind");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendezvous_session_expires_after_60_s() -> Result<()> {
+    let stack = Stack::main()?;
+    let login = Stack::new_login("rx");
+    let phone = stack.existing_device(&login).await?;
+    let mut session = daemon_session(&stack, 180).await?;
+    let me = sign_in_daemon(&stack, &session, &phone, &login).await?;
+    let linkd = session.client().await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let started = std::time::Instant::now();
+    // Nobody scans. Synapse forgets the session after 60 s; the daemon reads 404 and names it.
+    failed_with(tokio::time::timeout(Duration::from_secs(120), flow.result()).await?, "Expired");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(55), "expired too early: {waited:?}");
+    assert_intact(&mut session, &me.user_id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_stops_mid_flow() -> Result<()> {
+    let stack = Stack::start("killsyn", 38008, 38080, &[])?;
+    let login = Stack::new_login("ks");
+    let phone = stack.existing_device(&login).await?;
+    let mut session = daemon_session(&stack, 120).await?;
+    let me = sign_in_daemon(&stack, &session, &phone, &login).await?;
+    let linkd = session.client().await?;
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
+    let mut peer = peers::login_scanning(laptop, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    // Synapse goes away; the daemon's next rendezvous request cannot connect.
+    stack.kill_synapse()?;
+    peer.task.abort();
+    flow.check_code(code).await?;
+    failed_with(tokio::time::timeout(Duration::from_secs(90), flow.result()).await?, "Network");
+    assert_intact(&mut session, &me.user_id).await
+}
