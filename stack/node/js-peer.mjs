@@ -225,7 +225,10 @@ const {
     MSC4108SecureChannel.prototype.secureSend = async function (payload) {
         state.sent.push(payload.type);
         let desc = payload.type;
-        if (payload.type === "m.login.protocols") desc += ` homeserver=${JSON.stringify(payload.homeserver)}`;
+        if (payload.type === "m.login.protocols") {
+            desc += ` homeserver=${JSON.stringify(payload.homeserver)}`;
+            state.extra.sent_protocols_homeserver = payload.homeserver ?? null;
+        }
         if (payload.type === "m.login.failure") desc += ` reason=${payload.reason}`;
         if (payload.type === "m.login.protocol") desc += ` device_id=${payload.device_id}`;
         log(`=> ${desc}`);

@@ -3,6 +3,7 @@
 //! bus, keyring or home directory, and nothing mutates the test process's environment.
 
 pub mod homeserver;
+pub mod jspeer;
 pub mod peers;
 pub mod stack;
 
@@ -23,8 +24,9 @@ pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
 /// The workspace's build output directory (`target/debug`), from this test binary's location.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> -> target/debug
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    // target/debug/deps/<test> or target/debug/<bin> -> target/debug
+    let dir = exe.parent().expect("executable dir");
+    if dir.ends_with("deps") { dir.parent().expect("target dir").to_owned() } else { dir.to_owned() }
 }
 
 /// The daemon binary; `make test` builds it before the tests run.

@@ -217,6 +217,33 @@ impl Stack {
         ))
     }
 
+    /// A plain signed-in matrix-sdk device of `login`, without cross-signing secrets: a bystander
+    /// that reads what the server publishes.
+    pub async fn observer(&self, login: &str) -> Result<Client> {
+        let t = self.device_login(login, &format!("OBS{}", &Self::new_login("")[..6].to_uppercase())).await?;
+        let client = Client::builder().homeserver_url(self.synapse.clone()).build().await?;
+        client
+            .oauth()
+            .restore_session(
+                OAuthSession {
+                    client_id: ClientId::new(t.client_id),
+                    user: UserSession {
+                        meta: SessionMeta {
+                            user_id: t.user_id.parse()?,
+                            device_id: t.device_id.as_str().into(),
+                        },
+                        tokens: SessionTokens {
+                            access_token: t.access_token,
+                            refresh_token: Some(t.refresh_token),
+                        },
+                    },
+                },
+                RoomLoadSettings::default(),
+            )
+            .await?;
+        Ok(client)
+    }
+
     /// A signed-in matrix-sdk device ("the phone") of a fresh account, with cross-signing and
     /// key backup set up by the client itself.
     pub async fn existing_device(&self, login: &str) -> Result<Client> {
@@ -274,6 +301,7 @@ pub async fn daemon_session(stack: &Stack, flow_timeout: u64) -> Result<crate::S
         stack.synapse
     ))?;
     session.start_daemon(&[]).await?;
+    session.wait_session_state(1, std::time::Duration::from_secs(20)).await?;
     Ok(session)
 }
 
@@ -310,6 +338,19 @@ pub async fn sign_in_daemon(
     let signed_in = tokio::time::timeout(std::time::Duration::from_secs(90), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
     Ok(signed_in)
+}
+
+/// The server publishes `device_id` as signed by its owner's self-signing key.
+pub async fn assert_cross_signed(observer: &Client, device_id: &str) -> Result<()> {
+    let user = observer.user_id().ok_or_else(|| anyhow!("observer not signed in"))?.to_owned();
+    observer.encryption().request_user_identity(&user).await?;
+    let device = observer
+        .encryption()
+        .get_device(&user, device_id.into())
+        .await?
+        .ok_or_else(|| anyhow!("{device_id} is unknown to the observer"))?;
+    ensure!(device.is_cross_signed_by_owner(), "{device_id} is not cross-signed by its owner");
+    Ok(())
 }
 
 /// `observer` (another device of the same user) sees `device_id` as cross-signed and verified.

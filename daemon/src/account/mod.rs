@@ -198,7 +198,12 @@ impl Account {
             .handle_refresh_tokens();
         let builder = match server {
             ServerSpec::Url(url) => builder.homeserver_url(url),
-            ServerSpec::NameOrUrl(s) => builder.server_name_or_homeserver_url(s),
+            // Discovery over plain http only for this machine's own servers (development and test
+            // homeservers); everything else is https.
+            ServerSpec::NameOrUrl(s) => match matrix_sdk::ruma::ServerName::parse(&s) {
+                Ok(name) if is_loopback(name.host()) => builder.insecure_server_name_no_tls(&name),
+                _ => builder.server_name_or_homeserver_url(s),
+            },
         };
         builder.build().await.map_err(|e| {
             use matrix_sdk::ClientBuildError as B;
@@ -384,6 +389,15 @@ async fn revoke(client: &Client) -> std::result::Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
