@@ -14,7 +14,7 @@ DATADIR ?= $(PREFIX)/share
 SYSTEMD_USER_DIR ?= $(PREFIX)/lib/systemd/user
 TARGET := target/debug
 
-.PHONY: all deps build test test-unit test-integration test-stack lint demo bench fuzz install uninstall clean stack-start stack-stop
+.PHONY: all deps build test test-unit test-integration test-stack lint demo bench install uninstall clean stack-start stack-stop
 
 all: build
 
@@ -34,8 +34,23 @@ test-unit:
 test-integration:
 	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop
 
+# End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here.
 test-stack:
-	@echo "(the real-stack tests arrive with the homeserver stack)"
+	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures
+
+# The main job: a stack of its own (ports 19008/19080), a private bus, the daemon, a full link.
+demo: deps build
+	STACK_NAME=demo SYNAPSE_PORT=19008 OAUTH_PORT=19080 stack/with-stack.sh $(TARGET)/linkd-demo
+
+# Figures (not a test): full-flow time by phase, rendezvous requests, idle cost; see BENCHMARKS.md.
+bench: deps build
+	stack/with-stack.sh $(TARGET)/linkd-bench
+
+stack-start:
+	stack/start.sh
+
+stack-stop:
+	stack/stop.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

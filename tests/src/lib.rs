@@ -227,6 +227,11 @@ impl Session {
         Ok(n)
     }
 
+    /// PID of daemon `n`.
+    pub fn daemon_pid(&self, n: usize) -> u32 {
+        self.daemons[n].id()
+    }
+
     /// Whether daemon `n` still runs.
     pub fn daemon_running(&mut self, n: usize) -> bool {
         matches!(self.daemons[n].try_wait(), Ok(None))

@@ -93,7 +93,7 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
         assert!(Instant::now() < deadline, "the portal was not asked to open the URI");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(portal.opened.lock().unwrap().as_slice(), [uri.clone()]);
+    assert_eq!(portal.opened.lock().unwrap().as_slice(), std::slice::from_ref(&uri));
     let deadline = Instant::now() + Duration::from_secs(10);
     let notified = loop {
         let log = std::fs::read_to_string(&monitor_log)?;

@@ -1,0 +1,299 @@
+//! `make bench`: figures, not pass/fail. On the real stack (Synapse + OAuth server), with every
+//! human step answered at once, it measures
+//!   - full-flow wall time split by phase, for the daemon and for a matrix-sdk <-> matrix-sdk flow
+//!     (the baseline) in the same run, and their ratio;
+//!   - rendezvous HTTP requests per flow (counted in Synapse's access log, both sides together);
+//!   - the idle daemon's RSS, CPU time and HTTP requests over 60 s.
+//!
+//! `BENCH_RUNS` (default 3) flows of each kind; `BENCH_IDLE_SECS` (default 60).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use matrix_linkd_client::{GrantOptions, LoginOptions, State};
+use matrix_linkd_tests::{
+    peers,
+    stack::{Stack, daemon_session, user_code_of},
+    wait_state,
+};
+
+/// One flow's timings: (phase name, seconds), in order, and its rendezvous requests.
+struct Run {
+    phases: Vec<(&'static str, f64)>,
+    requests: usize,
+}
+
+impl Run {
+    fn total(&self) -> f64 {
+        self.phases.iter().map(|p| p.1).sum()
+    }
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let d = now - self.0;
+        self.0 = now;
+        d.as_secs_f64()
+    }
+}
+
+/// Counts rendezvous requests Synapse logged since `from` (a byte offset of its log).
+fn rendezvous_requests(stack: &Stack, from: u64) -> usize {
+    access_lines(stack, from).filter(|l| l.contains("rendezvous")).count()
+}
+
+fn access_lines(stack: &Stack, from: u64) -> impl Iterator<Item = String> {
+    let log = std::fs::read(stack.dir.join("synapse/homeserver.log")).unwrap_or_default();
+    let tail = String::from_utf8_lossy(&log[(from as usize).min(log.len())..]).into_owned();
+    tail.lines()
+        .filter(|l| l.contains("Processed request"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+fn log_len(stack: &Stack) -> u64 {
+    std::fs::metadata(stack.dir.join("synapse/homeserver.log")).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Daemon as the existing device, showing the QR; a matrix-sdk new device scans.
+async fn daemon_grant(stack: &Stack, linkd: &matrix_linkd_client::Linkd, login: &str) -> Result<Run> {
+    let mark = log_len(stack);
+    let mut c = Clock(Instant::now());
+    let mut flow =
+        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let qr_ready = c.lap();
+    let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
+    let mut peer = peers::login_scanning(laptop, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let scanned = c.lap();
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    let to_consent = c.lap();
+    let uri = flow.verification_uri().await?;
+    flow.approve().await?;
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    flow.result().await?;
+    let to_done = c.lap();
+    peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
+    Ok(Run {
+        phases: vec![
+            ("create+QR", qr_ready),
+            ("scan+handshake", scanned),
+            ("code->consent", to_consent),
+            ("consent->done", to_done),
+        ],
+        requests: rendezvous_requests(stack, mark),
+    })
+}
+
+/// Baseline: a matrix-sdk existing device showing the QR, a matrix-sdk new device scanning.
+async fn sdk_grant(stack: &Stack, phone: &matrix_sdk::Client, login: &str) -> Result<Run> {
+    let mark = log_len(stack);
+    let mut c = Clock(Instant::now());
+    let mut existing = peers::grant_generating(phone.clone());
+    let qr = existing.qr().await?;
+    let qr_ready = c.lap();
+    let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
+    let mut new = peers::login_scanning(laptop, qr);
+    let code = new.shown_code().await?;
+    let sender = existing.code_sender().await?;
+    let scanned = c.lap();
+    sender.send(code).await?;
+    let uri = existing.verification_uri().await?;
+    let to_consent = c.lap();
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    existing.finish().await?.map_err(|e| anyhow!("existing: {e}"))?;
+    let to_done = c.lap();
+    new.finish().await?.map_err(|e| anyhow!("new: {e}"))?;
+    Ok(Run {
+        phases: vec![
+            ("create+QR", qr_ready),
+            ("scan+handshake", scanned),
+            ("code->consent", to_consent),
+            ("consent->done", to_done),
+        ],
+        requests: rendezvous_requests(stack, mark),
+    })
+}
+
+/// Daemon as the new device, showing the QR; the matrix-sdk phone scans. Ends signed in.
+async fn daemon_login(
+    stack: &Stack,
+    linkd: &matrix_linkd_client::Linkd,
+    phone: &matrix_sdk::Client,
+    login: &str,
+) -> Result<Run> {
+    let mark = log_len(stack);
+    let mut c = Clock(Instant::now());
+    let mut flow = linkd
+        .start_login(LoginOptions { homeserver: Some(stack.synapse.to_string()), ..Default::default() })
+        .await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let qr_ready = c.lap();
+    let mut peer = peers::grant_scanning(phone.clone(), flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let scanned = c.lap();
+    flow.check_code(code).await?;
+    let uri = peer.verification_uri().await?;
+    let to_consent = c.lap();
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    flow.result().await?;
+    let to_done = c.lap();
+    peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
+    Ok(Run {
+        phases: vec![
+            ("create+QR", qr_ready),
+            ("scan+handshake", scanned),
+            ("code->consent", to_consent),
+            ("consent->done", to_done),
+        ],
+        requests: rendezvous_requests(stack, mark),
+    })
+}
+
+/// Baseline for login: a matrix-sdk new device showing the QR, the matrix-sdk phone scanning.
+async fn sdk_login(stack: &Stack, phone: &matrix_sdk::Client, login: &str) -> Result<Run> {
+    let mark = log_len(stack);
+    let mut c = Clock(Instant::now());
+    let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
+    let mut new = peers::login_generating(laptop);
+    let qr = new.qr().await?;
+    let qr_ready = c.lap();
+    let mut existing = peers::grant_scanning(phone.clone(), qr);
+    let code = existing.shown_code().await?;
+    let sender = new.code_sender().await?;
+    let scanned = c.lap();
+    sender.send(code).await?;
+    let uri = existing.verification_uri().await?;
+    let to_consent = c.lap();
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    new.finish().await?.map_err(|e| anyhow!("new: {e}"))?;
+    let to_done = c.lap();
+    existing.finish().await?.map_err(|e| anyhow!("existing: {e}"))?;
+    Ok(Run {
+        phases: vec![
+            ("create+QR", qr_ready),
+            ("scan+handshake", scanned),
+            ("code->consent", to_consent),
+            ("consent->done", to_done),
+        ],
+        requests: rendezvous_requests(stack, mark),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn report(name: &str, runs: &[Run]) -> (f64, f64) {
+    let total = median(runs.iter().map(Run::total).collect());
+    let requests = median(runs.iter().map(|r| r.requests as f64).collect());
+    let phases: Vec<String> = runs[0]
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| format!("{n} {:.2}", median(runs.iter().map(|r| r.phases[i].1).collect())))
+        .collect();
+    println!("| {name} | {total:.2} s | {} | {requests:.0} |", phases.join(" · "));
+    (total, requests)
+}
+
+/// (RSS in KiB, CPU seconds) of a process.
+fn proc_usage(pid: u32) -> Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    // After the command name: state is field 3; utime and stime are fields 14 and 15.
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((rss, ticks as f64 / 100.0))
+}
+
+async fn run() -> Result<()> {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let idle: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let stack = Stack::main()?;
+    println!(
+        "matrix-linkd benchmark: {runs} runs per kind, debug builds of both sides, stack {}",
+        stack.synapse
+    );
+    println!("(human steps answered at once; consent driven over HTTP on the OAuth server's own pages)\n");
+
+    let login = Stack::new_login("bench");
+    let phone = stack.existing_device(&login).await?;
+    let session = daemon_session(&stack, 120).await?;
+    let linkd = session.client().await?;
+
+    let mut d_login = Vec::new();
+    let mut b_login = Vec::new();
+    for i in 0..runs {
+        b_login.push(sdk_login(&stack, &phone, &login).await?);
+        d_login.push(daemon_login(&stack, &linkd, &phone, &login).await?);
+        if i + 1 < runs {
+            linkd.sign_out().await?;
+        }
+    }
+    let mut d_grant = Vec::new();
+    let mut b_grant = Vec::new();
+    for _ in 0..runs {
+        b_grant.push(sdk_grant(&stack, &phone, &login).await?);
+        d_grant.push(daemon_grant(&stack, &linkd, &login).await?);
+    }
+
+    println!("| flow (median of {runs}) | total | phases (s) | rendezvous requests |");
+    println!("|---|---|---|---|");
+    let (dl, dlr) = report("daemon login (daemon shows QR)", &d_login);
+    let (bl, blr) = report("matrix-sdk login baseline (new device shows QR)", &b_login);
+    let (dg, dgr) = report("daemon grant (daemon shows QR)", &d_grant);
+    let (bg, bgr) = report("matrix-sdk grant baseline (existing shows QR)", &b_grant);
+    println!();
+    println!(
+        "ratio daemon/baseline: login time {:.2}x, requests {:.2}x; grant time {:.2}x, requests {:.2}x",
+        dl / bl,
+        dlr / blr,
+        dg / bg,
+        dgr / bgr
+    );
+
+    drop(phone);
+    let pid = session.daemon_pid(0);
+    let mark = log_len(&stack);
+    let (rss0, cpu0) = proc_usage(pid)?;
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let (rss1, cpu1) = proc_usage(pid)?;
+    let requests = access_lines(&stack, mark).count();
+    println!();
+    println!(
+        "idle daemon (signed in) over {idle} s: RSS {:.1} MiB -> {:.1} MiB, CPU {:.3} s, HTTP requests to Synapse {requests}",
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        cpu1 - cpu0
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match rt.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
