@@ -296,6 +296,11 @@ impl MockHomeserver {
         token
     }
 
+    /// The homeserver stops accepting `token` (as if it expired or was revoked).
+    pub fn forget_token(&self, token: &str) {
+        self.tokens.users.lock().unwrap().remove(token);
+    }
+
     /// The next token answer is an OAuth error (`expired_token`, `access_denied`, …).
     pub fn plan_token_error(&self, error: &'static str) {
         self.tokens.queue.lock().unwrap().push_back(TokenAnswer::Error(error));

@@ -227,6 +227,24 @@ impl Session {
         Ok(n)
     }
 
+    /// The daemon's session as kept in the Secret Service (JSON), if any.
+    pub fn kept_session(&self) -> Option<serde_json::Value> {
+        let out = self
+            .command("secret-tool")
+            .args(["lookup", "application", "io.github.matrix_linkd", "kind", "session"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// How many daemons this session started (the last one is `daemons_started() - 1`).
+    pub fn daemons_started(&self) -> usize {
+        self.daemons.len()
+    }
+
     /// PID of daemon `n`.
     pub fn daemon_pid(&self, n: usize) -> u32 {
         self.daemons[n].id()

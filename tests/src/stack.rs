@@ -307,12 +307,7 @@ pub async fn daemon_session(stack: &Stack, flow_timeout: u64) -> Result<crate::S
 
 /// The daemon's access token, as kept in the Secret Service (to prove it works on Synapse).
 pub fn daemon_access_token(session: &crate::Session) -> Result<String> {
-    let out = session
-        .command("secret-tool")
-        .args(["lookup", "application", "io.github.matrix_linkd", "kind", "session"])
-        .output()?;
-    ensure!(out.status.success(), "no session in the keyring");
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let v = session.kept_session().ok_or_else(|| anyhow!("no session in the keyring"))?;
     Ok(v["access_token"].as_str().unwrap_or_default().to_owned())
 }
 

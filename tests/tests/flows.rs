@@ -149,3 +149,43 @@ fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> bool {
         }
     })
 }
+
+/// At start the daemon checks its session: an access token the homeserver no longer accepts is
+/// refreshed, and the new tokens replace the old ones in the keyring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_refreshed_and_kept_at_restore() -> Result<()> {
+    let mut s = matrix_linkd_tests::signed_in_setup(60).await?;
+    let old = s.session.kept_session().expect("kept session")["access_token"].as_str().unwrap().to_owned();
+    s.session.stop_daemon(s.daemon)?;
+    s.hs.forget_token(&old);
+    let new = s.hs.plan_login();
+    s.session.start_daemon(&[]).await?;
+    s.session.wait_session_state(SIGNED_IN, Duration::from_secs(20)).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.session.kept_session().expect("kept session")["access_token"] != new.as_str() {
+        assert!(std::time::Instant::now() < deadline, "the refreshed token was not kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the next start uses it without another refresh.
+    let d = s.session.daemons_started() - 1;
+    s.session.stop_daemon(d)?;
+    s.session.start_daemon(&[]).await?;
+    s.session.wait_session_state(SIGNED_IN, Duration::from_secs(20)).await?;
+    assert_eq!(s.session.kept_session().unwrap()["access_token"], new.as_str());
+    Ok(())
+}
+
+/// A session the homeserver revoked (refresh refused) is dropped at start: signed out, nothing kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_session_is_dropped_at_restore() -> Result<()> {
+    let mut s = matrix_linkd_tests::signed_in_setup(60).await?;
+    let old = s.session.kept_session().expect("kept session")["access_token"].as_str().unwrap().to_owned();
+    s.session.stop_daemon(s.daemon)?;
+    s.hs.forget_token(&old);
+    s.hs.plan_token_error("invalid_grant");
+    s.session.start_daemon(&[]).await?;
+    s.session.wait_session_state(1, Duration::from_secs(20)).await?;
+    assert!(s.session.kept_session().is_none(), "the revoked session is still kept");
+    assert!(!s.session.data_dir().join("store").exists(), "the store is still there");
+    Ok(())
+}

@@ -185,6 +185,32 @@ impl Account {
             .await
             .map_err(|e| LinkError::Failed(format!("cannot restore the session from the store: {e}")))?;
         self.watch_session(&client);
+        // Ask the homeserver whether the session still holds. An expired access token is
+        // refreshed here (the watcher keeps the new tokens); a revoked session is dropped. Being
+        // offline is no reason to forget a session.
+        match tokio::time::timeout(Duration::from_secs(15), client.whoami()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e))
+                if matches!(
+                    e.client_api_error_kind(),
+                    Some(matrix_sdk::ruma::api::error::ErrorKind::UnknownToken(_))
+                ) =>
+            {
+                warn!("the homeserver no longer accepts the kept session: signed out");
+                self.secrets.delete(ItemKind::Session).await?;
+                self.secrets.delete(ItemKind::StoreKey).await?;
+                wipe_dir(&self.store_dir).await;
+                return Ok(None);
+            }
+            Ok(Err(e)) if refresh_refused(&e) => {
+                warn!("the OAuth server refused to refresh the kept session: signed out");
+                self.secrets.delete(ItemKind::Session).await?;
+                self.secrets.delete(ItemKind::StoreKey).await?;
+                wipe_dir(&self.store_dir).await;
+                return Ok(None);
+            }
+            Ok(Err(_)) | Err(_) => warn!("could not check the session with the homeserver; keeping it"),
+        }
         Ok(Some(client))
     }
 
@@ -389,6 +415,22 @@ async fn revoke(client: &Client) -> std::result::Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// The OAuth server answered the refresh with an error (`invalid_grant`, …): the grant is gone.
+/// A network failure is not a refusal.
+fn refresh_refused(e: &matrix_sdk::HttpError) -> bool {
+    use matrix_sdk::{
+        HttpError, RefreshTokenError,
+        authentication::oauth::{OAuthError, qrcode::RequestTokenError},
+    };
+    match e {
+        HttpError::RefreshToken(RefreshTokenError::RefreshTokenRequired) => true,
+        HttpError::RefreshToken(RefreshTokenError::OAuth(oauth)) => {
+            matches!(&**oauth, OAuthError::RefreshToken(RequestTokenError::ServerResponse(_)))
+        }
+        _ => false,
+    }
 }
 
 fn is_loopback(host: &str) -> bool {

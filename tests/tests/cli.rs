@@ -1,0 +1,84 @@
+//! The `matrix-link` CLI against the real daemon on a private bus.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Result, anyhow};
+use matrix_linkd_tests::{Session, bin_dir, homeserver::MockHomeserver, peers, signed_in_setup, test_config};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn cli(session: &Session) -> std::process::Command {
+    session.command(bin_dir().join("matrix-link"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_input_errors() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    // No daemon yet: a clear error, not a hang.
+    let out = cli(&session).arg("status").output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matrix-link:"), "{out:?}");
+
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    session.start_daemon(&[]).await?;
+    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    let out = cli(&session).arg("status").output()?;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("signed out") && text.contains("login"), "{text}");
+
+    let out = cli(&session).args(["login", "--qr-hex", "zz"]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad hex"), "{out:?}");
+    let out = cli(&session).args(["login", "--qr-hex", "4d4154524958"]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidQrCode"), "{out:?}");
+    let out = cli(&session).args(["grant"]).output()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotSignedIn"), "{out:?}");
+    let out = cli(&session).args(["login", "--qr-image", "/nonexistent.png"]).output()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the image"), "{out:?}");
+    for sub in ["status", "login", "grant", "sign-out"] {
+        let out = cli(&session).args([sub, "--help"]).output()?;
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{sub} --help"
+        );
+    }
+    Ok(())
+}
+
+/// `matrix-link grant --qr-hex …`: the daemon scans the new device's QR; the CLI shows the code the
+/// user types on the new device, approves (--yes), and reports the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_from_the_cli() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    let new_device = s.hs.new_device().await;
+    let mut peer = peers::login_generating(new_device.clone());
+    let qr = peer.qr().await?;
+    let mut child = tokio::process::Command::from(cli(&s.session))
+        .args(["grant", "--yes", "--no-open", "--no-notify", "--qr-hex", &hex::encode(qr)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut transcript = String::new();
+    let mut planned = false;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await?? {
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if let Some(code) = line.strip_prefix("Enter this code on the other device: ") {
+            peer.code_sender().await?.send(code.trim().parse()?).await?;
+        }
+        if line.starts_with("A new device asks to sign in") && !planned {
+            s.hs.plan_login();
+            planned = true;
+        }
+    }
+    let status = child.wait().await?;
+    assert!(status.success(), "matrix-link failed:\n{transcript}");
+    assert!(transcript.contains("Done:"), "{transcript}");
+    peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
+    peers::assert_verified_new_device(&new_device).await
+}
