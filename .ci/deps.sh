@@ -2,7 +2,7 @@
 # Installs the Debian packages that the tests and the demo need, if any is missing.
 set -euo pipefail
 packages=(dbus dbus-daemon dbus-bin dbus-user-session gnome-keyring libsecret-tools libnotify-bin xvfb dunst
-          libsqlite3-dev pkg-config curl ca-certificates python3-venv)
+          libsqlite3-dev pkg-config curl ca-certificates python3-venv systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

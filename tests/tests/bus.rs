@@ -182,3 +182,38 @@ async fn no_secret_in_logs_or_signals() -> Result<()> {
     assert!(!monitor.contains("variant             byte"), "a byte value was broadcast");
     Ok(())
 }
+
+/// The user unit and the activation file are valid for systemd and D-Bus, and say what they must.
+#[test]
+fn systemd_unit_and_activation_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bindir = matrix_linkd_tests::bin_dir().display().to_string();
+    let unit = std::fs::read_to_string(workspace_root().join("systemd/matrix-linkd.service.in"))?
+        .replace("@bindir@", &bindir);
+    for line in
+        ["Type=dbus", "BusName=io.github.matrix_linkd.Linkd1", "PrivateUsers=yes", "NoNewPrivileges=yes"]
+    {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks `{line}`");
+    }
+    assert!(!unit.contains("PrivateNetwork=yes"), "the daemon needs the network");
+    let path = dir.path().join("matrix-linkd.service");
+    std::fs::write(&path, &unit)?;
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir(&runtime)?;
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["--user", "verify"])
+        .arg(&path)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()?;
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
+
+    let activation =
+        std::fs::read_to_string(workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"))?
+            .replace("@bindir@", &bindir);
+    assert!(activation.contains("Name=io.github.matrix_linkd.Linkd1"));
+    assert!(activation.contains("SystemdService=matrix-linkd.service"));
+    let exec = activation.lines().find_map(|l| l.strip_prefix("Exec=")).expect("Exec=");
+    assert!(std::path::Path::new(exec).is_file(), "Exec= {exec} is not a file");
+    Ok(())
+}
