@@ -2,6 +2,7 @@
 //! type. The engine runs one task per flow; the D-Bus layer feeds it commands and reads events.
 
 pub mod sdk;
+pub mod wire;
 
 use std::{fmt, sync::Arc, time::Duration};
 
