@@ -2,5 +2,6 @@
 //! protocol.md §15: the QR code, the `m.login.*` messages, the latest generation's AAD.
 
 pub mod aad;
+pub mod channel;
 pub mod messages;
 pub mod qr;
