@@ -1,0 +1,360 @@
+//! Rendezvous clients for both generations (protocol.md §5): the 2024 ETag API and the latest
+//! `sequence_token` API. One session = one mutable slot on a homeserver; the protocol strictly
+//! alternates, so a client sends, then polls until the other side's write shows up.
+//!
+//! Never send an access token to a rendezvous URL taken from a scanned QR code: only `create`
+//! on our own homeserver (latest generation) may carry one.
+
+use std::time::Duration;
+
+use matrix_sdk::reqwest::{self, StatusCode, header};
+use serde_json::{Value, json};
+use url::Url;
+
+/// Largest payload a rendezvous session holds.
+pub const MAX_PAYLOAD: usize = 4096;
+
+const PATH_2024: &str = "_matrix/client/unstable/org.matrix.msc4108/rendezvous";
+const PATH_LATEST_UNSTABLE: &str = "_matrix/client/unstable/io.element.msc4388/rendezvous";
+
+/// How a rendezvous request failed. Never carries the session URL or payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RendezvousError {
+    #[error("the rendezvous session expired or was deleted")]
+    Expired,
+    #[error("the other device wrote at the same time (concurrent write)")]
+    Conflict,
+    #[error("the payload is too large for the rendezvous server")]
+    TooLarge,
+    #[error("the server offers no rendezvous here (HTTP {0})")]
+    Unavailable(u16),
+    #[error("the rendezvous server answered HTTP {0}")]
+    Status(u16),
+    #[error("the rendezvous server could not be reached")]
+    Network,
+    #[error("the rendezvous server's answer is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+pub type Result<T, E = RendezvousError> = std::result::Result<T, E>;
+
+fn network(_: reqwest::Error) -> RendezvousError {
+    RendezvousError::Network
+}
+
+async fn errcode(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: Value =
+        r.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+    let code = body
+        .get("org.matrix.msc4108.errcode")
+        .or_else(|| body.get("errcode"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    (status, code)
+}
+
+fn map_error(status: u16, code: &str) -> RendezvousError {
+    match (status, code) {
+        (404, "M_NOT_FOUND") => RendezvousError::Expired,
+        (404, _) | (401, _) | (403, _) | (405, _) => RendezvousError::Unavailable(status),
+        (409, _) | (412, _) => RendezvousError::Conflict,
+        (413, _) => RendezvousError::TooLarge,
+        (s, _) => RendezvousError::Status(s),
+    }
+}
+
+fn check_size(payload: &str) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD { Err(RendezvousError::TooLarge) } else { Ok(()) }
+}
+
+/// A 2024 session (`org.matrix.msc4108`): an absolute URL, ETag preconditions, `text/plain`.
+#[derive(Clone)]
+pub struct Session2024 {
+    http: reqwest::Client,
+    url: Url,
+    etag: Option<String>,
+}
+
+impl std::fmt::Debug for Session2024 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session2024(<redacted>)")
+    }
+}
+
+impl Session2024 {
+    /// Creates a session on `homeserver` (G).
+    pub async fn create(http: &reqwest::Client, homeserver: &Url) -> Result<Self> {
+        let endpoint =
+            homeserver.join(PATH_2024).map_err(|_| RendezvousError::Malformed("homeserver URL"))?;
+        let r = http
+            .post(endpoint)
+            .header(header::CONTENT_TYPE, "text/plain")
+            // Synapse insists on a Content-Length, which an empty body does not get by itself.
+            .header(header::CONTENT_LENGTH, "0")
+            .body("")
+            .send()
+            .await
+            .map_err(network)?;
+        if r.status() != StatusCode::CREATED && r.status() != StatusCode::OK {
+            let (s, code) = errcode(r).await;
+            return Err(map_error(s, &code));
+        }
+        let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body: Value = serde_json::from_slice(&r.bytes().await.map_err(network)?)
+            .map_err(|_| RendezvousError::Malformed("create response is not JSON"))?;
+        let url = body
+            .get("url")
+            .and_then(Value::as_str)
+            .and_then(|u| Url::parse(u).ok())
+            .ok_or(RendezvousError::Malformed("create response has no url"))?;
+        Ok(Self { http: http.clone(), url, etag })
+    }
+
+    /// Joins the session at `url` from a scanned QR code (S).
+    pub fn join(http: &reqwest::Client, url: Url) -> Self {
+        Self { http: http.clone(), url, etag: None }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Writes `payload` over the other side's last write.
+    pub async fn send(&mut self, payload: &str) -> Result<()> {
+        check_size(payload)?;
+        let mut req = self
+            .http
+            .put(self.url.clone())
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(payload.to_owned());
+        if let Some(etag) = &self.etag {
+            req = req.header(header::IF_MATCH, etag);
+        }
+        let r = req.send().await.map_err(network)?;
+        if !r.status().is_success() {
+            let (s, code) = errcode(r).await;
+            return Err(map_error(s, &code));
+        }
+        self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(())
+    }
+
+    /// One read: `Some(payload)` when the slot changed since our last read or write.
+    pub async fn poll(&mut self) -> Result<Option<String>> {
+        let mut req = self.http.get(self.url.clone());
+        if let Some(etag) = &self.etag {
+            req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        let r = req.send().await.map_err(network)?;
+        match r.status() {
+            StatusCode::NOT_MODIFIED => Ok(None),
+            s if s.is_success() => {
+                self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let body = String::from_utf8(r.bytes().await.map_err(network)?.to_vec())
+                    .map_err(|_| RendezvousError::Malformed("payload is not text"))?;
+                Ok((!body.is_empty()).then_some(body))
+            }
+            _ => {
+                let (s, code) = errcode(r).await;
+                Err(map_error(s, &code))
+            }
+        }
+    }
+
+    /// Ends the session early; errors are of no consequence.
+    pub async fn delete(&self) {
+        let _ = self.http.delete(self.url.clone()).send().await;
+    }
+}
+
+/// A latest-generation session (`io.element.msc4388`): an ID on a base URL, `sequence_token`
+/// compare-and-swap, JSON bodies.
+#[derive(Clone)]
+pub struct SessionLatest {
+    http: reqwest::Client,
+    base: Url,
+    id: String,
+    token: String,
+    expires_in: Duration,
+}
+
+impl std::fmt::Debug for SessionLatest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionLatest(<redacted>)")
+    }
+}
+
+fn latest_endpoint(base: &Url) -> Result<Url> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join(PATH_LATEST_UNSTABLE).map_err(|_| RendezvousError::Malformed("base URL"))
+}
+
+async fn json_of(r: reqwest::Response) -> Result<Value> {
+    if !r.status().is_success() {
+        let (s, code) = errcode(r).await;
+        return Err(map_error(s, &code));
+    }
+    serde_json::from_slice(&r.bytes().await.map_err(network)?)
+        .map_err(|_| RendezvousError::Malformed("not JSON"))
+}
+
+fn field(v: &Value, name: &'static str) -> Result<String> {
+    v.get(name).and_then(Value::as_str).map(str::to_owned).ok_or(RendezvousError::Malformed(name))
+}
+
+impl SessionLatest {
+    /// `GET …/rendezvous`: may this client create sessions here?
+    pub async fn discover(http: &reqwest::Client, base: &Url, access_token: Option<&str>) -> Result<bool> {
+        let mut req = http.get(latest_endpoint(base)?);
+        if let Some(t) = access_token {
+            req = req.bearer_auth(t);
+        }
+        let v = json_of(req.send().await.map_err(network)?).await?;
+        Ok(v.get("create_available").and_then(Value::as_bool).unwrap_or(false))
+    }
+
+    /// Creates a session (G), on our own homeserver or a configured default.
+    pub async fn create(http: &reqwest::Client, base: &Url, access_token: Option<&str>) -> Result<Self> {
+        let mut req = http.post(latest_endpoint(base)?).header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = access_token {
+            req = req.bearer_auth(t);
+        }
+        let v = json_of(req.body(json!({ "data": "" }).to_string()).send().await.map_err(network)?).await?;
+        let expires_in =
+            Duration::from_millis(v.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(120_000));
+        Ok(Self {
+            http: http.clone(),
+            base: base.clone(),
+            id: field(&v, "id")?,
+            token: field(&v, "sequence_token")?,
+            expires_in,
+        })
+    }
+
+    /// Joins the session `id` from a scanned QR code (S): reads the current token.
+    pub async fn join(http: &reqwest::Client, base: &Url, id: &str) -> Result<Self> {
+        let mut s = Self {
+            http: http.clone(),
+            base: base.clone(),
+            id: id.to_owned(),
+            token: String::new(),
+            expires_in: Duration::ZERO,
+        };
+        let v = json_of(s.http.get(s.session_url()?).send().await.map_err(network)?).await?;
+        s.token = field(&v, "sequence_token")?;
+        s.expires_in = Duration::from_millis(v.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0));
+        Ok(s)
+    }
+
+    fn session_url(&self) -> Result<Url> {
+        let mut u = latest_endpoint(&self.base)?;
+        u.path_segments_mut().map_err(|_| RendezvousError::Malformed("base URL"))?.push(&self.id);
+        Ok(u)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The last token seen: the precondition (and AAD token) of our next write.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Time to live reported by the server at create/join.
+    pub fn expires_in(&self) -> Duration {
+        self.expires_in
+    }
+
+    /// Writes `data` with the current token as precondition. A lost answer is retried once with
+    /// the identical payload (the server treats that as idempotent).
+    pub async fn send(&mut self, data: &str) -> Result<()> {
+        check_size(data)?;
+        let body = json!({ "sequence_token": self.token, "data": data }).to_string();
+        let mut attempt = 0;
+        loop {
+            let sent = self
+                .http
+                .put(self.session_url()?)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) => {
+                    let v = json_of(r).await?;
+                    self.token = field(&v, "sequence_token")?;
+                    return Ok(());
+                }
+                Err(_) if attempt == 0 => attempt += 1,
+                Err(e) => return Err(network(e)),
+            }
+        }
+    }
+
+    /// One read: `Some((data, aad_token))` when the token changed, where `aad_token` is the
+    /// token we held before (the precondition of the other side's write).
+    pub async fn poll(&mut self) -> Result<Option<(String, String)>> {
+        let v = json_of(self.http.get(self.session_url()?).send().await.map_err(network)?).await?;
+        let token = field(&v, "sequence_token")?;
+        if token == self.token {
+            return Ok(None);
+        }
+        let data = field(&v, "data")?;
+        let previous = std::mem::replace(&mut self.token, token);
+        Ok(Some((data, previous)))
+    }
+
+    pub async fn delete(&self) {
+        if let Ok(u) = self.session_url() {
+            let _ = self.http.delete(u).send().await;
+        }
+    }
+}
+
+/// A client for rendezvous requests: short timeouts, no redirects but the 307 of a 2024 create.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_names() {
+        assert_eq!(map_error(404, "M_NOT_FOUND"), RendezvousError::Expired);
+        assert_eq!(map_error(404, "M_UNRECOGNIZED"), RendezvousError::Unavailable(404));
+        assert_eq!(map_error(412, "M_CONCURRENT_WRITE"), RendezvousError::Conflict);
+        assert_eq!(map_error(409, "IO_ELEMENT_MSC4388_CONCURRENT_WRITE"), RendezvousError::Conflict);
+        assert_eq!(map_error(413, "M_TOO_LARGE"), RendezvousError::TooLarge);
+        assert_eq!(map_error(401, "M_MISSING_TOKEN"), RendezvousError::Unavailable(401));
+        assert_eq!(map_error(500, ""), RendezvousError::Status(500));
+    }
+
+    #[test]
+    fn endpoints_keep_base_paths() {
+        let u = latest_endpoint(&Url::parse("https://example.org").unwrap()).unwrap();
+        assert_eq!(u.as_str(), "https://example.org/_matrix/client/unstable/io.element.msc4388/rendezvous");
+        let u = latest_endpoint(&Url::parse("https://example.org/matrix").unwrap()).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://example.org/matrix/_matrix/client/unstable/io.element.msc4388/rendezvous"
+        );
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused_locally() {
+        assert_eq!(check_size(&"x".repeat(MAX_PAYLOAD + 1)), Err(RendezvousError::TooLarge));
+        assert_eq!(check_size(&"x".repeat(MAX_PAYLOAD)), Ok(()));
+    }
+}
