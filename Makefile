@@ -14,7 +14,7 @@ DATADIR ?= $(PREFIX)/share
 SYSTEMD_USER_DIR ?= $(PREFIX)/lib/systemd/user
 TARGET := target/debug
 
-.PHONY: all deps build test test-unit test-integration test-stack lint demo bench install uninstall clean stack-start stack-stop
+.PHONY: all deps build test test-unit test-integration test-stack lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
 
 all: build
 
@@ -25,8 +25,9 @@ deps:
 build:
 	$(CARGO) build --workspace --all-targets
 
-# Unit tests, then the real daemon on private buses (mock homeserver), then the real stack.
-test: deps build test-unit test-integration test-stack
+# Unit tests, then the real daemon on private buses (mock homeserver), then the real stack, then
+# a short fuzz run of the parsers.
+test: deps build test-unit test-integration test-stack fuzz-short
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
@@ -45,6 +46,28 @@ demo: deps build
 # Figures (not a test): full-flow time by phase, rendezvous requests, idle cost; see BENCHMARKS.md.
 bench: deps build
 	stack/with-stack.sh $(TARGET)/linkd-bench
+
+# Fuzzing (cargo-fuzz, libFuzzer) of the QR parser, the message decoder and the channel decoders.
+# The toolchain is stable; RUSTC_BOOTSTRAP lets cargo-fuzz pass its sanitizer flags.
+FUZZ_TARGETS := qr_parse message_decode channel_open
+FUZZ_SECONDS ?= 600
+
+fuzz-deps:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+# A short run (20 s a target) as part of `make test`.
+fuzz-short: fuzz-deps
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t corpus-seeds/$$t -- -max_total_time=20 -rss_limit_mb=4096) || exit 1; \
+	done
+
+# The longer run: FUZZ_SECONDS (default 600) a target.
+fuzz: fuzz-deps
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t corpus-seeds/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
 
 stack-start:
 	stack/start.sh

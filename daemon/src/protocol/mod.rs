@@ -3,7 +3,9 @@
 
 pub mod rendezvous;
 pub mod sdk;
-pub mod wire;
+
+/// The wire formats (QR, messages, AAD, channels): the `matrix-linkd-wire` crate.
+pub use matrix_linkd_wire as wire;
 
 use std::{fmt, sync::Arc, time::Duration};
 

@@ -194,7 +194,7 @@ pub fn b64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::wire::aad::aad_raw;
+    use crate::aad::aad_raw;
 
     const BASE: &str = "https://matrix-client.matrix.org";
     const ID: &str = "e8da6355-550b-4a32-a193-1619d9830668";
