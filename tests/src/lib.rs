@@ -481,3 +481,28 @@ impl Session {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
+
+/// Grant options for tests: no desktop side effects.
+pub fn quiet_grant() -> matrix_linkd_client::GrantOptions {
+    matrix_linkd_client::GrantOptions { notify: false, open_uri: false, ..Default::default() }
+}
+
+/// The daemon shows a QR code for a grant and `new_device` (matrix-sdk) scans it; returns once the
+/// daemon waits for the check code, with the code the new device shows.
+pub async fn grant_scanned_by(
+    linkd: &matrix_linkd_client::Linkd,
+    options: matrix_linkd_client::GrantOptions,
+    new_device: matrix_sdk::Client,
+) -> Result<(
+    matrix_linkd_client::Flow,
+    peers::Peer<matrix_sdk::authentication::oauth::qrcode::QRCodeLoginError>,
+    u8,
+)> {
+    use matrix_linkd_client::State;
+    let mut flow = linkd.start_grant(options).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let mut peer = peers::login_scanning(new_device, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    Ok((flow, peer, code))
+}

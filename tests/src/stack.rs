@@ -221,26 +221,18 @@ impl Stack {
     /// that reads what the server publishes.
     pub async fn observer(&self, login: &str) -> Result<Client> {
         let t = self.device_login(login, &format!("OBS{}", &Self::new_login("")[..6].to_uppercase())).await?;
-        let client = Client::builder().homeserver_url(self.synapse.clone()).build().await?;
-        client
-            .oauth()
-            .restore_session(
-                OAuthSession {
-                    client_id: ClientId::new(t.client_id),
-                    user: UserSession {
-                        meta: SessionMeta {
-                            user_id: t.user_id.parse()?,
-                            device_id: t.device_id.as_str().into(),
-                        },
-                        tokens: SessionTokens {
-                            access_token: t.access_token,
-                            refresh_token: Some(t.refresh_token),
-                        },
-                    },
-                },
-                RoomLoadSettings::default(),
-            )
-            .await?;
+        self.client_from(t).await
+    }
+
+    /// A matrix-sdk client restored from tokens of the device grant.
+    async fn client_from(&self, t: DeviceTokens) -> Result<Client> {
+        let client =
+            Client::builder().homeserver_url(self.synapse.clone()).handle_refresh_tokens().build().await?;
+        let meta = SessionMeta { user_id: t.user_id.parse()?, device_id: t.device_id.as_str().into() };
+        let tokens = SessionTokens { access_token: t.access_token, refresh_token: Some(t.refresh_token) };
+        let session =
+            OAuthSession { client_id: ClientId::new(t.client_id), user: UserSession { meta, tokens } };
+        client.oauth().restore_session(session, RoomLoadSettings::default()).await?;
         Ok(client)
     }
 
@@ -249,27 +241,7 @@ impl Stack {
     pub async fn existing_device(&self, login: &str) -> Result<Client> {
         let t =
             self.device_login(login, &format!("PHONE{}", &Self::new_login("")[..6].to_uppercase())).await?;
-        let client =
-            Client::builder().homeserver_url(self.synapse.clone()).handle_refresh_tokens().build().await?;
-        client
-            .oauth()
-            .restore_session(
-                OAuthSession {
-                    client_id: ClientId::new(t.client_id),
-                    user: UserSession {
-                        meta: SessionMeta {
-                            user_id: t.user_id.parse()?,
-                            device_id: t.device_id.as_str().into(),
-                        },
-                        tokens: SessionTokens {
-                            access_token: t.access_token,
-                            refresh_token: Some(t.refresh_token),
-                        },
-                    },
-                },
-                RoomLoadSettings::default(),
-            )
-            .await?;
+        let client = self.client_from(t).await?;
         client.encryption().bootstrap_cross_signing(None).await.context("bootstrap cross-signing")?;
         client.encryption().recovery().enable().await.context("enable key backup and recovery")?;
         Ok(client)

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Result;
 use matrix_linkd_client::{GrantOptions, State};
-use matrix_linkd_tests::{peers, signed_in_setup, wait_state};
+use matrix_linkd_tests::{grant_scanned_by, peers, signed_in_setup, wait_state};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 /// Records the URIs it is asked to open, like xdg-desktop-portal's OpenURI would open them.
@@ -65,12 +65,9 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
         .spawn()?;
 
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions::default()).await?;
-    wait_state(&mut flow, State::QrReady).await?;
     let new_device = s.hs.new_device().await;
-    let mut peer = peers::login_scanning(new_device.clone(), flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let (mut flow, peer, code) =
+        grant_scanned_by(&linkd, GrantOptions::default(), new_device.clone()).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     let uri = flow.verification_uri().await?;
@@ -121,11 +118,8 @@ async fn closing_the_notification_leaves_the_choice_to_the_owner() -> Result<()>
     let s = signed_in_setup(60).await?;
     let _notifications = s.session.start_notifications()?;
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(GrantOptions { open_uri: false, ..Default::default() }).await?;
-    wait_state(&mut flow, State::QrReady).await?;
-    let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let options = GrantOptions { open_uri: false, ..Default::default() };
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     // dunstctl can only click `default`; closing the notification is not a choice, so the owner

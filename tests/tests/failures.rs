@@ -6,9 +6,9 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Result;
 use matrix_linkd_client::{ClientError, FlowProxy, GrantOptions, LoginOptions, ManagerProxy, State};
 use matrix_linkd_tests::{
-    Session, SessionOptions, error_short_name,
+    Session, SessionOptions, error_short_name, grant_scanned_by,
     homeserver::{MockHomeserver, USER},
-    peers, qr_2024, signed_in_setup, test_config, wait_state,
+    peers, qr_2024, quiet_grant, signed_in_setup, test_config, wait_state,
 };
 use zbus::zvariant::Value;
 
@@ -109,8 +109,7 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
     );
 
     // CheckCode / Approve before their state; a second flow while one runs.
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     assert_eq!(error_short_name(flow.check_code(42).await), "InvalidState");
     assert_eq!(error_short_name(flow.approve().await), "InvalidState");
@@ -143,12 +142,7 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
 async fn wrong_check_code_fails_the_flow() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
-    wait_state(&mut flow, State::QrReady).await?;
-    let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let (flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
     flow.check_code((code + 1) % 100).await?;
     // A second attempt is not allowed (the flow may already be gone).
     let again = error_short_name(flow.check_code(code).await);
@@ -162,8 +156,7 @@ async fn wrong_check_code_fails_the_flow() -> Result<()> {
 async fn only_the_owner_may_drive_or_read_a_flow() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let owner = s.session.client().await?;
-    let mut flow =
-        owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = owner.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
 
     let other = s.session.connect().await?;
@@ -193,8 +186,7 @@ async fn only_the_owner_may_drive_or_read_a_flow() -> Result<()> {
 async fn owner_leaving_cancels_the_flow() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let owner = s.session.client().await?;
-    let mut flow =
-        owner.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = owner.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let path = flow.path().clone();
     let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
@@ -217,8 +209,7 @@ async fn owner_leaving_cancels_the_flow() -> Result<()> {
     }
     peer.task.abort();
     let linkd = s.session.client().await?;
-    let flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let flow = linkd.start_grant(quiet_grant()).await?;
     flow.cancel().await?;
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
@@ -264,8 +255,7 @@ async fn detached_flows_serve_other_processes_of_the_user() -> Result<()> {
 async fn expired_rendezvous_is_named() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     s.hs.expire_rendezvous();
     failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "Expired");
@@ -277,12 +267,7 @@ async fn expired_rendezvous_is_named() -> Result<()> {
 async fn peer_gives_up(token_error: &'static str, expected: &str, message_part: &str) -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
-    wait_state(&mut flow, State::QrReady).await?;
-    let mut peer = peers::login_scanning(s.hs.new_device().await, flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     s.hs.plan_token_error(token_error);
@@ -313,8 +298,7 @@ async fn peer_declining_is_passed_through() -> Result<()> {
 async fn flow_times_out() -> Result<()> {
     let mut s = signed_in_setup(10).await?;
     let linkd = s.session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let expires = flow.proxy().expires_at().await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;

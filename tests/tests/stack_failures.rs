@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use matrix_linkd_client::{ClientError, GrantOptions, LoginOptions, SessionState, SignedIn, State};
+use matrix_linkd_client::{ClientError, LoginOptions, SessionState, SignedIn, State};
 use matrix_linkd_tests::{
-    Session, peers,
+    Session, grant_scanned_by, peers, quiet_grant,
     stack::{Stack, daemon_session, sign_in_daemon, user_code_of},
     wait_state,
 };
@@ -39,13 +39,8 @@ async fn user_denies_consent_on_the_oauth_page() -> Result<()> {
     let me = sign_in_daemon(&stack, &session, &phone, &login).await?;
 
     let linkd = session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
-    wait_state(&mut flow, State::QrReady).await?;
     let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
-    let mut peer = peers::login_scanning(laptop, flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), laptop).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     let uri = flow.verification_uri().await?;
@@ -101,8 +96,7 @@ async fn rendezvous_session_expires_after_60_s() -> Result<()> {
     let mut session = daemon_session(&stack, 180).await?;
     let me = sign_in_daemon(&stack, &session, &phone, &login).await?;
     let linkd = session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let started = std::time::Instant::now();
     // Nobody scans. Synapse forgets the session after 60 s; the daemon reads 404 and names it.
@@ -120,13 +114,8 @@ async fn synapse_stops_mid_flow() -> Result<()> {
     let mut session = daemon_session(&stack, 120).await?;
     let me = sign_in_daemon(&stack, &session, &phone, &login).await?;
     let linkd = session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
-    wait_state(&mut flow, State::QrReady).await?;
     let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
-    let mut peer = peers::login_scanning(laptop, flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let (flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), laptop).await?;
     // Synapse goes away; the daemon's next rendezvous request cannot connect.
     stack.kill_synapse()?;
     peer.task.abort();

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow, ensure};
 use matrix_linkd_client::{ClientError, GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     jspeer::{JsPeer, Mode, Role},
+    quiet_grant,
     stack::{
         Stack, assert_cross_signed, assert_seen_verified, daemon_access_token, daemon_session,
         sign_in_daemon, user_code_of,
@@ -93,8 +94,7 @@ async fn js_daemon_grant_showing_qr() -> Result<()> {
     sign_in_daemon(&stack, &session, &phone, &login).await?;
 
     let linkd = session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let mut js = JsPeer::start(&stack, Role::New, Mode::Scan, &login)?;
     js.write("qr.hex", &hex::encode(flow.qr_code("raw").await?))?;
@@ -121,9 +121,7 @@ async fn js_daemon_grant_scanning_qr() -> Result<()> {
     let mut js = JsPeer::start(&stack, Role::New, Mode::Generate, &login)?;
     let qr = js.qr().await?;
     let linkd = session.client().await?;
-    let mut flow = linkd
-        .start_grant(GrantOptions { qr_code: Some(qr), notify: false, open_uri: false, ..Default::default() })
-        .await?;
+    let mut flow = linkd.start_grant(GrantOptions { qr_code: Some(qr), ..quiet_grant() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     assert_eq!(flow.check_code_to_show().await?, js.check_code().await?, "check codes differ");
     wait_state(&mut flow, State::WaitingForApproval).await?;

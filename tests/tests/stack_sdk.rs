@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
-    peers,
+    grant_scanned_by, peers, quiet_grant,
     stack::{Stack, assert_seen_verified, daemon_access_token, daemon_session, sign_in_daemon, user_code_of},
     wait_state,
 };
@@ -59,13 +59,8 @@ async fn sdk_daemon_grant_showing_qr() -> Result<()> {
     sign_in_daemon(&stack, &session, &phone, &login).await?;
 
     let linkd = session.client().await?;
-    let mut flow =
-        linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
-    wait_state(&mut flow, State::QrReady).await?;
     let laptop = new_device(&stack).await?;
-    let mut peer = peers::login_scanning(laptop.clone(), flow.qr_code("raw").await?);
-    let code = peer.shown_code().await?;
-    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), laptop.clone()).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     let uri = flow.verification_uri().await?;
@@ -91,9 +86,7 @@ async fn sdk_daemon_grant_scanning_qr() -> Result<()> {
     let mut peer = peers::login_generating(laptop.clone());
     let qr = peer.qr().await?;
     let linkd = session.client().await?;
-    let mut flow = linkd
-        .start_grant(GrantOptions { qr_code: Some(qr), notify: false, open_uri: false, ..Default::default() })
-        .await?;
+    let mut flow = linkd.start_grant(GrantOptions { qr_code: Some(qr), ..quiet_grant() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     peer.code_sender().await?.send(flow.check_code_to_show().await?).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
