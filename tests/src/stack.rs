@@ -62,9 +62,9 @@ async fn post_form(url: &str, pairs: &[(&str, &str)]) -> Result<(u16, Value)> {
 }
 
 impl Stack {
-    /// The `main` stack that `make test` starts.
+    /// The stack that `make test` starts (`main`; `LINKD_STACK` names another running one).
     pub fn main() -> Result<Self> {
-        Self::load("main")
+        Self::load(&std::env::var("LINKD_STACK").unwrap_or_else(|_| "main".to_owned()))
     }
 
     pub fn load(name: &str) -> Result<Self> {

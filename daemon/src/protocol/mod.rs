@@ -1,6 +1,7 @@
 //! The QR login protocol engine, behind a small trait so the D-Bus layer never sees a protocol
 //! type. The engine runs one task per flow; the D-Bus layer feeds it commands and reads events.
 
+pub mod device_grant;
 pub mod rendezvous;
 pub mod sdk;
 

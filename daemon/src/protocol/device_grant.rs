@@ -1,0 +1,273 @@
+//! The new device's side of the RFC 8628 device authorization grant on the Matrix OAuth 2.0 API
+//! (protocol.md §10), for the own engine: metadata, dynamic registration (with an explicit empty
+//! `response_types`, which strict servers need), the device authorization request with the stable
+//! scopes (unstable ones as fallback), and token polling that respects `interval` and
+//! `slow_down` and stops at the first success (a second exchange is a replay).
+
+use std::time::Duration;
+
+use matrix_sdk::reqwest::{self, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use url::Url;
+
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// How the grant failed. Messages never quote tokens, codes or server bodies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("the homeserver does not use OAuth 2.0 (no auth metadata)")]
+    NoOAuth,
+    #[error("the OAuth server does not offer the device authorization grant")]
+    NoDeviceGrant,
+    #[error("the OAuth server does not allow dynamic client registration")]
+    NoRegistration,
+    #[error("the OAuth server refused the request: {0}")]
+    Refused(String),
+    #[error("the sign-in was denied")]
+    AccessDenied,
+    #[error("the sign-in request expired")]
+    Expired,
+    #[error("the OAuth server could not be reached")]
+    Network,
+    #[error("the OAuth server's answer is malformed")]
+    Malformed,
+}
+
+pub type Result<T, E = GrantError> = std::result::Result<T, E>;
+
+/// The parts of the authorization server metadata (RFC 8414) the grant needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metadata {
+    pub issuer: Url,
+    pub device_authorization_endpoint: Option<Url>,
+    pub token_endpoint: Url,
+    pub registration_endpoint: Option<Url>,
+    #[serde(default)]
+    pub grant_types_supported: Vec<String>,
+    pub revocation_endpoint: Option<Url>,
+}
+
+/// The RFC 8628 device authorization response. Secret fields are not `Debug`-printed.
+#[derive(Clone, Deserialize)]
+pub struct DeviceAuthorization {
+    pub device_code: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    pub interval: Option<u64>,
+}
+
+impl std::fmt::Debug for DeviceAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceAuthorization(expires_in={}, interval={:?})", self.expires_in, self.interval)
+    }
+}
+
+/// Tokens from the token endpoint. Not `Debug`.
+#[derive(Clone, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<u64>,
+}
+
+fn network(_: reqwest::Error) -> GrantError {
+    GrantError::Network
+}
+
+async fn json(r: reqwest::Response) -> Result<(u16, Value)> {
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.map_err(network)?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// `GET /_matrix/client/v1/auth_metadata`, then the MSC2965 unstable path.
+pub async fn metadata(http: &reqwest::Client, homeserver: &Url) -> Result<Metadata> {
+    for path in
+        ["_matrix/client/v1/auth_metadata", "_matrix/client/unstable/org.matrix.msc2965/auth_metadata"]
+    {
+        let url = homeserver.join(path).map_err(|_| GrantError::Malformed)?;
+        let r = http.get(url).send().await.map_err(network)?;
+        if r.status().is_success() {
+            let (_, v) = json(r).await?;
+            let m: Metadata = serde_json::from_value(v).map_err(|_| GrantError::Malformed)?;
+            if m.device_authorization_endpoint.is_none()
+                || !m.grant_types_supported.iter().any(|g| g == DEVICE_CODE_GRANT)
+            {
+                return Err(GrantError::NoDeviceGrant);
+            }
+            return Ok(m);
+        }
+    }
+    Err(GrantError::NoOAuth)
+}
+
+/// RFC 7591 registration of a public native client for the device grant; returns the client ID.
+pub async fn register(
+    http: &reqwest::Client,
+    m: &Metadata,
+    client_name: &str,
+    client_uri: &Url,
+) -> Result<String> {
+    let endpoint = m.registration_endpoint.clone().ok_or(GrantError::NoRegistration)?;
+    let body = json!({
+        "client_name": client_name,
+        "client_uri": client_uri,
+        "application_type": "native",
+        "grant_types": [DEVICE_CODE_GRANT, "refresh_token"],
+        "response_types": [],
+        "token_endpoint_auth_method": "none",
+    });
+    let r = http
+        .post(endpoint)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(network)?;
+    let (status, v) = json(r).await?;
+    match v.get("client_id").and_then(Value::as_str) {
+        Some(id) if (200..300).contains(&status) => Ok(id.to_owned()),
+        _ => Err(GrantError::Refused(
+            v.get("error").and_then(Value::as_str).unwrap_or("registration").to_owned(),
+        )),
+    }
+}
+
+/// A device ID the way the MSC asks: high entropy, `[A-Za-z0-9]`, scope-safe.
+pub fn new_device_id() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..16).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+/// The device authorization request for `device_id`: stable scopes, then the unstable ones if the
+/// server rejects those.
+pub async fn authorize(
+    http: &reqwest::Client,
+    m: &Metadata,
+    client_id: &str,
+    device_id: &str,
+) -> Result<DeviceAuthorization> {
+    let endpoint = m.device_authorization_endpoint.clone().ok_or(GrantError::NoDeviceGrant)?;
+    let mut last = GrantError::Malformed;
+    for prefix in ["urn:matrix:client", "urn:matrix:org.matrix.msc2967.client"] {
+        let scope = format!("{prefix}:api:* {prefix}:device:{device_id}");
+        let r = http
+            .post(endpoint.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form(&[("client_id", client_id), ("scope", &scope)]))
+            .send()
+            .await
+            .map_err(network)?;
+        let (status, v) = json(r).await?;
+        if (200..300).contains(&status) {
+            return serde_json::from_value(v).map_err(|_| GrantError::Malformed);
+        }
+        let error = v.get("error").and_then(Value::as_str).unwrap_or("device authorization").to_owned();
+        last = GrantError::Refused(error.clone());
+        if error != "invalid_scope" {
+            break;
+        }
+    }
+    Err(last)
+}
+
+/// What one token request said.
+#[derive(Debug, PartialEq, Eq)]
+enum Poll {
+    Pending,
+    SlowDown,
+}
+
+async fn poll_once(
+    http: &reqwest::Client,
+    m: &Metadata,
+    client_id: &str,
+    device_code: &str,
+) -> Result<Result<Tokens, Poll>> {
+    let r = http
+        .post(m.token_endpoint.clone())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("grant_type", DEVICE_CODE_GRANT),
+            ("device_code", device_code),
+            ("client_id", client_id),
+        ]))
+        .send()
+        .await
+        .map_err(network)?;
+    let (status, v) = json(r).await?;
+    if (200..300).contains(&status) {
+        return serde_json::from_value(v).map(Ok).map_err(|_| GrantError::Malformed);
+    }
+    match v.get("error").and_then(Value::as_str) {
+        Some("authorization_pending") => Ok(Err(Poll::Pending)),
+        Some("slow_down") => Ok(Err(Poll::SlowDown)),
+        Some("access_denied") => Err(GrantError::AccessDenied),
+        Some("expired_token") => Err(GrantError::Expired),
+        Some(other) => Err(GrantError::Refused(other.to_owned())),
+        None => Err(GrantError::Malformed),
+    }
+}
+
+/// Polls the token endpoint every `interval` (default 5 s, +5 s on `slow_down`) until the user
+/// decides or the code expires; stops at the first success.
+pub async fn poll_tokens(
+    http: &reqwest::Client,
+    m: &Metadata,
+    client_id: &str,
+    auth: &DeviceAuthorization,
+) -> Result<Tokens> {
+    let mut interval = Duration::from_secs(auth.interval.unwrap_or(5).max(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(auth.expires_in.max(1));
+    loop {
+        match poll_once(http, m, client_id, &auth.device_code).await? {
+            Ok(tokens) => return Ok(tokens),
+            Err(Poll::SlowDown) => interval += Duration::from_secs(5),
+            Err(Poll::Pending) => {}
+        }
+        if tokio::time::Instant::now() + interval > deadline {
+            return Err(GrantError::Expired);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_scope_safe() {
+        let id = new_device_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(new_device_id(), id);
+    }
+
+    #[test]
+    fn secrets_are_not_debug_printed() {
+        let a = DeviceAuthorization {
+            device_code: "DEVCODE".into(),
+            user_code: "USERCODE".into(),
+            verification_uri: "https://x/".into(),
+            verification_uri_complete: None,
+            expires_in: 600,
+            interval: None,
+        };
+        let s = format!("{a:?}");
+        assert!(!s.contains("DEVCODE") && !s.contains("USERCODE"));
+    }
+}
