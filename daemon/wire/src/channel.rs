@@ -163,6 +163,14 @@ impl Channel {
         }
     }
 
+    /// The two check-code bytes the digits come from.
+    pub fn check_code_bytes(&self) -> [u8; 2] {
+        match self {
+            Channel::V2024(e) => *e.check_code().as_bytes(),
+            Channel::Latest(h) => *h.check_code().as_bytes(),
+        }
+    }
+
     /// Encrypts one message; the result is the rendezvous payload.
     pub fn seal(&mut self, plaintext: &[u8], aad: &[u8]) -> String {
         match self {
@@ -184,6 +192,16 @@ impl Channel {
             }
         }
     }
+}
+
+/// The digits of a check code (protocol.md §7): 2024 `b0 % 10, b1 % 10` (00–99); latest
+/// `(b0 % 9) + 1, b1 % 10` (10–99).
+pub fn check_code_digits(bytes: [u8; 2], generation: Generation) -> u8 {
+    let first = match generation {
+        Generation::V2024 => bytes[0] % 10,
+        Generation::Latest => bytes[0] % 9 + 1,
+    };
+    first * 10 + bytes[1] % 10
 }
 
 /// Unpadded standard base64, as the channel payloads use it.
@@ -326,7 +344,7 @@ mod tests {
         let context = [b"MATRIX_QR_CODE_LOGIN_CHECKCODE".as_slice(), &gp, sp].concat();
         ctx.export(&context, &mut check).unwrap();
         assert_eq!(check, [0xc4, 0xaa]);
-        assert_eq!((check[0] % 9 + 1) * 10 + check[1] % 10, 80);
+        assert_eq!(check_code_digits(check, Generation::Latest), 80);
         // S's first JSON message, sealed with ctxS at seq 1 under AAD(SEQ3), opens with ctxG.
         let success = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode("ZptIJDmW3h+H2s4hCRhuZUcPlew2GLGiz58P+jL8wS2IPwAosEgKMDbp")
