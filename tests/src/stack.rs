@@ -307,28 +307,30 @@ pub async fn sign_in_daemon(
     Ok(signed_in)
 }
 
-/// The server publishes `device_id` as signed by its owner's self-signing key.
-pub async fn assert_cross_signed(observer: &Client, device_id: &str) -> Result<()> {
+/// `observer` (another device of the same user) fetches `device_id` from the server.
+async fn fetched_device(
+    observer: &Client,
+    device_id: &str,
+) -> Result<matrix_sdk::encryption::identities::Device> {
     let user = observer.user_id().ok_or_else(|| anyhow!("observer not signed in"))?.to_owned();
     observer.encryption().request_user_identity(&user).await?;
-    let device = observer
+    observer
         .encryption()
         .get_device(&user, device_id.into())
         .await?
-        .ok_or_else(|| anyhow!("{device_id} is unknown to the observer"))?;
+        .ok_or_else(|| anyhow!("{device_id} is unknown to the other device"))
+}
+
+/// The server publishes `device_id` as signed by its owner's self-signing key.
+pub async fn assert_cross_signed(observer: &Client, device_id: &str) -> Result<()> {
+    let device = fetched_device(observer, device_id).await?;
     ensure!(device.is_cross_signed_by_owner(), "{device_id} is not cross-signed by its owner");
     Ok(())
 }
 
 /// `observer` (another device of the same user) sees `device_id` as cross-signed and verified.
 pub async fn assert_seen_verified(observer: &Client, device_id: &str) -> Result<()> {
-    let user = observer.user_id().ok_or_else(|| anyhow!("observer not signed in"))?.to_owned();
-    observer.encryption().request_user_identity(&user).await?;
-    let device = observer
-        .encryption()
-        .get_device(&user, device_id.into())
-        .await?
-        .ok_or_else(|| anyhow!("{device_id} is unknown to the other device"))?;
+    let device = fetched_device(observer, device_id).await?;
     ensure!(device.is_cross_signed_by_owner(), "{device_id} is not cross-signed by its owner");
     ensure!(device.is_verified(), "{device_id} is not verified in the other device's eyes");
     Ok(())
