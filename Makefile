@@ -25,9 +25,9 @@ deps:
 build:
 	$(CARGO) build --workspace --all-targets
 
-# Unit tests, then the real daemon on private buses (mock homeserver), then the real stack, then
-# a short fuzz run of the parsers.
-test: deps build test-unit test-integration test-stack fuzz-short
+# Unit tests, a short fuzz run of the parsers, the real daemon on private buses (mock homeserver),
+# then end to end over the real stack.
+test: deps build test-unit fuzz-short test-integration test-stack
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
