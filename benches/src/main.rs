@@ -23,7 +23,14 @@ struct Run {
     requests: usize,
 }
 
+const PHASES: [&str; 4] = ["create+QR", "scan+handshake", "code->consent", "consent->done"];
+
 impl Run {
+    /// A run from its four phase times, in `PHASES` order.
+    fn new(times: [f64; 4], stack: &Stack, mark: u64) -> Self {
+        Run { phases: PHASES.into_iter().zip(times).collect(), requests: rendezvous_requests(stack, mark) }
+    }
+
     fn total(&self) -> f64 {
         self.phases.iter().map(|p| p.1).sum()
     }
@@ -81,15 +88,7 @@ async fn daemon_grant(stack: &Stack, linkd: &matrix_linkd_client::Linkd, login: 
     flow.result().await?;
     let to_done = c.lap();
     peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
-    Ok(Run {
-        phases: vec![
-            ("create+QR", qr_ready),
-            ("scan+handshake", scanned),
-            ("code->consent", to_consent),
-            ("consent->done", to_done),
-        ],
-        requests: rendezvous_requests(stack, mark),
-    })
+    Ok(Run::new([qr_ready, scanned, to_consent, to_done], stack, mark))
 }
 
 /// Baseline: a matrix-sdk existing device showing the QR, a matrix-sdk new device scanning.
@@ -111,15 +110,7 @@ async fn sdk_grant(stack: &Stack, phone: &matrix_sdk::Client, login: &str) -> Re
     existing.finish().await?.map_err(|e| anyhow!("existing: {e}"))?;
     let to_done = c.lap();
     new.finish().await?.map_err(|e| anyhow!("new: {e}"))?;
-    Ok(Run {
-        phases: vec![
-            ("create+QR", qr_ready),
-            ("scan+handshake", scanned),
-            ("code->consent", to_consent),
-            ("consent->done", to_done),
-        ],
-        requests: rendezvous_requests(stack, mark),
-    })
+    Ok(Run::new([qr_ready, scanned, to_consent, to_done], stack, mark))
 }
 
 /// Daemon as the new device, showing the QR; the matrix-sdk phone scans. Ends signed in.
@@ -147,15 +138,7 @@ async fn daemon_login(
     flow.result().await?;
     let to_done = c.lap();
     peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
-    Ok(Run {
-        phases: vec![
-            ("create+QR", qr_ready),
-            ("scan+handshake", scanned),
-            ("code->consent", to_consent),
-            ("consent->done", to_done),
-        ],
-        requests: rendezvous_requests(stack, mark),
-    })
+    Ok(Run::new([qr_ready, scanned, to_consent, to_done], stack, mark))
 }
 
 /// Baseline for login: a matrix-sdk new device showing the QR, the matrix-sdk phone scanning.
@@ -177,15 +160,7 @@ async fn sdk_login(stack: &Stack, phone: &matrix_sdk::Client, login: &str) -> Re
     new.finish().await?.map_err(|e| anyhow!("new: {e}"))?;
     let to_done = c.lap();
     existing.finish().await?.map_err(|e| anyhow!("existing: {e}"))?;
-    Ok(Run {
-        phases: vec![
-            ("create+QR", qr_ready),
-            ("scan+handshake", scanned),
-            ("code->consent", to_consent),
-            ("consent->done", to_done),
-        ],
-        requests: rendezvous_requests(stack, mark),
-    })
+    Ok(Run::new([qr_ready, scanned, to_consent, to_done], stack, mark))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
