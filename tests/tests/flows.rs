@@ -189,3 +189,34 @@ async fn revoked_session_is_dropped_at_restore() -> Result<()> {
     assert!(!s.session.data_dir().join("store").exists(), "the store is still there");
     Ok(())
 }
+
+/// After a QR login the daemon's encrypted store holds the account's private cross-signing keys,
+/// the same ones as the device that signed it in, and they can be exported with the store key from
+/// the keyring (what the own engine's grant side sends in `m.login.secrets`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_exports_the_shared_secrets() -> Result<()> {
+    let mut s = matrix_linkd_tests::signed_in_setup(60).await?;
+    s.session.stop_daemon(s.daemon)?;
+    let out = s
+        .session
+        .command("secret-tool")
+        .args(["lookup", "application", "io.github.matrix_linkd", "kind", "store-key"])
+        .output()?;
+    let key: [u8; 32] =
+        out.stdout.get(..32).and_then(|k| k.try_into().ok()).expect("a 32-byte store key in the keyring");
+    let bundle = matrix_linkd::account::export_secrets_bundle(&s.session.data_dir().join("store"), &key)
+        .await?
+        .expect("the store holds an account");
+    let alice = s.alice.olm_machine_for_testing().await;
+    let theirs = alice.as_ref().expect("olm machine").store().export_secrets_bundle().await?;
+    assert_eq!(bundle.cross_signing.master_key, theirs.cross_signing.master_key);
+    assert_eq!(bundle.cross_signing.self_signing_key, theirs.cross_signing.self_signing_key);
+    assert_eq!(bundle.cross_signing.user_signing_key, theirs.cross_signing.user_signing_key);
+    // A wrong key opens nothing.
+    assert!(
+        matrix_linkd::account::export_secrets_bundle(&s.session.data_dir().join("store"), &[0u8; 32])
+            .await
+            .is_err()
+    );
+    Ok(())
+}

@@ -383,6 +383,33 @@ impl LoginTarget for Account {
     }
 }
 
+/// The secrets bundle (private cross-signing keys, backup key) of the store at `store_dir`,
+/// opened with its `key`, for the existing device's side of the own engine. matrix-sdk 0.18 only
+/// exports from a store opened with a passphrase, and ours is opened with a raw key. `None` when
+/// the store holds no account.
+pub async fn export_secrets_bundle(
+    store_dir: &Path,
+    key: &[u8; 32],
+) -> Result<Option<matrix_sdk_base::crypto::types::SecretsBundle>> {
+    use matrix_sdk_base::crypto::{OlmMachine, store::CryptoStore as _};
+    let store =
+        matrix_sdk::SqliteCryptoStore::open_with_config(&SqliteStoreConfig::new(store_dir).key(Some(key)))
+            .await
+            .map_err(|_| LinkError::Failed("cannot open the encrypted store".into()))?;
+    let Some(account) =
+        store.load_account().await.map_err(|_| LinkError::Failed("cannot read the store".into()))?
+    else {
+        return Ok(None);
+    };
+    let machine = OlmMachine::with_store(&account.user_id, &account.device_id, store, None)
+        .await
+        .map_err(|_| LinkError::Failed("cannot load the crypto store".into()))?;
+    let bundle = machine.store().export_secrets_bundle().await.map_err(|_| {
+        LinkError::MissingSecrets("this device does not hold the private cross-signing keys to share".into())
+    })?;
+    Ok(Some(bundle))
+}
+
 /// RFC 7009 revocation of the refresh token (which ends the grant) and the access token.
 /// matrix-sdk's `OAuth::logout` refuses http endpoints, which local and test servers use, so the
 /// request is made here with the SDK's own HTTP client. Errors are fixed strings: a server
