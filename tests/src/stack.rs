@@ -335,3 +335,33 @@ pub async fn assert_seen_verified(observer: &Client, device_id: &str) -> Result<
     ensure!(device.is_verified(), "{device_id} is not verified in the other device's eyes");
     Ok(())
 }
+
+/// A daemon signed in (by QR, from `phone`) to a fresh account of `login` on the main stack.
+pub struct SignedInDaemon {
+    pub stack: Stack,
+    pub login: String,
+    pub phone: Client,
+    pub session: crate::Session,
+}
+
+pub async fn signed_in_daemon(login_prefix: &str) -> Result<SignedInDaemon> {
+    let stack = Stack::main()?;
+    let login = Stack::new_login(login_prefix);
+    let phone = stack.existing_device(&login).await?;
+    let session = daemon_session(&stack, 120).await?;
+    sign_in_daemon(&stack, &session, &phone, &login).await?;
+    Ok(SignedInDaemon { stack, login, phone, session })
+}
+
+/// A grant at consent: the user approves on D-Bus, then on the OAuth page; waits for the end.
+pub async fn consent_and_finish(
+    stack: &Stack,
+    mut flow: matrix_linkd_client::Flow,
+    login: &str,
+) -> Result<matrix_linkd_client::SignedIn> {
+    crate::wait_state(&mut flow, matrix_linkd_client::State::WaitingForApproval).await?;
+    let uri = flow.verification_uri().await?;
+    flow.approve().await?;
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    Ok(tokio::time::timeout(std::time::Duration::from_secs(90), flow.result()).await??)
+}

@@ -10,8 +10,8 @@ use matrix_linkd_tests::{
     jspeer::{JsPeer, Mode, Role},
     quiet_grant,
     stack::{
-        Stack, assert_cross_signed, assert_seen_verified, daemon_access_token, daemon_session,
-        sign_in_daemon, user_code_of,
+        SignedInDaemon, Stack, assert_cross_signed, assert_seen_verified, consent_and_finish,
+        daemon_access_token, daemon_session, signed_in_daemon, user_code_of,
     },
     wait_state,
 };
@@ -87,11 +87,7 @@ async fn js_daemon_login_scanning_qr() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_daemon_grant_showing_qr() -> Result<()> {
-    let stack = Stack::main()?;
-    let login = Stack::new_login("jgs");
-    let phone = stack.existing_device(&login).await?;
-    let session = daemon_session(&stack, 120).await?;
-    sign_in_daemon(&stack, &session, &phone, &login).await?;
+    let SignedInDaemon { stack, login, phone, session } = signed_in_daemon("jgs").await?;
 
     let linkd = session.client().await?;
     let mut flow = linkd.start_grant(quiet_grant()).await?;
@@ -101,22 +97,14 @@ async fn js_daemon_grant_showing_qr() -> Result<()> {
     let code = js.check_code().await?;
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;
-    wait_state(&mut flow, State::WaitingForApproval).await?;
-    let uri = flow.verification_uri().await?;
-    flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
-    tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
+    consent_and_finish(&stack, flow, &login).await?;
     let device = assert_js_new_device_ok(&js.result().await?)?;
     assert_seen_verified(&phone, &device).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_daemon_grant_scanning_qr() -> Result<()> {
-    let stack = Stack::main()?;
-    let login = Stack::new_login("jgq");
-    let phone = stack.existing_device(&login).await?;
-    let session = daemon_session(&stack, 120).await?;
-    sign_in_daemon(&stack, &session, &phone, &login).await?;
+    let SignedInDaemon { stack, login, phone, session } = signed_in_daemon("jgq").await?;
 
     let mut js = JsPeer::start(&stack, Role::New, Mode::Generate, &login)?;
     let qr = js.qr().await?;
@@ -124,11 +112,7 @@ async fn js_daemon_grant_scanning_qr() -> Result<()> {
     let mut flow = linkd.start_grant(GrantOptions { qr_code: Some(qr), ..quiet_grant() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     assert_eq!(flow.check_code_to_show().await?, js.check_code().await?, "check codes differ");
-    wait_state(&mut flow, State::WaitingForApproval).await?;
-    let uri = flow.verification_uri().await?;
-    flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
-    tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
+    consent_and_finish(&stack, flow, &login).await?;
     let device = assert_js_new_device_ok(&js.result().await?)?;
     assert_seen_verified(&phone, &device).await
 }

@@ -8,7 +8,10 @@ use anyhow::{Result, anyhow};
 use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     grant_scanned_by, peers, quiet_grant,
-    stack::{Stack, assert_seen_verified, daemon_access_token, daemon_session, sign_in_daemon, user_code_of},
+    stack::{
+        SignedInDaemon, Stack, assert_seen_verified, consent_and_finish, daemon_access_token, daemon_session,
+        sign_in_daemon, signed_in_daemon, user_code_of,
+    },
     wait_state,
 };
 
@@ -52,21 +55,13 @@ async fn sdk_daemon_login_scanning_qr() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_daemon_grant_showing_qr() -> Result<()> {
-    let stack = Stack::main()?;
-    let login = Stack::new_login("gs");
-    let phone = stack.existing_device(&login).await?;
-    let session = daemon_session(&stack, 120).await?;
-    sign_in_daemon(&stack, &session, &phone, &login).await?;
+    let SignedInDaemon { stack, login, phone, session } = signed_in_daemon("gs").await?;
 
     let linkd = session.client().await?;
     let laptop = new_device(&stack).await?;
-    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), laptop.clone()).await?;
+    let (flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), laptop.clone()).await?;
     flow.check_code(code).await?;
-    wait_state(&mut flow, State::WaitingForApproval).await?;
-    let uri = flow.verification_uri().await?;
-    flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
-    tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
+    consent_and_finish(&stack, flow, &login).await?;
     peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
     let who = laptop.whoami().await?;
     assert_eq!(who.user_id.as_str(), stack.user_id(&login));
@@ -76,11 +71,7 @@ async fn sdk_daemon_grant_showing_qr() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_daemon_grant_scanning_qr() -> Result<()> {
-    let stack = Stack::main()?;
-    let login = Stack::new_login("gq");
-    let phone = stack.existing_device(&login).await?;
-    let session = daemon_session(&stack, 120).await?;
-    sign_in_daemon(&stack, &session, &phone, &login).await?;
+    let SignedInDaemon { stack, login, phone, session } = signed_in_daemon("gq").await?;
 
     let laptop = new_device(&stack).await?;
     let mut peer = peers::login_generating(laptop.clone());
@@ -89,11 +80,7 @@ async fn sdk_daemon_grant_scanning_qr() -> Result<()> {
     let mut flow = linkd.start_grant(GrantOptions { qr_code: Some(qr), ..quiet_grant() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     peer.code_sender().await?.send(flow.check_code_to_show().await?).await?;
-    wait_state(&mut flow, State::WaitingForApproval).await?;
-    let uri = flow.verification_uri().await?;
-    flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
-    tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
+    consent_and_finish(&stack, flow, &login).await?;
     peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
     let who = laptop.whoami().await?;
     assert_eq!(who.user_id.as_str(), stack.user_id(&login));
