@@ -37,7 +37,7 @@ test-integration:
 
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here.
 test-stack:
-	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant
+	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest
 
 # The main job: a stack of its own (ports 19008/19080), a private bus, the daemon, a full link.
 demo: deps build

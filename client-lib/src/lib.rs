@@ -158,11 +158,13 @@ pub struct GrantOptions {
     pub detached: bool,
     pub notify: bool,
     pub open_uri: bool,
+    /// Wire generation when the daemon shows the QR code: `auto`, `2024` or `latest`.
+    pub protocol: Option<String>,
 }
 
 impl Default for GrantOptions {
     fn default() -> Self {
-        Self { qr_code: None, detached: false, notify: true, open_uri: true }
+        Self { qr_code: None, detached: false, notify: true, open_uri: true, protocol: None }
     }
 }
 
@@ -173,6 +175,8 @@ pub struct LoginOptions {
     pub detached: bool,
     pub homeserver: Option<String>,
     pub device_display_name: Option<String>,
+    /// Wire generation when the daemon shows the QR code: `auto`, `2024` or `latest`.
+    pub protocol: Option<String>,
 }
 
 /// A successful flow.
@@ -240,6 +244,9 @@ impl Linkd {
         if let Some(qr) = options.qr_code {
             opts.insert("qr_code", Value::from(qr));
         }
+        if let Some(p) = options.protocol {
+            opts.insert("protocol", Value::from(p));
+        }
         self.start(&token, |m| async move { m.start_grant(opts).await }).await
     }
 
@@ -256,6 +263,9 @@ impl Linkd {
         }
         if let Some(name) = options.device_display_name {
             opts.insert("device_display_name", Value::from(name));
+        }
+        if let Some(p) = options.protocol {
+            opts.insert("protocol", Value::from(p));
         }
         self.start(&token, |m| async move { m.start_login(opts).await }).await
     }
@@ -337,8 +347,24 @@ impl Flow {
         if self.response.is_some() {
             return Ok(None);
         }
-        while let Some(msg) = self.signals.next().await {
-            let msg = msg?;
+        loop {
+            // Signals are the way; a quiet spell re-reads `State` in case one was missed (a change
+            // that raced the subscription).
+            let msg = match tokio::time::timeout(std::time::Duration::from_secs(2), self.signals.next()).await
+            {
+                Ok(Some(msg)) => msg?,
+                Ok(None) => break,
+                Err(_) => {
+                    if let Ok(s) = self.proxy.state().await {
+                        let state = State::from(s);
+                        if state != self.last_state {
+                            self.last_state = state;
+                            return Ok(Some(FlowEvent::State(state)));
+                        }
+                    }
+                    continue;
+                }
+            };
             let header = msg.header();
             match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
                 (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {

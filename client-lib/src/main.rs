@@ -29,6 +29,9 @@ enum Command {
         /// Display name of the daemon's new device.
         #[arg(long, value_name = "NAME")]
         device_name: Option<String>,
+        /// Wire generation when the daemon shows the QR code: auto, 2024 or latest.
+        #[arg(long, value_name = "GENERATION")]
+        protocol: Option<String>,
     },
     /// Sign a new device (a phone, a browser, another laptop) in to the daemon's account.
     Grant {
@@ -43,6 +46,9 @@ enum Command {
         /// Do not show the daemon's desktop notifications for this flow.
         #[arg(long)]
         no_notify: bool,
+        /// Wire generation when the daemon shows the QR code: auto, 2024 or latest.
+        #[arg(long, value_name = "GENERATION")]
+        protocol: Option<String>,
     },
     /// Revoke the daemon's device and forget its session.
     SignOut,
@@ -107,19 +113,21 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             println!("capabilities: {}", s.capabilities.join(" "));
             Ok(())
         }
-        Command::Login { qr, homeserver, device_name } => {
+        Command::Login { qr, homeserver, device_name, protocol } => {
             let options = LoginOptions {
                 qr_code: qr.bytes()?,
                 homeserver,
                 device_display_name: device_name,
+                protocol,
                 ..Default::default()
             };
             let flow = linkd.start_login(options).await?;
             drive(flow, false).await
         }
-        Command::Grant { qr, yes, no_open, no_notify } => {
+        Command::Grant { qr, yes, no_open, no_notify, protocol } => {
             let options = GrantOptions {
                 qr_code: qr.bytes()?,
+                protocol,
                 open_uri: !no_open,
                 notify: !no_notify,
                 ..Default::default()

@@ -20,6 +20,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub struct Config {
     /// Homeserver for `StartLogin` when the daemon shows the QR and the caller gives none.
     pub homeserver: Option<Url>,
+    /// Wire generation when the daemon shows the QR code: `auto`, `2024` or `latest`.
+    pub protocol: crate::protocol::GenerationChoice,
     /// Display name the daemon gives its own device when it signs in.
     pub device_display_name: String,
     /// Verbosity of the daemon's own log lines. Dependencies never log above `info`.
@@ -107,6 +109,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             homeserver: None,
+            protocol: Default::default(),
             device_display_name: "matrix-linkd".to_owned(),
             log_level: LogLevel::Info,
             timeouts: Timeouts::default(),

@@ -7,7 +7,7 @@ use matrix_linkd::{
     account::Account,
     config::{self, Config, LogLevel, Source},
     dbus::{self, Context},
-    protocol::{Engine, sdk::SdkEngine},
+    protocol::{Engine, engine::OwnEngine},
 };
 use tracing::{error, info};
 
@@ -75,13 +75,7 @@ fn main() -> ExitCode {
 async fn run(cfg: Config, source: Source) -> ExitCode {
     info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting");
     let cfg = Arc::new(cfg);
-    let engine: Arc<dyn Engine> = match SdkEngine::new(&cfg.oauth) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            error!(error = %e, "cannot set up the engine");
-            return ExitCode::FAILURE;
-        }
-    };
+    let engine: Arc<dyn Engine> = Arc::new(OwnEngine::new(&cfg.oauth));
     let account = Account::new(&config::data_dir());
     let ctx = Context::new(cfg, account.clone(), engine);
     let conn = match dbus::serve(ctx.clone()).await {

@@ -1,11 +1,10 @@
 //! End to end over the real stack with matrix-js-sdk 43 (Node 22) as the other device: the same
-//! four cells as `stack_sdk.rs`. One cell is a known failure of the matrix-sdk engine and stays
-//! here, asserting its cause, until the daemon's own engine replaces it.
+//! four cells as `stack_sdk.rs`, the server-name cell included.
 
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, ensure};
-use matrix_linkd_client::{ClientError, GrantOptions, LoginOptions, State};
+use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     jspeer::{JsPeer, Mode, Role},
     quiet_grant,
@@ -24,18 +23,16 @@ fn assert_js_new_device_ok(result: &Value) -> Result<String> {
     Ok(result["device_id"].as_str().unwrap_or_default().to_owned())
 }
 
-/// KNOWN FAILURE (matrix-sdk 0.18 engine): js-sdk, as the existing device, sends
-/// `m.login.protocols` with `homeserver` = its *server name* ("127.0.0.1:18008"), as the 2024 MSC
-/// says; matrix-sdk requires an absolute URL there and fails to parse the message. The test
-/// asserts exactly that failure; when the daemon's own engine accepts server names (issue 4) it
-/// must be turned into a success test, not deleted.
+/// js-sdk, as the existing device, sends `m.login.protocols` with `homeserver` = its *server name*
+/// ("127.0.0.1:18008"), as the 2024 MSC says (matrix-sdk 0.18's engine demanded a URL and failed
+/// this cell). The daemon resolves the name through `.well-known` and signs in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_daemon_login_showing_qr_known_failure_server_name_homeserver() -> Result<()> {
+async fn js_daemon_login_showing_qr_server_name_homeserver() -> Result<()> {
     let stack = Stack::main()?;
     let login = Stack::new_login("jls");
     let mut js = JsPeer::start(&stack, Role::Existing, Mode::Scan, &login)?;
     js.read("ready", Duration::from_secs(60)).await?;
-    let mut session = daemon_session(&stack, 120).await?;
+    let session = daemon_session(&stack, 120).await?;
     let linkd = session.client().await?;
     let mut flow = linkd
         .start_login(LoginOptions { homeserver: Some(stack.synapse.to_string()), ..Default::default() })
@@ -45,22 +42,18 @@ async fn js_daemon_login_showing_qr_known_failure_server_name_homeserver() -> Re
     let code = js.check_code().await?;
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;
-    let outcome = tokio::time::timeout(Duration::from_secs(60), flow.result()).await?;
-    let js_result = js.stop().await?;
-    match outcome {
-        Ok(_) => panic!("the known failure now passes: make this a success test (issue 4)"),
-        Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.ProtocolError", "{message}");
-        }
-        Err(e) => panic!("unexpected failure: {e}"),
-    }
-    // The cause: js-sdk sent m.login.protocols whose homeserver field is a server name, not a URL.
+    let uri = js.read("verification_uri", Duration::from_secs(60)).await?;
+    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
+    let me = tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
+    let js_result = js.result().await?;
+    ensure!(js_result["ok"] == true, "js existing device failed: {js_result}\n{}", js.log());
+    // The cell's point: js-sdk named the homeserver by server name, not URL.
     let sent = js_result["sent_protocols_homeserver"].as_str().unwrap_or_default();
     let server_name = format!("{}:{}", stack.synapse.host_str().unwrap(), stack.synapse.port().unwrap());
     assert_eq!(sent, server_name, "js-sdk sent another homeserver field: {js_result}");
-    assert!(url::Url::parse(sent).is_err(), "`{sent}` parses as a URL: matrix-sdk would accept it");
-    assert!(session.daemon_running(0));
-    Ok(())
+    let (user, device) = stack.whoami(&daemon_access_token(&session)?).await?;
+    assert_eq!((user.as_str(), device.as_str()), (me.user_id.as_str(), me.device_id.as_str()));
+    assert_cross_signed(&stack.observer(&login).await?, &me.device_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

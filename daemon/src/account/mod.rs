@@ -96,6 +96,8 @@ pub struct Account {
     secrets: SecretStore,
     info: watch::Sender<SessionInfo>,
     client: Mutex<Option<Client>>,
+    /// The store key of a login in progress, already kept in the keyring.
+    pending_key: Mutex<Option<[u8; 32]>>,
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -107,6 +109,7 @@ impl Account {
             secrets: SecretStore,
             info: watch::Sender::new(SessionInfo { state: SessionState::Unknown, ..Default::default() }),
             client: Mutex::new(None),
+            pending_key: Mutex::new(None),
             watcher: std::sync::Mutex::new(None),
         })
     }
@@ -351,12 +354,24 @@ enum ServerSpec {
 
 #[async_trait]
 impl LoginTarget for Account {
-    async fn new_client(&self, server: &str) -> Result<Client> {
+    async fn prepare(&self) -> Result<()> {
         if self.client.lock().await.is_some() {
             return Err(LinkError::AlreadySignedIn);
         }
         // The key goes to the keyring before any byte reaches the disk: no keyring, no store.
         let key = self.fresh_store_key().await?;
+        *self.pending_key.lock().await = Some(key);
+        Ok(())
+    }
+
+    async fn new_client(&self, server: &str) -> Result<Client> {
+        if self.client.lock().await.is_some() {
+            return Err(LinkError::AlreadySignedIn);
+        }
+        let key = match *self.pending_key.lock().await {
+            Some(key) => key,
+            None => self.fresh_store_key().await?,
+        };
         wipe_dir(&self.store_dir).await;
         let spec = match Url::parse(server) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => ServerSpec::Url(url),
@@ -366,6 +381,7 @@ impl LoginTarget for Account {
     }
 
     async fn adopt(&self, client: Client) -> Result<()> {
+        self.pending_key.lock().await.take();
         let stored = StoredSession::from_client(&client)?;
         self.save_session(&stored).await?;
         *self.client.lock().await = Some(client.clone());
@@ -376,10 +392,26 @@ impl LoginTarget for Account {
     }
 
     async fn abandon(&self) {
+        self.pending_key.lock().await.take();
         if self.client.lock().await.is_none() {
             wipe_dir(&self.store_dir).await;
             self.secrets.delete(ItemKind::StoreKey).await.ok();
         }
+    }
+}
+
+#[async_trait]
+impl crate::protocol::SecretsSource for Account {
+    async fn secrets_bundle(&self) -> Result<matrix_sdk_base::crypto::types::SecretsBundle> {
+        let key =
+            self.secrets.load(ItemKind::StoreKey).await?.ok_or_else(|| {
+                LinkError::SecretStorage("the store key is missing from the keyring".into())
+            })?;
+        export_secrets_bundle(&self.store_dir, &store_key(&key)?).await?.ok_or_else(|| {
+            LinkError::MissingSecrets(
+                "this device does not hold the private cross-signing keys to share".into(),
+            )
+        })
     }
 }
 
@@ -475,12 +507,20 @@ fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
 
 /// What the daemon can do against the signed-in homeserver, for the `Capabilities` property.
 async fn probe_capabilities(client: &Client) -> Vec<String> {
+    use crate::protocol::{engine::offers_2024, rendezvous};
     let mut caps = vec!["grant".to_owned()];
-    let probe = tokio::time::timeout(Duration::from_secs(10), client.unstable_features()).await;
-    if let Ok(Ok(features)) = probe
-        && features.iter().any(|f| f.as_str() == "org.matrix.msc4108")
-    {
+    let http = rendezvous::http_client();
+    let homeserver = client.homeserver();
+    let token = client.access_token();
+    let (v2024, latest) = tokio::join!(
+        offers_2024(&http, &homeserver),
+        rendezvous::SessionLatest::discover(&http, &homeserver, token.as_deref()),
+    );
+    if v2024 {
         caps.push("protocol-2024".to_owned());
+    }
+    if latest == Ok(true) {
+        caps.push("protocol-msc4388".to_owned());
     }
     caps
 }

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     account::SessionState,
     error::{LinkError, Result},
-    protocol::{FlowKind, GrantRequest, LoginRequest, LoginTarget, Secret},
+    protocol::{FlowKind, GenerationChoice, GrantRequest, LoginRequest, LoginTarget, Secret, SecretsSource},
 };
 
 /// The Manager interface, version 1.
@@ -127,6 +127,14 @@ impl Manager {
         })
     }
 
+    /// The `protocol` option, else the config's choice.
+    fn generation(&self, opts: &Opts<'_>) -> Result<GenerationChoice> {
+        match opts.string("protocol")? {
+            Some(s) => s.parse(),
+            None => Ok(self.ctx.config.protocol),
+        }
+    }
+
     async fn start_grant_inner(
         &self,
         conn: &Connection,
@@ -140,16 +148,24 @@ impl Manager {
         let settings = self.settings(FlowKind::Grant, &common, notify, open_uri)?;
         self.ctx.account.settled().await;
         let client = self.ctx.account.client().await?;
+        let generation = self.generation(&opts)?;
         let _slot = self.ctx.reserve(&common.path)?;
         let timeouts = &self.ctx.config.timeouts;
-        let handle = self.ctx.engine.start_grant(
-            client,
-            GrantRequest {
-                qr_code: common.qr_code,
-                timeout: timeouts.flow(),
-                device_creation_timeout: timeouts.device_creation(),
-            },
-        )?;
+        let secrets: Arc<dyn SecretsSource> = self.ctx.account.clone();
+        let handle = self
+            .ctx
+            .engine
+            .start_grant(
+                client,
+                secrets,
+                GrantRequest {
+                    generation,
+                    qr_code: common.qr_code,
+                    timeout: timeouts.flow(),
+                    device_creation_timeout: timeouts.device_creation(),
+                },
+            )
+            .await?;
         flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
             .await
             .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
@@ -179,21 +195,27 @@ impl Manager {
             .string("device_display_name")?
             .unwrap_or_else(|| self.ctx.config.device_display_name.clone());
         let settings = self.settings(FlowKind::Login, &common, false, false)?;
+        let generation = self.generation(&opts)?;
         self.ctx.account.settled().await;
         if self.ctx.account.info().state == SessionState::SignedIn {
             return Err(LinkError::AlreadySignedIn);
         }
         let _slot = self.ctx.reserve(&common.path)?;
         let target: Arc<dyn LoginTarget> = self.ctx.account.clone();
-        let handle = self.ctx.engine.start_login(
-            target,
-            LoginRequest {
-                qr_code: common.qr_code,
-                homeserver,
-                device_display_name,
-                timeout: self.ctx.config.timeouts.flow(),
-            },
-        )?;
+        let handle = self
+            .ctx
+            .engine
+            .start_login(
+                target,
+                LoginRequest {
+                    generation,
+                    qr_code: common.qr_code,
+                    homeserver,
+                    device_display_name,
+                    timeout: self.ctx.config.timeouts.flow(),
+                },
+            )
+            .await?;
         flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
             .await
             .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;

@@ -2,8 +2,9 @@
 //! type. The engine runs one task per flow; the D-Bus layer feeds it commands and reads events.
 
 pub mod device_grant;
+pub mod engine;
+pub mod link;
 pub mod rendezvous;
-pub mod sdk;
 
 /// The wire formats (QR, messages, AAD, channels): the `matrix-linkd-wire` crate.
 pub use matrix_linkd_wire as wire;
@@ -131,9 +132,36 @@ impl FlowHandle {
     }
 }
 
+/// Which wire generation to use when the daemon generates the QR code (a scanned code brings its
+/// own). The config's `protocol` key and the `protocol` option of `Start*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum GenerationChoice {
+    /// 2024 where the homeserver offers it (every shipping client scans it), else the latest.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "2024")]
+    V2024,
+    #[serde(rename = "latest")]
+    Latest,
+}
+
+impl std::str::FromStr for GenerationChoice {
+    type Err = LinkError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "2024" => Ok(Self::V2024),
+            "latest" | "msc4388" => Ok(Self::Latest),
+            _ => Err(LinkError::InvalidArgs("`protocol` is one of auto, 2024, latest".into())),
+        }
+    }
+}
+
 /// Parameters of a grant flow.
 #[derive(Debug)]
 pub struct GrantRequest {
+    pub generation: GenerationChoice,
     /// Bytes the caller scanned from the new device; `None` = the daemon shows the QR.
     pub qr_code: Option<Secret<Vec<u8>>>,
     pub timeout: Duration,
@@ -143,6 +171,7 @@ pub struct GrantRequest {
 /// Parameters of a login flow.
 #[derive(Debug)]
 pub struct LoginRequest {
+    pub generation: GenerationChoice,
     /// Bytes the caller scanned from the existing device; `None` = the daemon shows the QR.
     pub qr_code: Option<Secret<Vec<u8>>>,
     /// Homeserver to create the rendezvous on when the daemon shows the QR.
@@ -154,8 +183,11 @@ pub struct LoginRequest {
 /// Where a login flow puts the new session: the account layer implements it.
 #[async_trait]
 pub trait LoginTarget: Send + Sync {
+    /// Before anything is shown: makes sure the session can be kept (not signed in, the keyring
+    /// takes a fresh store key). Fails with `SecretStorage` without writing anything to disk.
+    async fn prepare(&self) -> Result<()>;
     /// A fresh, signed-out client for `server` (a URL, or a server name to resolve), backed by
-    /// the daemon's encrypted store. Fails before anything is written when secrets cannot be kept.
+    /// the daemon's encrypted store under the key `prepare` kept.
     async fn new_client(&self, server: &str) -> Result<Client>;
     /// Keep the signed-in client: persist the session and publish it.
     async fn adopt(&self, client: Client) -> Result<()>;
@@ -163,10 +195,25 @@ pub trait LoginTarget: Send + Sync {
     async fn abandon(&self);
 }
 
-/// A QR login protocol engine.
+/// Where a grant flow takes the secrets it shares: the account layer implements it.
+#[async_trait]
+pub trait SecretsSource: Send + Sync {
+    /// The private cross-signing keys and the backup key. `MissingSecrets` when this device does
+    /// not hold them.
+    async fn secrets_bundle(&self) -> Result<matrix_sdk_base::crypto::types::SecretsBundle>;
+}
+
+/// A QR login protocol engine. Starting checks what can be checked at once (the QR code, the
+/// secrets to share, the rendezvous server) so a caller gets those errors from `Start*` itself.
+#[async_trait]
 pub trait Engine: Send + Sync {
     /// Starts a flow where `client` (signed in) lets a new device sign in.
-    fn start_grant(&self, client: Client, request: GrantRequest) -> Result<FlowHandle>;
+    async fn start_grant(
+        &self,
+        client: Client,
+        secrets: Arc<dyn SecretsSource>,
+        request: GrantRequest,
+    ) -> Result<FlowHandle>;
     /// Starts a flow where the daemon signs in as a new device.
-    fn start_login(&self, target: Arc<dyn LoginTarget>, request: LoginRequest) -> Result<FlowHandle>;
+    async fn start_login(&self, target: Arc<dyn LoginTarget>, request: LoginRequest) -> Result<FlowHandle>;
 }

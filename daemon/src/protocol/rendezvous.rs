@@ -65,6 +65,18 @@ fn map_error(status: u16, code: &str) -> RendezvousError {
     }
 }
 
+/// `Expires` − `Date` of a 2024 rendezvous response: the session's remaining life by the server's
+/// own clock.
+fn ttl_of(headers: &header::HeaderMap) -> Option<Duration> {
+    let date = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    date(header::EXPIRES)?.duration_since(date(header::DATE)?).ok()
+}
+
 fn check_size(payload: &str) -> Result<()> {
     if payload.len() > MAX_PAYLOAD { Err(RendezvousError::TooLarge) } else { Ok(()) }
 }
@@ -75,6 +87,7 @@ pub struct Session2024 {
     http: reqwest::Client,
     url: Url,
     etag: Option<String>,
+    expires_at: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Session2024 {
@@ -102,6 +115,7 @@ impl Session2024 {
             return Err(map_error(s, &code));
         }
         let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let expires_at = ttl_of(r.headers()).map(|t| tokio::time::Instant::now() + t);
         let body: Value = serde_json::from_slice(&r.bytes().await.map_err(network)?)
             .map_err(|_| RendezvousError::Malformed("create response is not JSON"))?;
         let url = body
@@ -109,12 +123,17 @@ impl Session2024 {
             .and_then(Value::as_str)
             .and_then(|u| Url::parse(u).ok())
             .ok_or(RendezvousError::Malformed("create response has no url"))?;
-        Ok(Self { http: http.clone(), url, etag })
+        Ok(Self { http: http.clone(), url, etag, expires_at })
     }
 
     /// Joins the session at `url` from a scanned QR code (S).
     pub fn join(http: &reqwest::Client, url: Url) -> Self {
-        Self { http: http.clone(), url, etag: None }
+        Self { http: http.clone(), url, etag: None, expires_at: None }
+    }
+
+    /// When the session ends, as the server last told us (`Expires` − `Date`: no clock skew).
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.expires_at
     }
 
     pub fn url(&self) -> &Url {
@@ -152,6 +171,9 @@ impl Session2024 {
             StatusCode::NOT_MODIFIED => Ok(None),
             s if s.is_success() => {
                 self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                if let Some(ttl) = ttl_of(r.headers()) {
+                    self.expires_at = Some(tokio::time::Instant::now() + ttl);
+                }
                 let body = String::from_utf8(r.bytes().await.map_err(network)?.to_vec())
                     .map_err(|_| RendezvousError::Malformed("payload is not text"))?;
                 Ok((!body.is_empty()).then_some(body))

@@ -1,0 +1,274 @@
+//! One flow's transport: the rendezvous session of either generation, the secure channel on top of
+//! it, and the polling that waits for the other device.
+//!
+//! Polling adapts to who acts next. While a machine reply is due (the other device only has to
+//! read, compute and write) we look again after tens of milliseconds and back off; while a person
+//! acts (scanning, typing a code, consenting in a browser) we start a little slower and settle at
+//! one look every two seconds. Every 2024 read is conditional (`If-None-Match`), and no wait runs
+//! past the session's end: the server's `Expires` (2024) or `expires_in_ms` (latest).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::debug;
+use url::Url;
+
+use super::{
+    rendezvous::{RendezvousError, Session2024, SessionLatest},
+    wire::{
+        aad::{aad, aad_raw},
+        channel::{Channel, ChannelError, Generation},
+        messages::{LoginMessage, MessageError},
+        qr::LoginQr,
+    },
+};
+use crate::error::LinkError;
+
+/// Who acts before the next message can arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// The message is probably there already (we were busy with our own user): look at once.
+    Now,
+    /// The other device only has to compute: look soon and often, then back off.
+    Machine,
+    /// A person acts first: look less often.
+    Human,
+}
+
+impl Pace {
+    /// Delays before each look, in milliseconds; the last one repeats.
+    fn delays(self) -> &'static [u64] {
+        match self {
+            Pace::Now => &[0, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
+            Pace::Machine => &[30, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
+            Pace::Human => &[100, 150, 200, 300, 500, 800, 1200, 2000],
+        }
+    }
+}
+
+/// A rendezvous session of either generation.
+pub enum Rendezvous {
+    V2024(Session2024),
+    Latest {
+        session: SessionLatest,
+        /// Normalised base URL (used in the AAD, as both Element implementations do).
+        base: Url,
+        expires_at: Option<Instant>,
+    },
+}
+
+impl std::fmt::Debug for Rendezvous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rendezvous::V2024(_) => "Rendezvous::V2024(<redacted>)",
+            Rendezvous::Latest { .. } => "Rendezvous::Latest(<redacted>)",
+        })
+    }
+}
+
+impl Rendezvous {
+    pub fn latest(session: SessionLatest, base: Url) -> Self {
+        let ttl = session.expires_in();
+        let expires_at = (!ttl.is_zero()).then(|| Instant::now() + ttl);
+        Rendezvous::Latest { session, base, expires_at }
+    }
+
+    pub fn generation(&self) -> Generation {
+        match self {
+            Rendezvous::V2024(_) => Generation::V2024,
+            Rendezvous::Latest { .. } => Generation::Latest,
+        }
+    }
+
+    pub fn expires_at(&self) -> Option<Instant> {
+        match self {
+            Rendezvous::V2024(s) => s.expires_at(),
+            Rendezvous::Latest { expires_at, .. } => *expires_at,
+        }
+    }
+
+    /// The AAD of our next write: bound to the token it will carry as precondition.
+    pub fn send_aad(&self) -> Vec<u8> {
+        match self {
+            Rendezvous::V2024(_) => Vec::new(),
+            Rendezvous::Latest { session, base, .. } => aad(base, session.id(), session.token()),
+        }
+    }
+
+    /// AADs a received write may be bound to: the normalised base URL first, then the form the QR
+    /// code carries (no trailing `/`), for peers that follow the MSC text literally.
+    fn recv_aads(&self, token: &str) -> Vec<Vec<u8>> {
+        match self {
+            Rendezvous::V2024(_) => vec![Vec::new()],
+            Rendezvous::Latest { session, base, .. } => {
+                let normal = aad(base, session.id(), token);
+                let stripped = aad_raw(&LoginQr::qr_base_url(base), session.id(), token);
+                if stripped == normal { vec![normal] } else { vec![normal, stripped] }
+            }
+        }
+    }
+
+    pub async fn send(&mut self, payload: &str) -> Result<(), RendezvousError> {
+        match self {
+            Rendezvous::V2024(s) => s.send(payload).await,
+            Rendezvous::Latest { session, .. } => session.send(payload).await,
+        }
+    }
+
+    /// One look: the other side's new write and the AADs it may be bound to.
+    pub async fn poll(&mut self) -> Result<Option<(String, Vec<Vec<u8>>)>, RendezvousError> {
+        match self {
+            Rendezvous::V2024(s) => Ok(s.poll().await?.map(|data| (data, vec![Vec::new()]))),
+            Rendezvous::Latest { session, .. } => match session.poll().await? {
+                Some((data, token)) => {
+                    let aads = self.recv_aads(&token);
+                    Ok(Some((data, aads)))
+                }
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Waits for the other side's next write, looking as `pace` says, never past the session's end.
+    pub async fn wait(&mut self, pace: Pace) -> Result<(String, Vec<Vec<u8>>), LinkError> {
+        let delays = pace.delays();
+        let mut looks = 0usize;
+        loop {
+            let delay = Duration::from_millis(delays[looks.min(delays.len() - 1)]);
+            looks += 1;
+            if let Some(end) = self.expires_at() {
+                let now = Instant::now();
+                if now >= end {
+                    return Err(expired());
+                }
+                if now + delay > end {
+                    // One last look just before the end rather than a request that must fail.
+                    tokio::time::sleep_until(end - Duration::from_millis(50).min(end - now)).await;
+                    return match self.poll().await.map_err(rendezvous_error)? {
+                        Some(found) => Ok(found),
+                        None => Err(expired()),
+                    };
+                }
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(found) = self.poll().await.map_err(rendezvous_error)? {
+                debug!(looks, "rendezvous read");
+                return Ok(found);
+            }
+        }
+    }
+
+    pub async fn delete(&self) {
+        match self {
+            Rendezvous::V2024(s) => s.delete().await,
+            Rendezvous::Latest { session, .. } => session.delete().await,
+        }
+    }
+}
+
+fn expired() -> LinkError {
+    LinkError::Expired("the rendezvous session expired".into())
+}
+
+pub fn rendezvous_error(e: RendezvousError) -> LinkError {
+    match e {
+        RendezvousError::Expired => {
+            LinkError::Expired("the rendezvous session expired or the other device ended it".into())
+        }
+        RendezvousError::Unavailable(_) => {
+            LinkError::Unsupported("the homeserver offers no rendezvous session here".into())
+        }
+        RendezvousError::Conflict => {
+            LinkError::ProtocolError("someone else wrote to the rendezvous session".into())
+        }
+        RendezvousError::Network => LinkError::Network("the rendezvous server could not be reached".into()),
+        other => LinkError::Network(other.to_string()),
+    }
+}
+
+pub fn channel_error(e: ChannelError) -> LinkError {
+    LinkError::ProtocolError(e.to_string())
+}
+
+pub fn message_error(e: MessageError) -> LinkError {
+    LinkError::ProtocolError(e.to_string())
+}
+
+/// An established secure channel over its rendezvous session.
+pub struct Link {
+    pub rv: Rendezvous,
+    pub channel: Channel,
+    /// We scanned the QR code (S): the other device's user still has the check code to type.
+    pub scanned: bool,
+}
+
+impl Link {
+    /// Seals and writes one message.
+    pub async fn send(&mut self, msg: &LoginMessage) -> Result<(), LinkError> {
+        let aad = self.rv.send_aad();
+        let payload = self.channel.seal(&msg.encode(), &aad);
+        self.rv.send(&payload).await.map_err(rendezvous_error)?;
+        debug!(message = msg.kind(), "rendezvous write");
+        Ok(())
+    }
+
+    /// Waits for, opens and decodes the other device's next message. Also returns the plaintext,
+    /// for messages whose full form another parser reads (the secrets bundle).
+    pub async fn recv(&mut self, pace: Pace) -> Result<(LoginMessage, Vec<u8>), LinkError> {
+        let (payload, aads) = self.rv.wait(pace).await?;
+        let mut last = ChannelError::Decrypt;
+        for aad in &aads {
+            match self.channel.open(&payload, aad) {
+                Ok(plain) => {
+                    let msg = LoginMessage::decode(&plain).map_err(message_error)?;
+                    debug!(message = msg.kind(), "received");
+                    return Ok((msg, plain));
+                }
+                // A failed open leaves the channel's counters where they were: try the next AAD.
+                Err(e) => last = e,
+            }
+        }
+        Err(channel_error(last))
+    }
+
+    /// Best effort, for the end of a flow: writes `msg` even when it is not our turn. A write of the
+    /// other side that we have not read yet is fetched first (not opened), so the precondition is
+    /// current, and the message is sealed only then. Only a write racing ours makes us seal again,
+    /// which the other device may then fail to open.
+    pub async fn tell(&mut self, msg: &LoginMessage) {
+        let attempt = async {
+            for _ in 0..2 {
+                if let Err(e) = self.rv.poll().await {
+                    debug!(error = %e, "cannot read before telling the other device");
+                    return;
+                }
+                let aad = self.rv.send_aad();
+                let payload = self.channel.seal(&msg.encode(), &aad);
+                match self.rv.send(&payload).await {
+                    Ok(()) => {
+                        debug!(message = ?msg, "told the other device");
+                        return;
+                    }
+                    Err(RendezvousError::Conflict) => continue,
+                    Err(e) => {
+                        debug!(error = %e, "cannot tell the other device");
+                        return;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(4), attempt).await.is_err() {
+            debug!("telling the other device timed out");
+        }
+    }
+}
+
+/// Deletes the session after the other device had time to read our last write.
+pub fn delete_later(rv: Rendezvous) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        rv.delete().await;
+    });
+}

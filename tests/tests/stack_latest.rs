@@ -1,0 +1,92 @@
+//! The latest wire generation (MSC4108 + MSC4388: `sequence_token` rendezvous, HPKE, check codes
+//! 10–99) end to end over Synapse's MSC4388 rendezvous, daemon against daemon: two daemons on two
+//! private session buses, each with its own keyring and store. No released client speaks this
+//! generation yet, so the other device is a second instance of our engine.
+//!
+//! Both QR directions; in each the signed-in daemon grants and the other daemon signs in, so both
+//! roles run in both directions.
+
+use anyhow::{Result, ensure};
+use matrix_linkd_client::{GrantOptions, LoginOptions, State};
+use matrix_linkd_tests::{
+    quiet_grant,
+    stack::{
+        SignedInDaemon, Stack, assert_cross_signed, assert_seen_verified, consent_and_finish,
+        daemon_access_token, daemon_session, signed_in_daemon,
+    },
+    wait_state,
+};
+
+/// Latest-generation QR codes use the unstable prefix while the rendezvous API is unstable.
+fn assert_latest_qr(qr: &[u8]) -> Result<()> {
+    ensure!(qr.starts_with(b"IO_ELEMENT_MSC4388\x03"), "not a latest-generation QR code");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_existing_daemon_shows_qr_new_daemon_scans() -> Result<()> {
+    let SignedInDaemon { stack, login, phone, session: existing } = signed_in_daemon("lxs").await?;
+    let new = daemon_session(&stack, 120).await?;
+
+    let granting = existing.client().await?;
+    let mut grant =
+        granting.start_grant(GrantOptions { protocol: Some("latest".into()), ..quiet_grant() }).await?;
+    wait_state(&mut grant, State::QrReady).await?;
+    assert_eq!(grant.proxy().protocol().await?, 2, "Protocol property");
+    let qr = grant.qr_code("raw").await?;
+    assert_latest_qr(&qr)?;
+
+    let joining = new.client().await?;
+    let mut login_flow =
+        joining.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
+    assert_eq!(login_flow.proxy().protocol().await?, 2);
+    wait_state(&mut login_flow, State::ShowingCheckCode).await?;
+    let code = login_flow.check_code_to_show().await?;
+    ensure!((10..=99).contains(&code), "latest check codes are 10-99, got {code}");
+    wait_state(&mut grant, State::WaitingForCheckCode).await?;
+    grant.check_code(code).await?;
+    let (granted, signed_in) = tokio::join!(consent_and_finish(&stack, grant, &login), login_flow.result());
+    let (granted, signed_in) = (granted?, signed_in?);
+    assert_eq!(granted.device_id, signed_in.device_id, "both daemons name the same new device");
+
+    let (user, device) = stack.whoami(&daemon_access_token(&new)?).await?;
+    assert_eq!((user.as_str(), device.as_str()), (signed_in.user_id.as_str(), signed_in.device_id.as_str()));
+    assert_cross_signed(&stack.observer(&login).await?, &signed_in.device_id).await?;
+    assert_seen_verified(&phone, &signed_in.device_id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_new_daemon_shows_qr_existing_daemon_scans() -> Result<()> {
+    let SignedInDaemon { stack, login, phone, session: existing } = signed_in_daemon("lns").await?;
+    let new = daemon_session(&stack, 120).await?;
+
+    let joining = new.client().await?;
+    let mut login_flow = joining
+        .start_login(LoginOptions {
+            homeserver: Some(stack.synapse.to_string()),
+            protocol: Some("latest".into()),
+            ..Default::default()
+        })
+        .await?;
+    wait_state(&mut login_flow, State::QrReady).await?;
+    assert_eq!(login_flow.proxy().protocol().await?, 2);
+    let qr = login_flow.qr_code("raw").await?;
+    assert_latest_qr(&qr)?;
+
+    let granting = existing.client().await?;
+    let mut grant = granting.start_grant(GrantOptions { qr_code: Some(qr), ..quiet_grant() }).await?;
+    assert_eq!(grant.proxy().protocol().await?, 2);
+    wait_state(&mut grant, State::ShowingCheckCode).await?;
+    let code = grant.check_code_to_show().await?;
+    ensure!((10..=99).contains(&code), "latest check codes are 10-99, got {code}");
+    wait_state(&mut login_flow, State::WaitingForCheckCode).await?;
+    login_flow.check_code(code).await?;
+    let (granted, signed_in) = tokio::join!(consent_and_finish(&stack, grant, &login), login_flow.result());
+    let (granted, signed_in) = (granted?, signed_in?);
+    assert_eq!(granted.device_id, signed_in.device_id);
+
+    let (user, device) = stack.whoami(&daemon_access_token(&new)?).await?;
+    assert_eq!((user.as_str(), device.as_str()), (signed_in.user_id.as_str(), signed_in.device_id.as_str()));
+    assert_cross_signed(&stack.observer(&login).await?, &signed_in.device_id).await?;
+    assert_seen_verified(&phone, &signed_in.device_id).await
+}
