@@ -11,8 +11,8 @@ use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     quiet_grant,
     stack::{
-        SignedInDaemon, Stack, assert_cross_signed, assert_seen_verified, consent_and_finish,
-        daemon_access_token, daemon_session, signed_in_daemon,
+        SignedInDaemon, assert_cross_signed, assert_seen_verified, consent_and_finish, daemon_access_token,
+        daemon_session, signed_in_daemon,
     },
     wait_state,
 };
