@@ -347,24 +347,8 @@ impl Flow {
         if self.response.is_some() {
             return Ok(None);
         }
-        loop {
-            // Signals are the way; a quiet spell re-reads `State` in case one was missed (a change
-            // that raced the subscription).
-            let msg = match tokio::time::timeout(std::time::Duration::from_secs(2), self.signals.next()).await
-            {
-                Ok(Some(msg)) => msg?,
-                Ok(None) => break,
-                Err(_) => {
-                    if let Ok(s) = self.proxy.state().await {
-                        let state = State::from(s);
-                        if state != self.last_state {
-                            self.last_state = state;
-                            return Ok(Some(FlowEvent::State(state)));
-                        }
-                    }
-                    continue;
-                }
-            };
+        while let Some(msg) = self.signals.next().await {
+            let msg = msg?;
             let header = msg.header();
             match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
                 (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {

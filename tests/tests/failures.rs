@@ -10,6 +10,7 @@ use matrix_linkd_tests::{
     homeserver::{MockHomeserver, USER},
     peers, qr_2024, quiet_grant, signed_in_setup, test_config, wait_state,
 };
+use matrix_sdk::authentication::oauth::qrcode::{QRCodeGrantLoginError, QRCodeLoginError};
 use zbus::zvariant::Value;
 
 const SIGNED_OUT: u32 = 1;
@@ -20,6 +21,22 @@ async fn assert_still_signed_in(session: &mut Session, daemon: usize) -> Result<
     let status = session.client().await?.status().await?;
     assert_eq!((status.user_id.as_str(), status.state), (USER, matrix_linkd_client::SessionState::SignedIn));
     Ok(())
+}
+
+/// The matrix-sdk new device ended with the daemon's `m.login.failure` and this reason.
+async fn assert_new_device_told(peer: peers::Peer<QRCodeLoginError>, reason: &str) {
+    match peer.finish().await {
+        Ok(Err(QRCodeLoginError::LoginFailure { reason: r, .. })) => assert_eq!(r.as_str(), reason),
+        other => panic!("the new device was not told `{reason}`: {other:?}"),
+    }
+}
+
+/// The matrix-sdk existing device ended with the daemon's `m.login.failure` and this reason.
+async fn assert_existing_device_told(peer: peers::Peer<QRCodeGrantLoginError>, reason: &str) {
+    match peer.finish().await {
+        Ok(Err(QRCodeGrantLoginError::LoginFailure { reason: r })) => assert_eq!(r.as_str(), reason),
+        other => panic!("the existing device was not told `{reason}`: {other:?}"),
+    }
 }
 
 fn failed_with(r: Result<matrix_linkd_client::SignedIn, ClientError>, name: &str) {
@@ -148,7 +165,7 @@ async fn wrong_check_code_fails_the_flow() -> Result<()> {
     let again = error_short_name(flow.check_code(code).await);
     assert!(again == "InvalidState" || again == "UnknownObject", "{again}");
     failed_with(flow.result().await, "InvalidCheckCode");
-    peer.task.abort();
+    assert_new_device_told(peer, "user_cancelled").await;
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
 
@@ -294,17 +311,72 @@ async fn peer_declining_is_passed_through() -> Result<()> {
     peer_gives_up("access_denied", "LoginFailed", "declined").await
 }
 
+/// The flow's time runs out while the user has not typed the code: `Expired`, and the new device
+/// is told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_times_out() -> Result<()> {
     let mut s = signed_in_setup(10).await?;
     let linkd = s.session.client().await?;
-    let mut flow = linkd.start_grant(quiet_grant()).await?;
-    wait_state(&mut flow, State::QrReady).await?;
+    let (flow, peer, _code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
     let expires = flow.proxy().expires_at().await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
     assert!(expires > now && expires < now + 11_000_000, "ExpiresAt {expires} vs now {now}");
     failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "Expired");
+    assert_new_device_told(peer, "user_cancelled").await;
     assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+/// `Cancel` at consent declines: the new device is told `user_cancelled` and gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_at_consent_tells_the_new_device() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    flow.cancel().await?;
+    assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
+    assert_new_device_told(peer, "user_cancelled").await;
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
+
+/// The daemon stops (SIGTERM) mid-flow: the new device is told before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_the_new_device() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    let status = s.session.stop_daemon(s.daemon)?;
+    assert!(status.success(), "the daemon did not stop cleanly: {status}");
+    assert_new_device_told(peer, "user_cancelled").await;
+    Ok(())
+}
+
+/// The daemon as the new device: `Cancel` while it waits for consent on the existing device tells
+/// that device, and the daemon stays signed out with nothing kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_cancel_tells_the_existing_device() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    let d = session.start_daemon(&[]).await?;
+    let linkd = session.client().await?;
+    let mut peer = peers::grant_generating(hs.existing_device("ALICEDEV").await);
+    let qr = peer.qr().await?;
+    let mut flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
+    wait_state(&mut flow, State::ShowingCheckCode).await?;
+    let code = flow.check_code_to_show().await?;
+    peer.code_sender().await?.send(code).await?;
+    peer.verification_uri().await?;
+    flow.cancel().await?;
+    assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
+    assert_existing_device_told(peer, "user_cancelled").await;
+    assert!(session.daemon_running(d));
+    assert_eq!(session.client().await?.manager().session_state().await?, SIGNED_OUT);
+    assert!(session.kept_session().is_none(), "a cancelled login kept a session");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

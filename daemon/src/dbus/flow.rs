@@ -342,20 +342,28 @@ async fn run(
     info!("flow started");
     let emitter = iface.signal_emitter().clone();
     set_state(&flow, &iface, FlowState::Starting).await;
-    let owner_gone = owner_gone(&conn, &flow.shared.settings);
-    tokio::pin!(owner_gone);
-    let mut owner_left = false;
+    // The owner watch runs as its own task: a future that is only polled inside this loop's
+    // `select!` could be left suspended while it holds the connection's write lock, and the state
+    // signals sent from `apply` would then wait for it forever.
+    let watch = {
+        let (conn, shared) = (conn.clone(), flow.shared.clone());
+        tokio::spawn(
+            async move {
+                owner_gone(&conn, &shared.settings).await;
+                let commands = &shared.commands;
+                info!("owner left the bus: cancelling");
+                let _ = commands.send(FlowCommand::Cancel);
+            }
+            .in_current_span(),
+        )
+    };
     let end = loop {
         tokio::select! {
             Some(ev) = events.recv() => apply(&ctx, &flow, &iface, ev).await,
             out = &mut outcome => break out.unwrap_or(FlowOutcome::Failed(LinkError::Failed("the engine stopped".into()))),
-            _ = &mut owner_gone, if !owner_left => {
-                info!("owner left the bus: cancelling");
-                owner_left = true;
-                let _ = flow.shared.commands.send(FlowCommand::Cancel);
-            }
         }
     };
+    watch.abort();
     finish(&ctx, &conn, &flow, &iface, &emitter, end).await;
 }
 

@@ -94,7 +94,8 @@ pub async fn shutdown(conn: &Connection, ctx: &Context) {
     if let Ok(iface) = conn.object_server().interface::<_, flow::Flow>(&path).await {
         let _ = iface.get().await.do_cancel();
     }
-    for _ in 0..50 {
+    // Telling the other device may wait a moment for its pending write (see `Link::tell`).
+    for _ in 0..80 {
         if ctx.active().is_none() {
             return;
         }

@@ -157,9 +157,13 @@ impl Ui {
     }
 
     async fn check_code(&mut self) -> Flow<u8> {
+        let asked = Instant::now();
         loop {
             match self.commands.recv().await {
-                Some(FlowCommand::CheckCode(code)) => return Ok(code),
+                Some(FlowCommand::CheckCode(code)) => {
+                    debug!(waited_ms = asked.elapsed().as_millis() as u64, "user answered");
+                    return Ok(code);
+                }
                 Some(other) => debug!(?other, "ignored while waiting for the check code"),
                 None => return Err(Stop::cancelled()),
             }
@@ -167,9 +171,13 @@ impl Ui {
     }
 
     async fn approval(&mut self) -> Flow<()> {
+        let asked = Instant::now();
         loop {
             match self.commands.recv().await {
-                Some(FlowCommand::Approve) => return Ok(()),
+                Some(FlowCommand::Approve) => {
+                    debug!(waited_ms = asked.elapsed().as_millis() as u64, "user answered");
+                    return Ok(());
+                }
                 Some(other) => debug!(?other, "ignored while waiting for consent"),
                 None => return Err(Stop::cancelled()),
             }
@@ -349,12 +357,13 @@ async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: &mut Leftov
     let sent = rv.send(&initiate).await;
     left.rv = Some(rv);
     sent.map_err(rendezvous_error)?;
+    debug!(message = "login_initiate", "rendezvous write");
     let rv = left.rv.as_mut().expect("just set");
     let (ok, aads) = rv.wait(Pace::Machine).await?;
     // The handshake opens once: the first AAD is the normalised one every implementation uses.
     let channel = pending.confirm(&ok, &aads[0]).map_err(|e| Stop::silent(channel_error(e)))?;
     let rv = left.rv.take().expect("set above");
-    left.link = Some(Link { rv, channel, scanned: true });
+    left.link = Some(Link { rv, channel, scanned: true, our_turn: true });
     Ok(())
 }
 
@@ -367,8 +376,9 @@ async fn generator_handshake(generator: Generator, ui: &mut Ui, left: &mut Lefto
     let (channel, ok) =
         generator.accept(&initiate, &aads[0], &ok_aad).map_err(|e| Stop::silent(channel_error(e)))?;
     rv.send(&ok).await.map_err(rendezvous_error)?;
+    debug!(message = "login_ok", "rendezvous write");
     let rv = left.rv.take().expect("set above");
-    left.link = Some(Link { rv, channel, scanned: false });
+    left.link = Some(Link { rv, channel, scanned: false, our_turn: false });
     ui.emit(FlowEvent::WaitingForCheckCode);
     let typed = ui.check_code().await?;
     let link = left.link.as_ref().expect("set above");

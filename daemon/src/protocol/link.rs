@@ -41,7 +41,7 @@ impl Pace {
         match self {
             Pace::Now => &[0, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
             Pace::Machine => &[30, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
-            Pace::Human => &[100, 150, 200, 300, 500, 800, 1200, 2000],
+            Pace::Human => &[100, 150, 200, 250, 300, 400, 500, 700, 1000, 1500, 2000],
         }
     }
 }
@@ -154,7 +154,7 @@ impl Rendezvous {
                 tokio::time::sleep(delay).await;
             }
             if let Some(found) = self.poll().await.map_err(rendezvous_error)? {
-                debug!(looks, "rendezvous read");
+                debug!(looks, ?pace, "rendezvous read");
                 return Ok(found);
             }
         }
@@ -202,6 +202,8 @@ pub struct Link {
     pub channel: Channel,
     /// We scanned the QR code (S): the other device's user still has the check code to type.
     pub scanned: bool,
+    /// The other device wrote last and we read it: the slot is ours to write.
+    pub our_turn: bool,
 }
 
 impl Link {
@@ -210,6 +212,7 @@ impl Link {
         let aad = self.rv.send_aad();
         let payload = self.channel.seal(&msg.encode(), &aad);
         self.rv.send(&payload).await.map_err(rendezvous_error)?;
+        self.our_turn = false;
         debug!(message = msg.kind(), "rendezvous write");
         Ok(())
     }
@@ -222,6 +225,7 @@ impl Link {
         for aad in &aads {
             match self.channel.open(&payload, aad) {
                 Ok(plain) => {
+                    self.our_turn = true;
                     let msg = LoginMessage::decode(&plain).map_err(message_error)?;
                     debug!(message = msg.kind(), "received");
                     return Ok((msg, plain));
@@ -233,33 +237,29 @@ impl Link {
         Err(channel_error(last))
     }
 
-    /// Best effort, for the end of a flow: writes `msg` even when it is not our turn. A write of the
-    /// other side that we have not read yet is fetched first (not opened), so the precondition is
-    /// current, and the message is sealed only then. Only a write racing ours makes us seal again,
-    /// which the other device may then fail to open.
+    /// Best effort, for the end of a flow: writes `msg` even when it is not our turn. When the
+    /// other device owes a reply, we wait a moment for it (fetched, not opened) so our write does
+    /// not cross it; the message is sealed once, and a 2024 write that still races is resent as
+    /// is (no AAD there). A peer that has not read our previous message cannot open this one; it
+    /// stops either way.
     pub async fn tell(&mut self, msg: &LoginMessage) {
         let attempt = async {
-            for _ in 0..2 {
-                if let Err(e) = self.rv.poll().await {
-                    debug!(error = %e, "cannot read before telling the other device");
-                    return;
-                }
-                let aad = self.rv.send_aad();
-                let payload = self.channel.seal(&msg.encode(), &aad);
-                match self.rv.send(&payload).await {
-                    Ok(()) => {
-                        debug!(message = ?msg, "told the other device");
-                        return;
-                    }
-                    Err(RendezvousError::Conflict) => continue,
-                    Err(e) => {
-                        debug!(error = %e, "cannot tell the other device");
-                        return;
-                    }
-                }
+            if !self.our_turn {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.rv.wait(Pace::Machine)).await;
+            }
+            let aad = self.rv.send_aad();
+            let payload = self.channel.seal(&msg.encode(), &aad);
+            let mut sent = self.rv.send(&payload).await;
+            if sent == Err(RendezvousError::Conflict) && self.rv.generation() == Generation::V2024 {
+                let _ = self.rv.poll().await;
+                sent = self.rv.send(&payload).await;
+            }
+            match sent {
+                Ok(()) => debug!(message = ?msg, "told the other device"),
+                Err(e) => debug!(error = %e, "cannot tell the other device"),
             }
         };
-        if tokio::time::timeout(Duration::from_secs(4), attempt).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), attempt).await.is_err() {
             debug!("telling the other device timed out");
         }
     }
