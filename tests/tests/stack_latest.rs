@@ -7,7 +7,7 @@
 //! roles run in both directions.
 
 use anyhow::{Result, ensure};
-use matrix_linkd_client::{GrantOptions, LoginOptions, State};
+use matrix_linkd_client::{ClientError, GrantOptions, LoginOptions, SessionState, State};
 use matrix_linkd_tests::{
     quiet_grant,
     stack::{
@@ -89,4 +89,81 @@ async fn latest_new_daemon_shows_qr_existing_daemon_scans() -> Result<()> {
     assert_eq!((user.as_str(), device.as_str()), (signed_in.user_id.as_str(), signed_in.device_id.as_str()));
     assert_cross_signed(&stack.observer(&login).await?, &signed_in.device_id).await?;
     assert_seen_verified(&phone, &signed_in.device_id).await
+}
+
+/// Latest generation, a wrong check code on the daemon that showed the QR: it fails with
+/// `InvalidCheckCode`, the other daemon is told (`user_cancelled`), both keep running, and the
+/// granting daemon stays signed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_wrong_check_code_tells_the_other_daemon() -> Result<()> {
+    let SignedInDaemon { stack, session: mut existing, .. } = signed_in_daemon("lwc").await?;
+    let mut new = daemon_session(&stack, 120).await?;
+
+    let granting = existing.client().await?;
+    let mut grant =
+        granting.start_grant(GrantOptions { protocol: Some("latest".into()), ..quiet_grant() }).await?;
+    wait_state(&mut grant, State::QrReady).await?;
+    let joining = new.client().await?;
+    let mut login_flow = joining
+        .start_login(LoginOptions { qr_code: Some(grant.qr_code("raw").await?), ..Default::default() })
+        .await?;
+    wait_state(&mut login_flow, State::ShowingCheckCode).await?;
+    let code = login_flow.check_code_to_show().await?;
+    wait_state(&mut grant, State::WaitingForCheckCode).await?;
+    grant.check_code(if code == 99 { 10 } else { code + 1 }).await?;
+    match grant.result().await {
+        Err(ClientError::Daemon { name, .. }) => {
+            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.InvalidCheckCode")
+        }
+        other => panic!("granting daemon: {other:?}"),
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(30), login_flow.result()).await? {
+        Err(ClientError::Daemon { name, message }) => {
+            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
+            assert!(message.contains("user_cancelled"), "{message}");
+        }
+        other => panic!("joining daemon: {other:?}"),
+    }
+    assert!(existing.daemon_running(0) && new.daemon_running(0));
+    assert_eq!(granting.status().await?.state, SessionState::SignedIn);
+    assert_eq!(joining.status().await?.state, SessionState::SignedOut);
+    Ok(())
+}
+
+/// Latest generation, the new daemon's owner cancels while it waits for consent: the granting
+/// daemon is told and names the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_cancel_on_the_new_daemon_tells_the_granting_one() -> Result<()> {
+    let SignedInDaemon { stack, session: existing, .. } = signed_in_daemon("lcn").await?;
+    let new = daemon_session(&stack, 120).await?;
+
+    let joining = new.client().await?;
+    let mut login_flow = joining
+        .start_login(LoginOptions {
+            homeserver: Some(stack.synapse.to_string()),
+            protocol: Some("latest".into()),
+            ..Default::default()
+        })
+        .await?;
+    wait_state(&mut login_flow, State::QrReady).await?;
+    let granting = existing.client().await?;
+    let mut grant = granting
+        .start_grant(GrantOptions { qr_code: Some(login_flow.qr_code("raw").await?), ..quiet_grant() })
+        .await?;
+    wait_state(&mut grant, State::ShowingCheckCode).await?;
+    let code = grant.check_code_to_show().await?;
+    wait_state(&mut login_flow, State::WaitingForCheckCode).await?;
+    login_flow.check_code(code).await?;
+    wait_state(&mut grant, State::WaitingForApproval).await?;
+    login_flow.cancel().await?;
+    assert!(matches!(login_flow.result().await, Err(ClientError::Cancelled)));
+    match tokio::time::timeout(std::time::Duration::from_secs(30), grant.result()).await? {
+        Err(ClientError::Daemon { name, message }) => {
+            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
+            assert!(message.contains("user_cancelled"), "{message}");
+        }
+        other => panic!("granting daemon: {other:?}"),
+    }
+    assert_eq!(granting.status().await?.state, SessionState::SignedIn);
+    Ok(())
 }

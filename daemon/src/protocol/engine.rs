@@ -541,8 +541,15 @@ impl GrantFlow {
             verification_uri: Secret(uri),
             peer_device_id: Some(device_id.clone()),
         });
-        // The D-Bus layer opens the verification URI on `Approve`, before this returns.
-        ui.approval().await?;
+        // The D-Bus layer opens the verification URI on `Approve`, before this returns. Meanwhile
+        // we keep an eye on the session: the new device may give up while our user decides.
+        tokio::select! {
+            approved = ui.approval() => approved?,
+            early = link(left).recv(Pace::Human) => {
+                let (msg, _) = early?;
+                return Err(unexpected(&msg, "nothing before consent"));
+            }
+        }
         info!("consent given");
         link(left).send(&LoginMessage::ProtocolAccepted {}).await?;
         ui.emit(FlowEvent::WaitingForToken { user_code: None });
@@ -997,5 +1004,94 @@ fn qr_generation(qr: &LoginQr) -> Generation {
     match qr {
         LoginQr::V2024 { .. } => Generation::V2024,
         LoginQr::Msc4388 { .. } => Generation::Latest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_reasons_pass_through_by_name_only() {
+        assert_eq!(peer_failure("user_cancelled"), LinkError::LoginFailed("user_cancelled".into()));
+        assert_eq!(
+            peer_failure("unable_to_open_verification_uri"),
+            LinkError::LoginFailed("unable_to_open_verification_uri".into())
+        );
+        assert!(matches!(peer_failure("authorization_expired"), LinkError::Expired(_)));
+        // An unknown reason is tolerated, but its text is not repeated.
+        assert_eq!(peer_failure("<script>"), LinkError::LoginFailed("unknown reason".into()));
+    }
+
+    #[test]
+    fn local_errors_tell_the_matching_reason() {
+        let tell = |e: LinkError| Stop::from(e).tell;
+        assert_eq!(tell(LinkError::DeviceIdInUse), Tell::Failure(FailureReason::DeviceAlreadyExists));
+        assert_eq!(tell(LinkError::DeviceNotFound), Tell::Failure(FailureReason::DeviceNotFound));
+        assert_eq!(tell(LinkError::Network("x".into())), Tell::Failure(FailureReason::UserCancelled));
+        assert_eq!(Stop::cancelled().tell, Tell::Failure(FailureReason::UserCancelled));
+    }
+
+    #[test]
+    fn unexpected_messages_are_answered_but_peer_failures_are_not() {
+        let failure = LoginMessage::failure(FailureReason::DeviceNotFound);
+        let stop = unexpected(&failure, "m.login.secrets");
+        assert_eq!(stop.tell, Tell::Nothing);
+        assert_eq!(stop.error, Some(LinkError::LoginFailed("device_not_found".into())));
+        let stop = unexpected(&LoginMessage::Declined {}, "m.login.success");
+        assert_eq!(stop.tell, Tell::Nothing);
+        let stop = unexpected(&LoginMessage::Success {}, "m.login.protocol");
+        assert_eq!(stop.tell, Tell::Failure(FailureReason::UnexpectedMessageReceived));
+        assert!(matches!(stop.error, Some(LinkError::ProtocolError(_))));
+    }
+
+    #[test]
+    fn secrets_bundle_round_trips_through_the_message() {
+        let json = serde_json::json!({
+            "cross_signing": {
+                "master_key": "bWFzdGVybWFzdGVybWFzdGVybWFzdGVybWFzdGVyMDE",
+                "self_signing_key": "c2VsZnNlbGZzZWxmc2VsZnNlbGZzZWxmc2VsZnNlbGY",
+                "user_signing_key": "dXNlcnVzZXJ1c2VydXNlcnVzZXJ1c2VydXNlcnVzZXI",
+            },
+            "backup": {
+                "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+                "key": "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U",
+                "backup_version": "7",
+            }
+        });
+        let bundle: SecretsBundle = serde_json::from_value(json.clone()).unwrap();
+        let plain = secrets_message(&bundle).encode();
+        // What the new device gets: a secrets message that reads back as the same bundle.
+        assert!(matches!(LoginMessage::decode(&plain), Ok(LoginMessage::Secrets { backup: Some(_), .. })));
+        let back: SecretsBundle = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        // Without a backup there is no backup field.
+        let mut no_backup = json.clone();
+        no_backup.as_object_mut().unwrap().remove("backup");
+        let bundle: SecretsBundle = serde_json::from_value(no_backup).unwrap();
+        assert!(matches!(secrets_message(&bundle), LoginMessage::Secrets { backup: None, .. }));
+    }
+
+    #[test]
+    fn scanned_codes_must_be_the_other_devices_kind() {
+        let reciprocate = LoginQr::V2024 {
+            intent: Intent::Reciprocate,
+            key: [7; 32],
+            rendezvous_url: "https://hs.example/_synapse/client/rendezvous/01J".into(),
+            server: Some("hs.example".into()),
+        }
+        .encode();
+        assert!(scanned_qr(&reciprocate, Intent::Reciprocate).is_ok());
+        assert!(matches!(scanned_qr(&reciprocate, Intent::Login), Err(LinkError::InvalidQrCode(_))));
+        let login = LoginQr::Msc4388 {
+            prefix: Prefix::Stable,
+            intent: Intent::Login,
+            key: [7; 32],
+            rendezvous_id: "01J".into(),
+            base_url: "https://hs.example".into(),
+        }
+        .encode();
+        assert!(matches!(qr_generation(&scanned_qr(&login, Intent::Login).unwrap()), Generation::Latest));
+        assert!(matches!(scanned_qr(b"MATRIX\x02\x00", Intent::Login), Err(LinkError::InvalidQrCode(_))));
     }
 }

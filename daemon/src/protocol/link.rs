@@ -272,3 +272,65 @@ pub fn delete_later(rv: Rendezvous) {
         rv.delete().await;
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_is_quick_for_machines_and_gentle_for_people() {
+        assert_eq!(Pace::Now.delays()[0], 0, "a reply that is probably there is read at once");
+        assert!(Pace::Machine.delays()[0] <= 50);
+        assert!(Pace::Human.delays()[0] >= Pace::Machine.delays()[0]);
+        for pace in [Pace::Now, Pace::Machine, Pace::Human] {
+            let d = pace.delays();
+            assert!(d.windows(2).all(|w| w[0] <= w[1]), "{pace:?} backs off monotonically");
+        }
+        assert_eq!(*Pace::Machine.delays().last().unwrap(), 1000);
+        assert_eq!(*Pace::Human.delays().last().unwrap(), 2000);
+        // Over a person's 30 s, fewer looks than a fixed 1 s poll.
+        let (mut t, mut looks) = (0u64, 0);
+        let d = Pace::Human.delays();
+        while t < 30_000 {
+            t += d[looks.min(d.len() - 1)];
+            looks += 1;
+        }
+        assert!(looks < 30, "{looks} looks in 30 s");
+    }
+
+    /// Latest generation: a peer that binds its writes to the base URL as the QR code shows it (no
+    /// trailing `/`) is read too; we write with the normalised URL, as both Element SDKs do.
+    #[test]
+    fn either_form_of_the_base_url_opens() {
+        use crate::protocol::wire::channel::{Generation, Generator, Initiated};
+        let base = Url::parse("https://matrix-client.matrix.org").unwrap();
+        let rv = Rendezvous::latest(SessionLatest::for_test(&base, "01J", "T1"), base.clone());
+        let aads = rv.recv_aads("T3");
+        assert_eq!(aads.len(), 2);
+        assert_eq!(aads[0], aad(&base, "01J", "T3"));
+        assert_eq!(aads[1], aad_raw("https://matrix-client.matrix.org", "01J", "T3"));
+        assert_eq!(rv.send_aad(), aad(&base, "01J", "T1"));
+        assert!(rv.expires_at().is_some());
+
+        let g = Generator::new(Generation::Latest);
+        let (pending, initiate) = Initiated::start(Generation::Latest, &g.public_key(), &aads[0]).unwrap();
+        let (mut ours, ok) = g.accept(&initiate, &aads[0], &aads[0]).unwrap();
+        let mut theirs = pending.confirm(&ok, &aads[0]).unwrap();
+        let payload = theirs.seal(br#"{"type":"m.login.success"}"#, &aads[1]);
+        // The first candidate fails without moving the counter; the second opens.
+        assert!(ours.open(&payload, &aads[0]).is_err());
+        assert!(ours.open(&payload, &aads[1]).is_ok());
+        // A base URL with a path has one form only.
+        let base = Url::parse("https://example.org/matrix/").unwrap();
+        let rv = Rendezvous::latest(SessionLatest::for_test(&base, "01J", "T1"), base);
+        assert_eq!(rv.recv_aads("T3").len(), 1);
+    }
+
+    #[test]
+    fn rendezvous_errors_are_named() {
+        assert!(matches!(rendezvous_error(RendezvousError::Expired), LinkError::Expired(_)));
+        assert!(matches!(rendezvous_error(RendezvousError::Unavailable(404)), LinkError::Unsupported(_)));
+        assert!(matches!(rendezvous_error(RendezvousError::Network), LinkError::Network(_)));
+        assert!(matches!(rendezvous_error(RendezvousError::Conflict), LinkError::ProtocolError(_)));
+    }
+}

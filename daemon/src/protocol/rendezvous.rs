@@ -283,6 +283,18 @@ impl SessionLatest {
         &self.id
     }
 
+    /// A session value without a server, for tests of what is computed from it.
+    #[cfg(test)]
+    pub(crate) fn for_test(base: &Url, id: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.clone(),
+            id: id.to_owned(),
+            token: token.to_owned(),
+            expires_in: Duration::from_secs(120),
+        }
+    }
+
     /// The last token seen: the precondition (and AAD token) of our next write.
     pub fn token(&self) -> &str {
         &self.token
