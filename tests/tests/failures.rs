@@ -461,3 +461,63 @@ async fn sign_out_revokes_and_wipes() -> Result<()> {
     s.session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
     Ok(())
 }
+
+/// A new device that lies: it asks to sign in as a device ID that already exists on the account.
+/// Played with our own wire crate, so the test can read exactly what the daemon answers: the grant
+/// fails with `DeviceIdInUse`, the liar is told `device_already_exists`, and nothing is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_id_in_use_is_refused_and_told() -> Result<()> {
+    use matrix_linkd::protocol::{
+        rendezvous::{Session2024, http_client},
+        wire::{
+            channel::{Generation, Initiated},
+            messages::{DeviceGrant, LoginMessage},
+            qr::LoginQr,
+        },
+    };
+    let mut s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let LoginQr::V2024 { key, rendezvous_url, .. } = LoginQr::parse(&flow.qr_code("raw").await?)? else {
+        panic!("a 2024 code was expected");
+    };
+    // "ALICEDEV" exists: the mock answers 404 only the first time an ID is asked for.
+    let taken = "ALICEDEV";
+    let http = http_client();
+    let probe = http.get(format!("{}/_matrix/client/v3/devices/{taken}", s.hs.uri())).send().await?;
+    assert_eq!(probe.status().as_u16(), 404);
+
+    let mut rv = Session2024::join(&http, url::Url::parse(&rendezvous_url)?);
+    rv.poll().await?; // learns the ETag
+    let (pending, initiate) = Initiated::start(Generation::V2024, &key, &[]).map_err(anyhow::Error::msg)?;
+    rv.send(&initiate).await?;
+    let ok = loop {
+        if let Some(p) = rv.poll().await? {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut channel = pending.confirm(&ok, &[]).map_err(anyhow::Error::msg)?;
+    let protocol = LoginMessage::Protocol {
+        protocol: "device_authorization_grant".into(),
+        device_authorization_grant: Some(DeviceGrant {
+            verification_uri: format!("{}/link", s.hs.uri()),
+            verification_uri_complete: None,
+        }),
+        device_id: taken.into(),
+    };
+    rv.send(&channel.seal(&protocol.encode(), &[])).await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(channel.check_code()).await?;
+    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "DeviceIdInUse");
+    let answer = loop {
+        if let Some(p) = rv.poll().await? {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let told = LoginMessage::decode(&channel.open(&answer, &[]).map_err(anyhow::Error::msg)?)?;
+    assert_eq!(told, LoginMessage::Failure { reason: "device_already_exists".into(), homeserver: None });
+    assert_still_signed_in(&mut s.session, s.daemon).await
+}
