@@ -545,7 +545,7 @@ impl GrantFlow {
         // we keep an eye on the session: the new device may give up while our user decides.
         tokio::select! {
             approved = ui.approval() => approved?,
-            early = link(left).recv(Pace::Human) => {
+            early = link(left).recv(Pace::Watch) => {
                 let (msg, _) = early?;
                 return Err(unexpected(&msg, "nothing before consent"));
             }

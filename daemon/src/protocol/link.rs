@@ -33,6 +33,9 @@ pub enum Pace {
     Machine,
     /// A person acts first: look less often.
     Human,
+    /// Nothing is due from the other device (our own user decides); we only watch for it giving
+    /// up.
+    Watch,
 }
 
 impl Pace {
@@ -42,6 +45,7 @@ impl Pace {
             Pace::Now => &[0, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
             Pace::Machine => &[30, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
             Pace::Human => &[100, 150, 200, 250, 300, 400, 500, 700, 1000, 1500, 2000],
+            Pace::Watch => &[1000, 2000, 3000],
         }
     }
 }
@@ -282,7 +286,7 @@ mod tests {
         assert_eq!(Pace::Now.delays()[0], 0, "a reply that is probably there is read at once");
         assert!(Pace::Machine.delays()[0] <= 50);
         assert!(Pace::Human.delays()[0] >= Pace::Machine.delays()[0]);
-        for pace in [Pace::Now, Pace::Machine, Pace::Human] {
+        for pace in [Pace::Now, Pace::Machine, Pace::Human, Pace::Watch] {
             let d = pace.delays();
             assert!(d.windows(2).all(|w| w[0] <= w[1]), "{pace:?} backs off monotonically");
         }
