@@ -224,7 +224,8 @@ async fn owner_leaving_cancels_the_flow() -> Result<()> {
         assert!(std::time::Instant::now() < deadline, "the flow outlived its owner");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    peer.task.abort();
+    // The new device is told why the flow ended.
+    assert_new_device_told(peer, "user_cancelled").await;
     let linkd = s.session.client().await?;
     let flow = linkd.start_grant(quiet_grant()).await?;
     flow.cancel().await?;
