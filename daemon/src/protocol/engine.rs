@@ -24,7 +24,7 @@ use matrix_sdk::{
 use matrix_sdk_base::crypto::types::SecretsBundle;
 use serde_json::Value;
 use tokio::{
-    sync::{Mutex, mpsc, watch},
+    sync::{Mutex, mpsc, oneshot, watch},
     time::Instant,
 };
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -186,7 +186,9 @@ impl Ui {
 }
 
 /// Splits `Cancel` (which must interrupt any step) from the commands a step waits for.
-fn split_commands(mut from_dbus: mpsc::UnboundedReceiver<FlowCommand>) -> (Ui2, watch::Receiver<bool>) {
+fn split_commands(
+    mut from_dbus: mpsc::UnboundedReceiver<FlowCommand>,
+) -> (mpsc::UnboundedReceiver<FlowCommand>, watch::Receiver<bool>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -206,8 +208,6 @@ fn split_commands(mut from_dbus: mpsc::UnboundedReceiver<FlowCommand>) -> (Ui2, 
     (rx, cancel_rx)
 }
 
-type Ui2 = mpsc::UnboundedReceiver<FlowCommand>;
-
 /// What a flow leaves behind when it stops: what to tell the other device on, what to delete.
 struct Leftovers {
     generation: Generation,
@@ -218,8 +218,8 @@ struct Leftovers {
 }
 
 impl Leftovers {
-    fn new(generation: Generation) -> Self {
-        Self { generation, rv: None, link: None }
+    fn new(generation: Generation, rv: Option<Rendezvous>) -> Self {
+        Self { generation, rv, link: None }
     }
 
     /// Tells the other device (when there is a channel and something to say), then deletes the
@@ -250,23 +250,39 @@ impl Leftovers {
     }
 }
 
-/// Runs one flow body under `Cancel` and the overall deadline. Whatever ends it, the other device
-/// is told and the session cleaned up before the outcome is returned.
-async fn supervise<T>(
-    cancel: &mut watch::Receiver<bool>,
+/// What a flow starts from: its generation and, when the daemon generated the QR code, the
+/// session it created and the code to show.
+struct Opening {
+    generation: Generation,
+    created: Option<(Rendezvous, Vec<u8>)>,
+}
+
+/// Runs one flow body under `Cancel` and the overall deadline: shows the QR code (when we made
+/// it), then whatever ends the body, the other device is told and the session cleaned up before
+/// the result is returned, with the sender for the flow's outcome.
+async fn run_flow<T>(
+    port: FlowPort,
+    opening: Opening,
     deadline: Instant,
-    mut leftovers: Leftovers,
-    body: impl AsyncFnOnce(&mut Leftovers) -> Flow<T>,
-) -> std::result::Result<T, Option<LinkError>> {
+    body: impl AsyncFnOnce(&mut Ui, &mut Leftovers) -> Flow<T>,
+) -> (oneshot::Sender<FlowOutcome>, std::result::Result<T, Option<LinkError>>) {
+    let FlowPort { events, commands, outcome } = port;
+    let (commands, mut cancel) = split_commands(commands);
+    let mut ui = Ui { events, commands };
+    let (rv, qr) = opening.created.unzip();
+    if let Some(qr) = qr {
+        ui.emit(FlowEvent::QrReady(Secret(qr)));
+    }
+    let mut leftovers = Leftovers::new(opening.generation, rv);
     let result = tokio::select! {
-        r = body(&mut leftovers) => r,
+        r = body(&mut ui, &mut leftovers) => r,
         _ = cancel.wait_for(|c| *c) => Err(Stop::cancelled()),
         _ = tokio::time::sleep_until(deadline) => Err(Stop::local(
             LinkError::Expired("the flow timed out".into()),
             FailureReason::UserCancelled,
         )),
     };
-    match result {
+    let result = match result {
         Ok(v) => {
             // The last reader deletes at once; the last writer leaves the other device time to read.
             if let Some(link) = leftovers.link.take() {
@@ -282,7 +298,8 @@ async fn supervise<T>(
             leftovers.close(stop.tell).await;
             Err(stop.error)
         }
-    }
+    };
+    (outcome, result)
 }
 
 fn outcome_of<T>(
@@ -871,20 +888,21 @@ impl Engine for OwnEngine {
         let bundle = secrets.secrets_bundle().await?;
         let homeserver = client.homeserver();
         let token = client.access_token();
-        let (start, generation, rv, qr_bytes) = match scanned {
+        let (start, opening) = match scanned {
             Some(qr) => {
-                let g = qr_generation(&qr);
-                (GrantStart::Scanned(qr), g, None, None)
+                let generation = qr_generation(&qr);
+                (GrantStart::Scanned(qr), Opening { generation, created: None })
             }
             None => {
-                let g =
+                let generation =
                     choose_generation(&self.http, request.generation, &homeserver, token.as_deref()).await?;
                 let (rv, generator, qr) =
-                    create(&self.http, g, &homeserver, token.as_deref(), Intent::Reciprocate).await?;
-                (GrantStart::Generated(generator), g, Some(rv), Some(qr))
+                    create(&self.http, generation, &homeserver, token.as_deref(), Intent::Reciprocate)
+                        .await?;
+                (GrantStart::Generated(generator), Opening { generation, created: Some((rv, qr)) })
             }
         };
-        let (handle, port) = FlowHandle::pair(wire_protocol(generation));
+        let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
         let flow = GrantFlow {
             http: self.http.clone(),
             client: client.clone(),
@@ -892,20 +910,11 @@ impl Engine for OwnEngine {
             device_creation_timeout: request.device_creation_timeout,
         };
         let deadline = Instant::now() + request.timeout;
-        let span = info_span!("grant", scanned = qr_bytes.is_none(), ?generation);
+        let span = info_span!("grant", scanned = opening.created.is_none(), generation = ?opening.generation);
         tokio::spawn(
             async move {
-                let FlowPort { events, commands, outcome } = port;
-                let (commands, mut cancel) = split_commands(commands);
-                let mut ui = Ui { events, commands };
-                if let Some(qr) = qr_bytes {
-                    ui.emit(FlowEvent::QrReady(Secret(qr)));
-                }
-                let mut left = Leftovers::new(generation);
-                left.rv = rv;
-                let result =
-                    supervise(&mut cancel, deadline, left, async |left| flow.run(start, &mut ui, left).await)
-                        .await;
+                let (outcome, result) =
+                    run_flow(port, opening, deadline, async |ui, left| flow.run(start, ui, left).await).await;
                 let user_id = client.user_id().map(|u| u.to_string()).unwrap_or_default();
                 let end = outcome_of(result, |device_id| FlowOutcome::Success { user_id, device_id });
                 info!(outcome = outcome_name(&end), "grant flow ended");
@@ -936,7 +945,7 @@ impl OwnEngine {
         request: LoginRequest,
         scanned: Option<LoginQr>,
     ) -> Result<FlowHandle> {
-        let (start, generation, rv, qr_bytes) = match scanned {
+        let (start, opening) = match scanned {
             Some(qr) => {
                 let server = match &qr {
                     LoginQr::V2024 { server: Some(server), .. } => server.clone(),
@@ -948,8 +957,8 @@ impl OwnEngine {
                 if HomeserverRef::parse(&server).is_none() {
                     return Err(LinkError::InvalidQrCode("the QR code names no usable homeserver".into()));
                 }
-                let g = qr_generation(&qr);
-                (LoginStart::Scanned { qr, server }, g, None, None)
+                let generation = qr_generation(&qr);
+                (LoginStart::Scanned { qr, server }, Opening { generation, created: None })
             }
             None => {
                 let homeserver = request.homeserver.clone().ok_or_else(|| {
@@ -958,12 +967,13 @@ impl OwnEngine {
                             .into(),
                     )
                 })?;
-                let g = choose_generation(&self.http, request.generation, &homeserver, None).await?;
-                let (rv, generator, qr) = create(&self.http, g, &homeserver, None, Intent::Login).await?;
-                (LoginStart::Generated(generator), g, Some(rv), Some(qr))
+                let generation = choose_generation(&self.http, request.generation, &homeserver, None).await?;
+                let (rv, generator, qr) =
+                    create(&self.http, generation, &homeserver, None, Intent::Login).await?;
+                (LoginStart::Generated(generator), Opening { generation, created: Some((rv, qr)) })
             }
         };
-        let (handle, port) = FlowHandle::pair(wire_protocol(generation));
+        let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
         let flow = LoginFlow {
             http: self.http.clone(),
             target: target.clone(),
@@ -972,20 +982,11 @@ impl OwnEngine {
             device_display_name: request.device_display_name.clone(),
         };
         let deadline = Instant::now() + request.timeout;
-        let span = info_span!("login", scanned = qr_bytes.is_none(), ?generation);
+        let span = info_span!("login", scanned = opening.created.is_none(), generation = ?opening.generation);
         tokio::spawn(
             async move {
-                let FlowPort { events, commands, outcome } = port;
-                let (commands, mut cancel) = split_commands(commands);
-                let mut ui = Ui { events, commands };
-                if let Some(qr) = qr_bytes {
-                    ui.emit(FlowEvent::QrReady(Secret(qr)));
-                }
-                let mut left = Leftovers::new(generation);
-                left.rv = rv;
-                let result =
-                    supervise(&mut cancel, deadline, left, async |left| flow.run(start, &mut ui, left).await)
-                        .await;
+                let (outcome, result) =
+                    run_flow(port, opening, deadline, async |ui, left| flow.run(start, ui, left).await).await;
                 let end =
                     outcome_of(result, |(user_id, device_id)| FlowOutcome::Success { user_id, device_id });
                 if !matches!(end, FlowOutcome::Success { .. }) {
