@@ -310,5 +310,20 @@ mod tests {
         assert!(err.contains("`homeserver`"), "{err}");
         let err = parse("homeserver = \"not a url\"\n").unwrap_err().to_string();
         assert!(err.contains("homeserver"), "{err}");
+        let err = parse("protocol = \"2025\"\n").unwrap_err().to_string();
+        assert!(err.contains("protocol") && err.contains("auto, 2024, latest"), "{err}");
+    }
+
+    #[test]
+    fn protocol_names_are_those_of_the_dbus_option() {
+        use crate::protocol::GenerationChoice;
+        for (name, choice) in [
+            ("auto", GenerationChoice::Auto),
+            ("2024", GenerationChoice::V2024),
+            ("latest", GenerationChoice::Latest),
+        ] {
+            assert_eq!(parse(&format!("protocol = \"{name}\"\n")).unwrap().protocol, choice);
+            assert_eq!(name.parse::<GenerationChoice>().unwrap(), choice);
+        }
     }
 }

@@ -135,26 +135,32 @@ impl FlowHandle {
 /// Which wire generation to use when the daemon generates the QR code (a scanned code brings its
 /// own). The config's `protocol` key and the `protocol` option of `Start*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum GenerationChoice {
     /// 2024 where the homeserver offers it (every shipping client scans it), else the latest.
     #[default]
-    #[serde(rename = "auto")]
     Auto,
-    #[serde(rename = "2024")]
     V2024,
-    #[serde(rename = "latest")]
     Latest,
 }
 
+/// One parser for the config key and the D-Bus option: `auto`, `2024`, `latest`.
 impl std::str::FromStr for GenerationChoice {
     type Err = LinkError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "auto" => Ok(Self::Auto),
             "2024" => Ok(Self::V2024),
-            "latest" | "msc4388" => Ok(Self::Latest),
+            "latest" => Ok(Self::Latest),
             _ => Err(LinkError::InvalidArgs("`protocol` is one of auto, 2024, latest".into())),
         }
+    }
+}
+
+impl TryFrom<String> for GenerationChoice {
+    type Error = LinkError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
     }
 }
 
