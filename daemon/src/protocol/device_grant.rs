@@ -83,12 +83,18 @@ async fn json(r: reqwest::Response) -> Result<(u16, Value)> {
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
+/// A form-encoded POST to an OAuth endpoint and its JSON answer.
+async fn post_form(http: &reqwest::Client, endpoint: Url, pairs: &[(&str, &str)]) -> Result<(u16, Value)> {
+    // The serializer is not `Send`: finish it before the first await.
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    let r = http
+        .post(endpoint)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(network)?;
+    json(r).await
 }
 
 /// `GET /_matrix/client/v1/auth_metadata`, then the MSC2965 unstable path.
@@ -164,14 +170,8 @@ pub async fn authorize(
     let mut last = GrantError::Malformed;
     for prefix in ["urn:matrix:client", "urn:matrix:org.matrix.msc2967.client"] {
         let scope = format!("{prefix}:api:* {prefix}:device:{device_id}");
-        let r = http
-            .post(endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form(&[("client_id", client_id), ("scope", &scope)]))
-            .send()
-            .await
-            .map_err(network)?;
-        let (status, v) = json(r).await?;
+        let (status, v) =
+            post_form(http, endpoint.clone(), &[("client_id", client_id), ("scope", &scope)]).await?;
         if (200..300).contains(&status) {
             return serde_json::from_value(v).map_err(|_| GrantError::Malformed);
         }
@@ -197,18 +197,12 @@ async fn poll_once(
     client_id: &str,
     device_code: &str,
 ) -> Result<Result<Tokens, Poll>> {
-    let r = http
-        .post(m.token_endpoint.clone())
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("grant_type", DEVICE_CODE_GRANT),
-            ("device_code", device_code),
-            ("client_id", client_id),
-        ]))
-        .send()
-        .await
-        .map_err(network)?;
-    let (status, v) = json(r).await?;
+    let (status, v) = post_form(
+        http,
+        m.token_endpoint.clone(),
+        &[("grant_type", DEVICE_CODE_GRANT), ("device_code", device_code), ("client_id", client_id)],
+    )
+    .await?;
     if (200..300).contains(&status) {
         return serde_json::from_value(v).map(Ok).map_err(|_| GrantError::Malformed);
     }
