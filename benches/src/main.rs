@@ -17,7 +17,7 @@ use anyhow::{Result, anyhow};
 use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     peers,
-    stack::{Stack, daemon_session, user_code_of},
+    stack::{Stack, daemon_session},
     wait_state,
 };
 
@@ -88,7 +88,7 @@ async fn daemon_grant(stack: &Stack, linkd: &matrix_linkd_client::Linkd, login: 
     let to_consent = c.lap();
     let uri = flow.verification_uri().await?;
     flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     flow.result().await?;
     let to_done = c.lap();
     peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
@@ -110,7 +110,7 @@ async fn sdk_grant(stack: &Stack, phone: &matrix_sdk::Client, login: &str) -> Re
     sender.send(code).await?;
     let uri = existing.verification_uri().await?;
     let to_consent = c.lap();
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     existing.finish().await?.map_err(|e| anyhow!("existing: {e}"))?;
     let to_done = c.lap();
     new.finish().await?.map_err(|e| anyhow!("new: {e}"))?;
@@ -138,7 +138,7 @@ async fn daemon_login(
     flow.check_code(code).await?;
     let uri = peer.verification_uri().await?;
     let to_consent = c.lap();
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     flow.result().await?;
     let to_done = c.lap();
     peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
@@ -160,7 +160,7 @@ async fn sdk_login(stack: &Stack, phone: &matrix_sdk::Client, login: &str) -> Re
     sender.send(code).await?;
     let uri = existing.verification_uri().await?;
     let to_consent = c.lap();
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     new.finish().await?.map_err(|e| anyhow!("new: {e}"))?;
     let to_done = c.lap();
     existing.finish().await?.map_err(|e| anyhow!("existing: {e}"))?;
@@ -202,7 +202,7 @@ async fn daemons_grant(
     wait_state(&mut grant, State::WaitingForApproval).await?;
     let to_consent = c.lap();
     let uri = grant.verification_uri().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     grant.approve().await?;
     let (granted, joined) = tokio::join!(grant.result(), joining.result());
     granted?;

@@ -136,6 +136,14 @@ impl Stack {
     }
 
     /// The user in the browser: confirms `user_code`, logs in as `login`, consents (or denies).
+    /// Plays the user on the consent pages for the user code in `verification_uri` (as the
+    /// browser the other device opened would).
+    pub fn approve_uri(&self, verification_uri: &str, login: &str, deny: bool) -> Result<()> {
+        let user_code =
+            user_code_of(verification_uri).ok_or_else(|| anyhow!("no user code in the verification URI"))?;
+        self.approve(&user_code, login, deny)
+    }
+
     pub fn approve(&self, user_code: &str, login: &str, deny: bool) -> Result<()> {
         let mut cmd = Command::new(workspace_root().join("stack/approve.sh"));
         cmd.args([self.oauth.as_str(), user_code, login]);
@@ -301,7 +309,7 @@ pub async fn sign_in_daemon(
     crate::wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;
     let uri = peer.verification_uri().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code in the URI"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     let signed_in = tokio::time::timeout(std::time::Duration::from_secs(90), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
     Ok(signed_in)
@@ -362,6 +370,6 @@ pub async fn consent_and_finish(
     crate::wait_state(&mut flow, matrix_linkd_client::State::WaitingForApproval).await?;
     let uri = flow.verification_uri().await?;
     flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, login, false)?;
+    stack.approve_uri(&uri, login, false)?;
     Ok(tokio::time::timeout(std::time::Duration::from_secs(90), flow.result()).await??)
 }

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use matrix_linkd_client::{ClientError, LoginOptions, SessionState, SignedIn, State};
 use matrix_linkd_tests::{
     Session, grant_scanned_by, peers, quiet_grant,
-    stack::{Stack, daemon_session, sign_in_daemon, user_code_of},
+    stack::{Stack, daemon_session, sign_in_daemon},
     wait_state,
 };
 
@@ -45,7 +45,7 @@ async fn user_denies_consent_on_the_oauth_page() -> Result<()> {
     wait_state(&mut flow, State::WaitingForApproval).await?;
     let uri = flow.verification_uri().await?;
     flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, true)?;
+    stack.approve_uri(&uri, &login, true)?;
     // The new device gets access_denied and says so (m.login.declined); the daemon names it.
     let message =
         failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "LoginFailed");

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Result, ensure};
 use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     jspeer::{JsPeer, Mode, Role},
     quiet_grant,
     stack::{
         SignedInDaemon, Stack, assert_cross_signed, assert_seen_verified, consent_and_finish,
-        daemon_access_token, daemon_session, signed_in_daemon, user_code_of,
+        daemon_access_token, daemon_session, signed_in_daemon,
     },
     wait_state,
 };
@@ -43,7 +43,7 @@ async fn js_daemon_login_showing_qr_server_name_homeserver() -> Result<()> {
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;
     let uri = js.read("verification_uri", Duration::from_secs(60)).await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
+    stack.approve_uri(&uri, &login, false)?;
     let me = tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
     let js_result = js.result().await?;
     ensure!(js_result["ok"] == true, "js existing device failed: {js_result}\n{}", js.log());
@@ -69,7 +69,7 @@ async fn js_daemon_login_scanning_qr() -> Result<()> {
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     assert_eq!(flow.check_code_to_show().await?, js.check_code().await?, "check codes differ");
     let uri = js.read("verification_uri", Duration::from_secs(60)).await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
+    stack.approve_uri(&uri, &login, false)?;
     let me = tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
     let js_result = js.result().await?;
     ensure!(js_result["ok"] == true, "js existing device failed: {js_result}\n{}", js.log());

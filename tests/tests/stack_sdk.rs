@@ -10,7 +10,7 @@ use matrix_linkd_tests::{
     grant_scanned_by, peers, quiet_grant,
     stack::{
         SignedInDaemon, Stack, assert_seen_verified, consent_and_finish, daemon_access_token, daemon_session,
-        sign_in_daemon, signed_in_daemon, user_code_of,
+        sign_in_daemon, signed_in_daemon,
     },
     wait_state,
 };
@@ -45,7 +45,7 @@ async fn sdk_daemon_login_scanning_qr() -> Result<()> {
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     peer.code_sender().await?.send(flow.check_code_to_show().await?).await?;
     let uri = peer.verification_uri().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
+    stack.approve_uri(&uri, &login, false)?;
     let signed_in = tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
     let (_, device) = stack.whoami(&daemon_access_token(&session)?).await?;

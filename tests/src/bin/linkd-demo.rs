@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow};
 use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     peers,
-    stack::{Stack, assert_seen_verified, daemon_access_token, daemon_session, user_code_of},
+    stack::{Stack, assert_seen_verified, daemon_access_token, daemon_session},
     wait_state,
 };
 
@@ -47,7 +47,7 @@ async fn run() -> Result<()> {
     flow.check_code(code).await?;
     let uri = peer.verification_uri().await?;
     println!("    the phone opens the OAuth consent page; the user approves there");
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
+    stack.approve_uri(&uri, &login, false)?;
     let me = flow.result().await?;
     peer.finish().await?.map_err(|e| anyhow!("phone: {e}"))?;
     let (_, device) = stack.whoami(&daemon_access_token(&session)?).await?;
@@ -73,7 +73,7 @@ async fn run() -> Result<()> {
     println!("    the daemon asks for consent; the user approves (Approve) and confirms on the OAuth page");
     let uri = flow.verification_uri().await?;
     flow.approve().await?;
-    stack.approve(&user_code_of(&uri).ok_or_else(|| anyhow!("no user code"))?, &login, false)?;
+    stack.approve_uri(&uri, &login, false)?;
     flow.result().await?;
     peer.finish().await?.map_err(|e| anyhow!("laptop: {e}"))?;
 
