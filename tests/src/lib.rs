@@ -384,11 +384,18 @@ pub struct SignedInSetup {
     pub signed_in: matrix_linkd_client::SignedIn,
 }
 
-pub async fn signed_in_setup(flow_timeout: u64) -> Result<SignedInSetup> {
+/// A mock homeserver, a private session and the daemon on it, signed out. Returns the daemon's
+/// index in the session.
+pub async fn signed_out_setup(flow_timeout: u64) -> Result<(homeserver::MockHomeserver, Session, usize)> {
     let hs = homeserver::MockHomeserver::start().await;
     let mut session = Session::start().await?;
     session.write_config(&test_config(&hs.uri(), flow_timeout))?;
     let daemon = session.start_daemon(&[]).await?;
+    Ok((hs, session, daemon))
+}
+
+pub async fn signed_in_setup(flow_timeout: u64) -> Result<SignedInSetup> {
+    let (hs, session, daemon) = signed_out_setup(flow_timeout).await?;
     let alice = hs.existing_device("ALICEDEV").await;
     let signed_in = sign_in_daemon(&session, &hs, &alice).await?;
     Ok(SignedInSetup { hs, session, alice, daemon, signed_in })

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use matrix_linkd_client::{GrantOptions, State};
 use matrix_linkd_tests::{
     BUS_NAME, MANAGER_PATH, Session, SessionOptions, homeserver::MockHomeserver, peers, sign_in_daemon,
-    test_config, wait_state, workspace_root,
+    signed_out_setup, test_config, wait_state, workspace_root,
 };
 use zbus::{fdo::DBusProxy, names::BusName};
 
@@ -65,10 +65,7 @@ fn describe(xml: &str, iface: &str) -> Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_matches_the_xml_contract() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 60))?;
-    session.start_daemon(&[]).await?;
+    let (hs, session, _) = signed_out_setup(60).await?;
     let conn = session.connect().await?;
     let introspect = |path: String| {
         let conn = conn.clone();

@@ -8,7 +8,7 @@ use matrix_linkd_client::{ClientError, FlowProxy, GrantOptions, LoginOptions, Ma
 use matrix_linkd_tests::{
     Session, SessionOptions, error_short_name, grant_scanned_by,
     homeserver::{MockHomeserver, USER},
-    peers, qr_2024, quiet_grant, signed_in_setup, test_config, wait_state,
+    peers, qr_2024, quiet_grant, signed_in_setup, signed_out_setup, test_config, wait_state,
 };
 use matrix_sdk::authentication::oauth::qrcode::{QRCodeGrantLoginError, QRCodeLoginError};
 use zbus::zvariant::Value;
@@ -50,10 +50,7 @@ fn failed_with(r: Result<matrix_linkd_client::SignedIn, ClientError>, name: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_truncated_and_foreign_qr_codes() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 60))?;
-    let d = session.start_daemon(&[]).await?;
+    let (hs, mut session, d) = signed_out_setup(60).await?;
     let linkd = session.client().await?;
     let login = |qr: Vec<u8>| linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() });
 
@@ -89,10 +86,7 @@ async fn malformed_truncated_and_foreign_qr_codes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_in_the_wrong_session_state() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 60))?;
-    session.start_daemon(&[]).await?;
+    let (_hs, session, _) = signed_out_setup(60).await?;
     let linkd = session.client().await?;
     // Signed out: no grant, no sign-out.
     assert_eq!(
@@ -359,10 +353,7 @@ async fn shutdown_tells_the_new_device() -> Result<()> {
 /// that device, and the daemon stays signed out with nothing kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_cancel_tells_the_existing_device() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 60))?;
-    let d = session.start_daemon(&[]).await?;
+    let (hs, mut session, d) = signed_out_setup(60).await?;
     let linkd = session.client().await?;
     let mut peer = peers::grant_generating(hs.existing_device("ALICEDEV").await);
     let qr = peer.qr().await?;
@@ -398,10 +389,7 @@ async fn no_keyring_means_no_login_and_nothing_on_disk() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_keyring_means_no_login() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 60))?;
-    let d = session.start_daemon(&[]).await?;
+    let (hs, mut session, d) = signed_out_setup(60).await?;
     session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
     let st = session
         .command("busctl")
@@ -463,6 +451,16 @@ async fn sign_out_revokes_and_wipes() -> Result<()> {
     Ok(())
 }
 
+/// The daemon's next write to a 2024 rendezvous session.
+async fn next_write(rv: &mut matrix_linkd::protocol::rendezvous::Session2024) -> Result<String> {
+    loop {
+        if let Some(payload) = rv.poll().await? {
+            return Ok(payload);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A new device that lies: it asks to sign in as a device ID that already exists on the account.
 /// Played with our own wire crate, so the test can read exactly what the daemon answers: the grant
 /// fails with `DeviceIdInUse`, the liar is told `device_already_exists`, and nothing is shared.
@@ -493,12 +491,7 @@ async fn device_id_in_use_is_refused_and_told() -> Result<()> {
     rv.poll().await?; // learns the ETag
     let (pending, initiate) = Initiated::start(Generation::V2024, &key, &[]).map_err(anyhow::Error::msg)?;
     rv.send(&initiate).await?;
-    let ok = loop {
-        if let Some(p) = rv.poll().await? {
-            break p;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ok = next_write(&mut rv).await?;
     let mut channel = pending.confirm(&ok, &[]).map_err(anyhow::Error::msg)?;
     let protocol = LoginMessage::Protocol {
         protocol: "device_authorization_grant".into(),
@@ -512,12 +505,7 @@ async fn device_id_in_use_is_refused_and_told() -> Result<()> {
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(channel.check_code()).await?;
     failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "DeviceIdInUse");
-    let answer = loop {
-        if let Some(p) = rv.poll().await? {
-            break p;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let answer = next_write(&mut rv).await?;
     let told = LoginMessage::decode(&channel.open(&answer, &[]).map_err(anyhow::Error::msg)?)?;
     assert_eq!(told, LoginMessage::Failure { reason: "device_already_exists".into(), homeserver: None });
     assert_still_signed_in(&mut s.session, s.daemon).await

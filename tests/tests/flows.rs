@@ -8,7 +8,7 @@ use matrix_linkd_client::{GrantOptions, LoginOptions, State};
 use matrix_linkd_tests::{
     Session,
     homeserver::{MockHomeserver, USER},
-    peers, sign_in_daemon, test_config, wait_state,
+    peers, sign_in_daemon, signed_out_setup, test_config, wait_state,
 };
 
 const SIGNED_IN: u32 = 3;
@@ -16,10 +16,7 @@ const SIGNED_IN: u32 = 3;
 /// Login, daemon shows the QR; then the daemon restarts and is signed in again from the keyring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_showing_qr_then_restore() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 120))?;
-    let d = session.start_daemon(&[]).await?;
+    let (hs, mut session, d) = signed_out_setup(120).await?;
     let alice = hs.existing_device("ALICEDEV").await;
 
     let signed_in = sign_in_daemon(&session, &hs, &alice).await?;
@@ -56,10 +53,7 @@ async fn login_showing_qr_then_restore() -> Result<()> {
 /// Login, daemon scans the QR the existing device shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_scanning_qr() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 120))?;
-    session.start_daemon(&[]).await?;
+    let (hs, session, _) = signed_out_setup(120).await?;
     let alice = hs.existing_device("ALICEDEV").await;
 
     let mut peer = peers::grant_generating(alice.clone());
@@ -80,10 +74,7 @@ async fn login_scanning_qr() -> Result<()> {
 /// Grant, daemon shows the QR: the new device scans, the user types the code and approves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_showing_qr() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    session.write_config(&test_config(&hs.uri(), 120))?;
-    session.start_daemon(&[]).await?;
+    let (hs, session, _) = signed_out_setup(120).await?;
     let alice = hs.existing_device("ALICEDEV").await;
     sign_in_daemon(&session, &hs, &alice).await?;
 

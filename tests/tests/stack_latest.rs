@@ -7,12 +7,12 @@
 //! roles run in both directions.
 
 use anyhow::{Result, ensure};
-use matrix_linkd_client::{ClientError, GrantOptions, LoginOptions, SessionState, State};
+use matrix_linkd_client::{ClientError, Flow, GrantOptions, Linkd, LoginOptions, SessionState, State};
 use matrix_linkd_tests::{
     quiet_grant,
     stack::{
-        SignedInDaemon, assert_cross_signed, assert_seen_verified, consent_and_finish, daemon_access_token,
-        daemon_session, signed_in_daemon,
+        SignedInDaemon, Stack, assert_cross_signed, assert_seen_verified, consent_and_finish,
+        daemon_access_token, daemon_session, signed_in_daemon,
     },
     wait_state,
 };
@@ -23,15 +23,46 @@ fn assert_latest_qr(qr: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The signed-in daemon grants, showing a latest-generation QR code.
+async fn latest_grant_showing_qr(granting: &Linkd) -> Result<Flow> {
+    let mut grant =
+        granting.start_grant(GrantOptions { protocol: Some("latest".into()), ..quiet_grant() }).await?;
+    wait_state(&mut grant, State::QrReady).await?;
+    Ok(grant)
+}
+
+/// The signed-out daemon logs in, showing a latest-generation QR code.
+async fn latest_login_showing_qr(joining: &Linkd, stack: &Stack) -> Result<Flow> {
+    let mut login_flow = joining
+        .start_login(LoginOptions {
+            homeserver: Some(stack.synapse.to_string()),
+            protocol: Some("latest".into()),
+            ..Default::default()
+        })
+        .await?;
+    wait_state(&mut login_flow, State::QrReady).await?;
+    Ok(login_flow)
+}
+
+/// The flow ended because the other daemon sent `m.login.failure` with `user_cancelled`.
+async fn assert_told_user_cancelled(flow: Flow) -> Result<()> {
+    match tokio::time::timeout(std::time::Duration::from_secs(30), flow.result()).await? {
+        Err(ClientError::Daemon { name, message }) => {
+            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
+            assert!(message.contains("user_cancelled"), "{message}");
+        }
+        other => panic!("the daemon was not told user_cancelled: {other:?}"),
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_existing_daemon_shows_qr_new_daemon_scans() -> Result<()> {
     let SignedInDaemon { stack, login, phone, session: existing } = signed_in_daemon("lxs").await?;
     let new = daemon_session(&stack, 120).await?;
 
     let granting = existing.client().await?;
-    let mut grant =
-        granting.start_grant(GrantOptions { protocol: Some("latest".into()), ..quiet_grant() }).await?;
-    wait_state(&mut grant, State::QrReady).await?;
+    let mut grant = latest_grant_showing_qr(&granting).await?;
     assert_eq!(grant.proxy().protocol().await?, 2, "Protocol property");
     let qr = grant.qr_code("raw").await?;
     assert_latest_qr(&qr)?;
@@ -61,14 +92,7 @@ async fn latest_new_daemon_shows_qr_existing_daemon_scans() -> Result<()> {
     let new = daemon_session(&stack, 120).await?;
 
     let joining = new.client().await?;
-    let mut login_flow = joining
-        .start_login(LoginOptions {
-            homeserver: Some(stack.synapse.to_string()),
-            protocol: Some("latest".into()),
-            ..Default::default()
-        })
-        .await?;
-    wait_state(&mut login_flow, State::QrReady).await?;
+    let mut login_flow = latest_login_showing_qr(&joining, &stack).await?;
     assert_eq!(login_flow.proxy().protocol().await?, 2);
     let qr = login_flow.qr_code("raw").await?;
     assert_latest_qr(&qr)?;
@@ -100,9 +124,7 @@ async fn latest_wrong_check_code_tells_the_other_daemon() -> Result<()> {
     let mut new = daemon_session(&stack, 120).await?;
 
     let granting = existing.client().await?;
-    let mut grant =
-        granting.start_grant(GrantOptions { protocol: Some("latest".into()), ..quiet_grant() }).await?;
-    wait_state(&mut grant, State::QrReady).await?;
+    let mut grant = latest_grant_showing_qr(&granting).await?;
     let joining = new.client().await?;
     let mut login_flow = joining
         .start_login(LoginOptions { qr_code: Some(grant.qr_code("raw").await?), ..Default::default() })
@@ -117,13 +139,7 @@ async fn latest_wrong_check_code_tells_the_other_daemon() -> Result<()> {
         }
         other => panic!("granting daemon: {other:?}"),
     }
-    match tokio::time::timeout(std::time::Duration::from_secs(30), login_flow.result()).await? {
-        Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
-            assert!(message.contains("user_cancelled"), "{message}");
-        }
-        other => panic!("joining daemon: {other:?}"),
-    }
+    assert_told_user_cancelled(login_flow).await?;
     assert!(existing.daemon_running(0) && new.daemon_running(0));
     assert_eq!(granting.status().await?.state, SessionState::SignedIn);
     assert_eq!(joining.status().await?.state, SessionState::SignedOut);
@@ -138,14 +154,7 @@ async fn latest_cancel_on_the_new_daemon_tells_the_granting_one() -> Result<()> 
     let new = daemon_session(&stack, 120).await?;
 
     let joining = new.client().await?;
-    let mut login_flow = joining
-        .start_login(LoginOptions {
-            homeserver: Some(stack.synapse.to_string()),
-            protocol: Some("latest".into()),
-            ..Default::default()
-        })
-        .await?;
-    wait_state(&mut login_flow, State::QrReady).await?;
+    let mut login_flow = latest_login_showing_qr(&joining, &stack).await?;
     let granting = existing.client().await?;
     let mut grant = granting
         .start_grant(GrantOptions { qr_code: Some(login_flow.qr_code("raw").await?), ..quiet_grant() })
@@ -157,13 +166,7 @@ async fn latest_cancel_on_the_new_daemon_tells_the_granting_one() -> Result<()> 
     wait_state(&mut grant, State::WaitingForApproval).await?;
     login_flow.cancel().await?;
     assert!(matches!(login_flow.result().await, Err(ClientError::Cancelled)));
-    match tokio::time::timeout(std::time::Duration::from_secs(30), grant.result()).await? {
-        Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
-            assert!(message.contains("user_cancelled"), "{message}");
-        }
-        other => panic!("granting daemon: {other:?}"),
-    }
+    assert_told_user_cancelled(grant).await?;
     assert_eq!(granting.status().await?.state, SessionState::SignedIn);
     Ok(())
 }
