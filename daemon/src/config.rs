@@ -57,6 +57,9 @@ pub struct Desktop {
 pub struct Security {
     /// Flatpak/Snap app ids that may use the daemon from inside their sandbox.
     pub allowed_sandboxed_apps: Vec<String>,
+    /// Plain http to hosts other than this machine (homeservers, rendezvous and OAuth servers,
+    /// consent pages). Tokens would travel in clear: for test set-ups only.
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -228,10 +231,13 @@ impl Config {
                 format!("{} is not between 10 and 86400 seconds", self.timeouts.detached),
             ));
         }
-        if let Some(hs) = &self.homeserver
-            && !matches!(hs.scheme(), "https" | "http")
-        {
-            return Err(invalid("homeserver", format!("scheme `{}` is not http or https", hs.scheme())));
+        if let Some(hs) = &self.homeserver {
+            if !matches!(hs.scheme(), "https" | "http") {
+                return Err(invalid("homeserver", format!("scheme `{}` is not http or https", hs.scheme())));
+            }
+            crate::net::check_transport(hs, self.security.allow_insecure_http).map_err(|e| {
+                invalid("homeserver", format!("{e} (set security.allow_insecure_http for a test set-up)"))
+            })?;
         }
         if self.device_display_name.trim().is_empty() {
             return Err(invalid("device_display_name", "must not be empty".to_owned()));
@@ -310,6 +316,11 @@ mod tests {
         assert!(err.contains("`homeserver`"), "{err}");
         let err = parse("homeserver = \"not a url\"\n").unwrap_err().to_string();
         assert!(err.contains("homeserver"), "{err}");
+        let err = parse("homeserver = \"http://matrix.example.org\"\n").unwrap_err().to_string();
+        assert!(err.contains("`homeserver`") && err.contains("plain http"), "{err}");
+        assert!(parse("homeserver = \"http://127.0.0.1:8008\"\n").is_ok());
+        let allowed = "homeserver = \"http://matrix.example.org\"\n[security]\nallow_insecure_http = true\n";
+        assert!(parse(allowed).is_ok());
         let err = parse("protocol = \"2025\"\n").unwrap_err().to_string();
         assert!(err.contains("protocol") && err.contains("auto, 2024, latest"), "{err}");
     }

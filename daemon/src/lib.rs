@@ -8,4 +8,5 @@ pub mod config;
 pub mod dbus;
 pub mod desktop;
 pub mod error;
+pub mod net;
 pub mod protocol;

@@ -1,6 +1,7 @@
 //! The daemon's own signed-in session: restored at start from the Secret Service and the
 //! encrypted store, created by a login flow, kept fresh as tokens refresh, wiped by `SignOut`.
 
+mod lock;
 mod secrets;
 
 use std::{
@@ -10,6 +11,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+pub use lock::{InstanceLock, LockError};
 use matrix_sdk::{
     Client, SessionChange, SessionMeta, SessionTokens, SqliteStoreConfig,
     authentication::oauth::{ClientId, OAuthSession, UserSession},
@@ -181,7 +183,7 @@ impl Account {
             })?;
         let key = store_key(&key)?;
         let (homeserver, session) = stored.into_oauth_session();
-        let client = self.build_client(ServerSpec::Url(homeserver), &key).await?;
+        let client = self.build_client(homeserver, &key).await?;
         client
             .oauth()
             .restore_session(session, RoomLoadSettings::default())
@@ -217,23 +219,17 @@ impl Account {
         Ok(Some(client))
     }
 
-    async fn build_client(&self, server: ServerSpec, key: &[u8; 32]) -> Result<Client> {
+    /// A client for the homeserver at `homeserver` (resolved by `net::resolve`: matrix-sdk does no
+    /// discovery of its own here).
+    async fn build_client(&self, homeserver: Url, key: &[u8; 32]) -> Result<Client> {
         create_private_dir(&self.store_dir).await?;
         let builder = Client::builder()
             .sqlite_store_with_config_and_cache_path(
                 SqliteStoreConfig::new(&self.store_dir).key(Some(key)),
                 None::<&Path>,
             )
-            .handle_refresh_tokens();
-        let builder = match server {
-            ServerSpec::Url(url) => builder.homeserver_url(url),
-            // Discovery over plain http only for this machine's own servers (development and test
-            // homeservers); everything else is https.
-            ServerSpec::NameOrUrl(s) => match matrix_sdk::ruma::ServerName::parse(&s) {
-                Ok(name) if is_loopback(name.host()) => builder.insecure_server_name_no_tls(&name),
-                _ => builder.server_name_or_homeserver_url(s),
-            },
-        };
+            .handle_refresh_tokens()
+            .homeserver_url(homeserver);
         builder.build().await.map_err(|e| {
             use matrix_sdk::ClientBuildError as B;
             match e {
@@ -347,11 +343,6 @@ impl Account {
     }
 }
 
-enum ServerSpec {
-    Url(Url),
-    NameOrUrl(String),
-}
-
 #[async_trait]
 impl LoginTarget for Account {
     async fn prepare(&self) -> Result<()> {
@@ -364,7 +355,7 @@ impl LoginTarget for Account {
         Ok(())
     }
 
-    async fn new_client(&self, server: &str) -> Result<Client> {
+    async fn new_client(&self, homeserver: &Url) -> Result<Client> {
         if self.client.lock().await.is_some() {
             return Err(LinkError::AlreadySignedIn);
         }
@@ -373,11 +364,7 @@ impl LoginTarget for Account {
             None => self.fresh_store_key().await?,
         };
         wipe_dir(&self.store_dir).await;
-        let spec = match Url::parse(server) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => ServerSpec::Url(url),
-            _ => ServerSpec::NameOrUrl(server.to_owned()),
-        };
-        self.build_client(spec, &key).await
+        self.build_client(homeserver.clone(), &key).await
     }
 
     async fn adopt(&self, client: Client) -> Result<()> {
@@ -492,15 +479,6 @@ fn refresh_refused(e: &matrix_sdk::HttpError) -> bool {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| LinkError::SecretStorage("the kept store key is malformed".into()))
 }
@@ -509,7 +487,7 @@ fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
 async fn probe_capabilities(client: &Client) -> Vec<String> {
     use crate::protocol::{engine::offers_2024, rendezvous};
     let mut caps = vec!["grant".to_owned()];
-    let http = rendezvous::http_client();
+    let http = crate::net::client();
     let homeserver = client.homeserver();
     let token = client.access_token();
     let (v2024, latest) = tokio::join!(

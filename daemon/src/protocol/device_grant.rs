@@ -11,7 +11,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::net::{self, BodyError, JSON_LIMIT};
+
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Bounds on the server's numbers (RFC 8628 gives none): a poll interval of 1 to 60 s, slowed by
+/// 5 s per `slow_down` up to that, and a device code that lives at most an hour. A larger number,
+/// up to `u64::MAX`, must not overflow a deadline.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+const SLOW_DOWN: Duration = Duration::from_secs(5);
+const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// How the grant failed. Messages never quote tokens, codes or server bodies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +42,10 @@ pub enum GrantError {
     Network,
     #[error("the OAuth server's answer is malformed")]
     Malformed,
+    #[error("the OAuth server's answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the OAuth server names an endpoint we may not use: {0}")]
+    BadEndpoint(net::UrlError),
 }
 
 pub type Result<T, E = GrantError> = std::result::Result<T, E>;
@@ -77,10 +91,13 @@ fn network(_: reqwest::Error) -> GrantError {
     GrantError::Network
 }
 
+/// Status and JSON body (at most [`JSON_LIMIT`] bytes). Redirects are not followed, so a 3xx is
+/// an answer like any error status.
 async fn json(r: reqwest::Response) -> Result<(u16, Value)> {
-    let status = r.status().as_u16();
-    let bytes = r.bytes().await.map_err(network)?;
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    net::read_json(r, JSON_LIMIT).await.map_err(|e| match e {
+        BodyError::TooLarge(n) => GrantError::TooLarge(n),
+        BodyError::Network => GrantError::Network,
+    })
 }
 
 /// A form-encoded POST to an OAuth endpoint and its JSON answer.
@@ -97,8 +114,9 @@ async fn post_form(http: &reqwest::Client, endpoint: Url, pairs: &[(&str, &str)]
     json(r).await
 }
 
-/// `GET /_matrix/client/v1/auth_metadata`, then the MSC2965 unstable path.
-pub async fn metadata(http: &reqwest::Client, homeserver: &Url) -> Result<Metadata> {
+/// `GET /_matrix/client/v1/auth_metadata`, then the MSC2965 unstable path. Every endpoint we
+/// send a code or token to must pass [`net::check_transport`].
+pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, allow_http: bool) -> Result<Metadata> {
     for path in
         ["_matrix/client/v1/auth_metadata", "_matrix/client/unstable/org.matrix.msc2965/auth_metadata"]
     {
@@ -107,15 +125,28 @@ pub async fn metadata(http: &reqwest::Client, homeserver: &Url) -> Result<Metada
         if r.status().is_success() {
             let (_, v) = json(r).await?;
             let m: Metadata = serde_json::from_value(v).map_err(|_| GrantError::Malformed)?;
-            if m.device_authorization_endpoint.is_none()
-                || !m.grant_types_supported.iter().any(|g| g == DEVICE_CODE_GRANT)
-            {
-                return Err(GrantError::NoDeviceGrant);
+            let endpoints =
+                [Some(&m.issuer), Some(&m.token_endpoint), m.device_authorization_endpoint.as_ref()]
+                    .into_iter()
+                    .chain([m.registration_endpoint.as_ref(), m.revocation_endpoint.as_ref()]);
+            for endpoint in endpoints.flatten() {
+                net::check_transport(endpoint, allow_http).map_err(GrantError::BadEndpoint)?;
             }
             return Ok(m);
         }
     }
     Err(GrantError::NoOAuth)
+}
+
+/// [`server_metadata`] of a server that must offer the device authorization grant.
+pub async fn metadata(http: &reqwest::Client, homeserver: &Url, allow_http: bool) -> Result<Metadata> {
+    let m = server_metadata(http, homeserver, allow_http).await?;
+    if m.device_authorization_endpoint.is_none()
+        || !m.grant_types_supported.iter().any(|g| g == DEVICE_CODE_GRANT)
+    {
+        return Err(GrantError::NoDeviceGrant);
+    }
+    Ok(m)
 }
 
 /// RFC 7591 registration of a public native client for the device grant; returns the client ID.
@@ -216,6 +247,13 @@ async fn poll_once(
     }
 }
 
+/// The poll interval and the code's lifetime the server asked for, within sane bounds.
+fn pacing(auth: &DeviceAuthorization) -> (Duration, Duration) {
+    let interval = Duration::from_secs(auth.interval.unwrap_or(5)).clamp(MIN_INTERVAL, MAX_INTERVAL);
+    let lifetime = Duration::from_secs(auth.expires_in).clamp(MIN_INTERVAL, MAX_CODE_LIFETIME);
+    (interval, lifetime)
+}
+
 /// Polls the token endpoint every `interval` (default 5 s, +5 s on `slow_down`) until the user
 /// decides or the code expires; stops at the first success.
 pub async fn poll_tokens(
@@ -224,12 +262,12 @@ pub async fn poll_tokens(
     client_id: &str,
     auth: &DeviceAuthorization,
 ) -> Result<Tokens> {
-    let mut interval = Duration::from_secs(auth.interval.unwrap_or(5).max(1));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(auth.expires_in.max(1));
+    let (mut interval, lifetime) = pacing(auth);
+    let deadline = tokio::time::Instant::now() + lifetime;
     loop {
         match poll_once(http, m, client_id, &auth.device_code).await? {
             Ok(tokens) => return Ok(tokens),
-            Err(Poll::SlowDown) => interval += Duration::from_secs(5),
+            Err(Poll::SlowDown) => interval = (interval + SLOW_DOWN).min(MAX_INTERVAL),
             Err(Poll::Pending) => {}
         }
         if tokio::time::Instant::now() + interval > deadline {
@@ -249,6 +287,23 @@ mod tests {
         assert_eq!(id.len(), 16);
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_ne!(new_device_id(), id);
+    }
+
+    #[test]
+    fn server_numbers_are_bounded() {
+        let mut a = DeviceAuthorization {
+            device_code: String::new(),
+            user_code: String::new(),
+            verification_uri: String::new(),
+            verification_uri_complete: None,
+            expires_in: u64::MAX,
+            interval: Some(u64::MAX),
+        };
+        assert_eq!(pacing(&a), (MAX_INTERVAL, MAX_CODE_LIFETIME));
+        (a.expires_in, a.interval) = (0, Some(0));
+        assert_eq!(pacing(&a), (MIN_INTERVAL, MIN_INTERVAL));
+        (a.expires_in, a.interval) = (600, None);
+        assert_eq!(pacing(&a), (Duration::from_secs(5), Duration::from_secs(600)));
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl std::fmt::Debug for Rendezvous {
 impl Rendezvous {
     pub fn latest(session: SessionLatest, base: Url) -> Self {
         let ttl = session.expires_in();
-        let expires_at = (!ttl.is_zero()).then(|| Instant::now() + ttl);
+        let expires_at = (!ttl.is_zero()).then(|| super::rendezvous::deadline_in(ttl));
         Rendezvous::Latest { session, base, expires_at }
     }
 
@@ -188,6 +188,9 @@ pub fn rendezvous_error(e: RendezvousError) -> LinkError {
             LinkError::ProtocolError("someone else wrote to the rendezvous session".into())
         }
         RendezvousError::Network => LinkError::Network("the rendezvous server could not be reached".into()),
+        e @ (RendezvousError::AnswerTooLarge(_)
+        | RendezvousError::Redirect(_)
+        | RendezvousError::Malformed(_)) => LinkError::ProtocolError(e.to_string()),
         other => LinkError::Network(other.to_string()),
     }
 }
@@ -269,12 +272,24 @@ impl Link {
     }
 }
 
+/// Session deletes still to be done: shutdown waits for them ([`wait_pending_deletes`]).
+static PENDING_DELETES: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
 /// Deletes the session after the other device had time to read our last write.
 pub fn delete_later(rv: Rendezvous) {
-    tokio::spawn(async move {
+    PENDING_DELETES.spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
         rv.delete().await;
     });
+}
+
+/// Waits (at most `limit`) for the deletes [`delete_later`] scheduled; `false` if some are left.
+pub async fn wait_pending_deletes(limit: Duration) -> bool {
+    PENDING_DELETES.close();
+    let done = tokio::time::timeout(limit, PENDING_DELETES.wait()).await.is_ok();
+    PENDING_DELETES.reopen();
+    done
 }
 
 #[cfg(test)]

@@ -192,9 +192,9 @@ pub trait LoginTarget: Send + Sync {
     /// Before anything is shown: makes sure the session can be kept (not signed in, the keyring
     /// takes a fresh store key). Fails with `SecretStorage` without writing anything to disk.
     async fn prepare(&self) -> Result<()>;
-    /// A fresh, signed-out client for `server` (a URL, or a server name to resolve), backed by
-    /// the daemon's encrypted store under the key `prepare` kept.
-    async fn new_client(&self, server: &str) -> Result<Client>;
+    /// A fresh, signed-out client for the homeserver at `homeserver` (already resolved and
+    /// checked), backed by the daemon's encrypted store under the key `prepare` kept.
+    async fn new_client(&self, homeserver: &Url) -> Result<Client>;
     /// Keep the signed-in client: persist the session and publish it.
     async fn adopt(&self, client: Client) -> Result<()>;
     /// The login failed: forget the partial store.
@@ -222,4 +222,7 @@ pub trait Engine: Send + Sync {
     ) -> Result<FlowHandle>;
     /// Starts a flow where the daemon signs in as a new device.
     async fn start_login(&self, target: Arc<dyn LoginTarget>, request: LoginRequest) -> Result<FlowHandle>;
+    /// At shutdown, after the flows ended: waits (at most `limit`) for the clean-up they left
+    /// behind (rendezvous sessions to delete). `false` when some was left undone.
+    async fn settle(&self, limit: Duration) -> bool;
 }

@@ -11,8 +11,14 @@ use matrix_sdk::reqwest::{self, StatusCode, header};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::net::{self, BodyError, RENDEZVOUS_LIMIT};
+
 /// Largest payload a rendezvous session holds.
 pub const MAX_PAYLOAD: usize = 4096;
+
+/// Longest session life we believe a server about: no real session lives longer, and a larger
+/// number (up to `u64::MAX`) must not overflow a deadline.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
 
 const PATH_2024: &str = "_matrix/client/unstable/org.matrix.msc4108/rendezvous";
 const PATH_LATEST_UNSTABLE: &str = "_matrix/client/unstable/io.element.msc4388/rendezvous";
@@ -34,6 +40,10 @@ pub enum RendezvousError {
     Network,
     #[error("the rendezvous server's answer is malformed: {0}")]
     Malformed(&'static str),
+    #[error("the rendezvous server's answer is larger than {0} bytes")]
+    AnswerTooLarge(usize),
+    #[error("the rendezvous server answered with a redirect (HTTP {0}), which is not followed")]
+    Redirect(u16),
 }
 
 pub type Result<T, E = RendezvousError> = std::result::Result<T, E>;
@@ -42,10 +52,21 @@ fn network(_: reqwest::Error) -> RendezvousError {
     RendezvousError::Network
 }
 
+fn body_error(e: BodyError) -> RendezvousError {
+    match e {
+        BodyError::TooLarge(n) => RendezvousError::AnswerTooLarge(n),
+        BodyError::Network => RendezvousError::Network,
+    }
+}
+
+/// The body of a rendezvous answer, at most [`RENDEZVOUS_LIMIT`] bytes.
+async fn body(r: reqwest::Response) -> Result<Vec<u8>> {
+    net::read_capped(r, RENDEZVOUS_LIMIT).await.map_err(body_error)
+}
+
 async fn errcode(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
-    let body: Value =
-        r.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+    let body: Value = body(r).await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
     let code = body
         .get("org.matrix.msc4108.errcode")
         .or_else(|| body.get("errcode"))
@@ -61,8 +82,14 @@ fn map_error(status: u16, code: &str) -> RendezvousError {
         (404, _) | (401, _) | (403, _) | (405, _) => RendezvousError::Unavailable(status),
         (409, _) | (412, _) => RendezvousError::Conflict,
         (413, _) => RendezvousError::TooLarge,
+        (300..=399, _) => RendezvousError::Redirect(status),
         (s, _) => RendezvousError::Status(s),
     }
+}
+
+/// The moment `ttl` from now, for a `ttl` a server told us: at most [`MAX_TTL`] ahead.
+pub fn deadline_in(ttl: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + ttl.min(MAX_TTL)
 }
 
 /// `Expires` − `Date` of a 2024 rendezvous response: the session's remaining life by the server's
@@ -115,8 +142,8 @@ impl Session2024 {
             return Err(map_error(s, &code));
         }
         let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let expires_at = ttl_of(r.headers()).map(|t| tokio::time::Instant::now() + t);
-        let body: Value = serde_json::from_slice(&r.bytes().await.map_err(network)?)
+        let expires_at = ttl_of(r.headers()).map(deadline_in);
+        let body: Value = serde_json::from_slice(&body(r).await?)
             .map_err(|_| RendezvousError::Malformed("create response is not JSON"))?;
         let url = body
             .get("url")
@@ -170,12 +197,17 @@ impl Session2024 {
         match r.status() {
             StatusCode::NOT_MODIFIED => Ok(None),
             s if s.is_success() => {
-                self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                if let Some(ttl) = ttl_of(r.headers()) {
-                    self.expires_at = Some(tokio::time::Instant::now() + ttl);
-                }
-                let body = String::from_utf8(r.bytes().await.map_err(network)?.to_vec())
+                let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let ttl = ttl_of(r.headers());
+                // The new ETag is kept only with the body it belongs to: a read dropped half-way
+                // (a flow step that ends while this one is in flight) must not mark the message
+                // as seen, or the next conditional read would answer 304 and lose it.
+                let body = String::from_utf8(body(r).await?)
                     .map_err(|_| RendezvousError::Malformed("payload is not text"))?;
+                self.etag = etag;
+                if let Some(ttl) = ttl {
+                    self.expires_at = Some(deadline_in(ttl));
+                }
                 Ok((!body.is_empty()).then_some(body))
             }
             _ => {
@@ -221,8 +253,7 @@ async fn json_of(r: reqwest::Response) -> Result<Value> {
         let (s, code) = errcode(r).await;
         return Err(map_error(s, &code));
     }
-    serde_json::from_slice(&r.bytes().await.map_err(network)?)
-        .map_err(|_| RendezvousError::Malformed("not JSON"))
+    serde_json::from_slice(&body(r).await?).map_err(|_| RendezvousError::Malformed("not JSON"))
 }
 
 fn field(v: &Value, name: &'static str) -> Result<String> {
@@ -302,7 +333,7 @@ impl SessionLatest {
 
     /// Time to live reported by the server at create/join.
     pub fn expires_in(&self) -> Duration {
-        self.expires_in
+        self.expires_in.min(MAX_TTL)
     }
 
     /// Writes `data` with the current token as precondition. A lost answer is retried once with
@@ -351,13 +382,9 @@ impl SessionLatest {
     }
 }
 
-/// A client for rendezvous requests: short timeouts, no redirects but the 307 of a 2024 create.
+/// The client for rendezvous requests: [`net::client`] (no redirects, short time limits).
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("HTTP client")
+    net::client()
 }
 
 #[cfg(test)]
@@ -384,6 +411,56 @@ mod tests {
             u.as_str(),
             "https://example.org/matrix/_matrix/client/unstable/io.element.msc4388/rendezvous"
         );
+    }
+
+    /// A 2024 read that is dropped after the headers (with the new ETag) but before the body must
+    /// not mark the message as seen: the next read gets it.
+    #[tokio::test]
+    async fn a_read_dropped_half_way_loses_no_message() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let slow = std::mem::replace(&mut first, false);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                    if request.contains("if-none-match: \"1\"") {
+                        let _ = s.write_all(b"HTTP/1.1 304 Not Modified\r\nETag: \"1\"\r\n\r\n").await;
+                        return;
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nETag: \"1\"\r\nContent-Length: 5\r\n\r\n").await;
+                    if slow {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    let _ = s.write_all(b"hello").await;
+                });
+            }
+        });
+        let mut session =
+            Session2024::join(&http_client(), Url::parse(&format!("http://{addr}/rendezvous/1")).unwrap());
+        assert!(tokio::time::timeout(Duration::from_millis(200), session.poll()).await.is_err());
+        assert_eq!(session.poll().await, Ok(Some("hello".to_owned())));
+        assert_eq!(session.poll().await, Ok(None));
+    }
+
+    #[test]
+    fn server_lifetimes_are_bounded() {
+        let far = deadline_in(Duration::from_secs(u64::MAX));
+        assert!(far <= tokio::time::Instant::now() + MAX_TTL);
+        let base = Url::parse("https://example.org").unwrap();
+        let mut s = SessionLatest::for_test(&base, "01J", "T1");
+        s.expires_in = Duration::from_millis(u64::MAX);
+        assert_eq!(s.expires_in(), MAX_TTL);
+    }
+
+    #[test]
+    fn redirects_are_named() {
+        assert_eq!(map_error(307, ""), RendezvousError::Redirect(307));
+        assert_eq!(map_error(302, ""), RendezvousError::Redirect(302));
     }
 
     #[test]

@@ -1,0 +1,37 @@
+//! Every HTTP request the daemon makes itself goes through here: one client that follows no
+//! redirect and bounds every request in time, answers read with a size cap, URLs checked before
+//! they are used, and homeserver discovery. The servers are those that a QR code, the other device
+//! or the homeserver name; none of them is trusted.
+
+mod body;
+pub mod resolve;
+
+use std::time::Duration;
+
+pub use body::{BodyError, read_capped, read_json};
+pub use matrix_linkd_wire::policy::{UrlError, check_transport, http_url, is_loopback, is_loopback_name};
+use matrix_sdk::reqwest;
+
+/// Largest rendezvous answer we read (payloads are at most 4 KiB of base64, plus JSON framing).
+pub const RENDEZVOUS_LIMIT: usize = 8 * 1024;
+/// Largest JSON answer we read from a homeserver or OAuth server (metadata, tokens, `whoami`,
+/// `.well-known`, `/versions`).
+pub const JSON_LIMIT: usize = 64 * 1024;
+
+/// Whole-request limit: connecting, sending, headers and body.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest silence while reading an answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client for every request of our own: no redirects (a redirect would re-send an encrypted
+/// rendezvous write, a form with a device code or a bearer token to a host nobody checked), short
+/// time limits.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(REQUEST_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client")
+}

@@ -1,0 +1,211 @@
+//! Login: the daemon is the new device and gets signed in.
+
+use matrix_sdk::{
+    SessionMeta, SessionTokens,
+    authentication::oauth::{ClientId, OAuthSession, UserSession},
+    ruma::OwnedUserId,
+    store::RoomLoadSettings,
+};
+
+use super::*;
+use crate::{
+    net::{self, JSON_LIMIT},
+    protocol::{
+        device_grant::{self, GrantError},
+        wire::{messages::HomeserverRef, policy},
+    },
+};
+
+pub(super) struct LoginFlow {
+    pub(super) http: reqwest::Client,
+    pub(super) target: Arc<dyn LoginTarget>,
+    pub(super) oauth: OAuthClient,
+    pub(super) client_ids: Arc<Mutex<HashMap<String, String>>>,
+    pub(super) device_display_name: String,
+    pub(super) allow_http: bool,
+}
+
+/// The OAuth side of a login in progress.
+struct Grant {
+    client: Client,
+    metadata: device_grant::Metadata,
+    client_id: String,
+    device_id: String,
+    authorization: device_grant::DeviceAuthorization,
+}
+
+impl LoginFlow {
+    pub(super) async fn run(
+        &self,
+        start: LoginStart,
+        ui: &mut Ui,
+        left: &mut Leftovers,
+    ) -> Flow<(String, String)> {
+        let grant = match start {
+            LoginStart::Scanned { qr, server } => {
+                // Fail fast, before the other device's user is asked anything.
+                let prepared = self.prepare(&server).await?;
+                let rv = join(&self.http, &qr).await?;
+                scanner_handshake(rv, qr.key(), left).await?;
+                show_check_code(ui, &link(left).channel);
+                let grant = self.authorize(prepared).await?;
+                link(left).send(&protocol_message(&grant)).await?;
+                grant
+            }
+            LoginStart::Generated(generator) => {
+                generator_handshake(generator, ui, left).await?;
+                let (msg, _) = link(left).recv(Pace::Now).await?;
+                let server = policy::offered_homeserver(&msg, self.allow_http).map_err(refused)?;
+                let prepared = self.prepare(&server).await?;
+                let grant = self.authorize(prepared).await?;
+                link(left).send(&protocol_message(&grant)).await?;
+                grant
+            }
+        };
+        let (msg, _) = link(left).recv(Pace::Human).await?;
+        policy::expect_signal(&msg, "m.login.protocol_accepted").map_err(refused)?;
+        ui.emit(FlowEvent::WaitingForToken {
+            user_code: Some(Secret(grant.authorization.user_code.clone())),
+        });
+        let tokens =
+            device_grant::poll_tokens(&self.http, &grant.metadata, &grant.client_id, &grant.authorization)
+                .await
+                .map_err(|e| match e {
+                    GrantError::AccessDenied => Stop { error: Some(grant_error(e)), tell: Tell::Declined },
+                    GrantError::Expired => Stop::local(grant_error(e), FailureReason::AuthorizationExpired),
+                    other => Stop::from(grant_error(other)),
+                })?;
+        let homeserver = grant.client.homeserver();
+        let user_id = whoami(&self.http, &homeserver, &tokens.access_token, &grant.device_id).await?;
+        let session = OAuthSession {
+            client_id: ClientId::new(grant.client_id.clone()),
+            user: UserSession {
+                meta: SessionMeta { user_id: user_id.clone(), device_id: grant.device_id.as_str().into() },
+                tokens: SessionTokens {
+                    access_token: tokens.access_token.clone(),
+                    refresh_token: tokens.refresh_token.clone(),
+                },
+            },
+        };
+        grant
+            .client
+            .oauth()
+            .restore_session(session, RoomLoadSettings::default())
+            .await
+            .map_err(|_| LinkError::Failed("cannot set up the new session".into()))?;
+        link(left).send(&LoginMessage::Success {}).await?;
+        ui.emit(FlowEvent::SyncingSecrets);
+        let (msg, plain) = link(left).recv(Pace::Machine).await?;
+        policy::expect_secrets(&msg).map_err(refused)?;
+        // The last message: nobody reads after us.
+        if let Some(link) = left.link.take() {
+            link.rv.delete().await;
+        }
+        let bundle: SecretsBundle = serde_json::from_slice(&plain).map_err(|_| {
+            Stop::silent(LinkError::ProtocolError("the secrets from the other device are malformed".into()))
+        })?;
+        // Imports the keys, signs our device with the self-signing key and uploads keys and
+        // signature together; then connects to the key backup. Any failure is fatal.
+        grant.client.encryption().import_secrets_bundle(&bundle).await.map_err(|_| {
+            Stop::silent(LinkError::Failed(
+                "importing the secrets or uploading the signed device keys failed".into(),
+            ))
+        })?;
+        info!("secrets imported, device cross-signed");
+        rename_device(&grant.client, &self.device_display_name).await;
+        self.target.adopt(grant.client).await.map_err(Stop::silent)?;
+        Ok((user_id.to_string(), grant.device_id))
+    }
+
+    /// The new session's client (keyring and store first: nothing is written without them), the
+    /// OAuth metadata and our client registration.
+    async fn prepare(&self, server: &HomeserverRef) -> Flow<(Client, device_grant::Metadata, String)> {
+        let homeserver = net::resolve::homeserver(&self.http, server, self.allow_http).await?;
+        let client = self.target.new_client(&homeserver).await?;
+        let metadata =
+            device_grant::metadata(&self.http, &homeserver, self.allow_http).await.map_err(grant_error)?;
+        let issuer = metadata.issuer.to_string();
+        let cached = self.client_ids.lock().await.get(&issuer).cloned();
+        let client_id = match cached {
+            Some(id) => id,
+            None => {
+                let id = device_grant::register(
+                    &self.http,
+                    &metadata,
+                    &self.oauth.client_name,
+                    &self.oauth.client_uri,
+                )
+                .await
+                .map_err(grant_error)?;
+                self.client_ids.lock().await.insert(issuer, id.clone());
+                id
+            }
+        };
+        Ok((client, metadata, client_id))
+    }
+
+    async fn authorize(
+        &self,
+        (client, metadata, client_id): (Client, device_grant::Metadata, String),
+    ) -> Flow<Grant> {
+        let device_id = device_grant::new_device_id();
+        let authorization = device_grant::authorize(&self.http, &metadata, &client_id, &device_id)
+            .await
+            .map_err(grant_error)?;
+        Ok(Grant { client, metadata, client_id, device_id, authorization })
+    }
+}
+
+fn protocol_message(grant: &Grant) -> LoginMessage {
+    LoginMessage::Protocol {
+        protocol: DEVICE_AUTHORIZATION_GRANT.into(),
+        device_authorization_grant: Some(DeviceGrant {
+            verification_uri: grant.authorization.verification_uri.clone(),
+            verification_uri_complete: grant.authorization.verification_uri_complete.clone(),
+        }),
+        device_id: grant.device_id.clone(),
+    }
+}
+
+/// `GET /account/whoami` with the fresh token: who we are. A device other than the one we asked
+/// for is logged (and ours kept): the scope names it.
+async fn whoami(http: &reqwest::Client, homeserver: &Url, token: &str, device_id: &str) -> Flow<OwnedUserId> {
+    let url = homeserver
+        .join("_matrix/client/v3/account/whoami")
+        .map_err(|_| LinkError::Failed("bad homeserver URL".into()))?;
+    let r = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|_| LinkError::Network("asking the homeserver who we are failed".into()))?;
+    if !r.status().is_success() {
+        return Err(LinkError::Network(format!("whoami answered HTTP {}", r.status().as_u16())).into());
+    }
+    let (_, v) = net::read_json(r, JSON_LIMIT).await.map_err(|e| match e {
+        net::BodyError::TooLarge(_) => LinkError::ProtocolError(format!("whoami answer: {e}")),
+        net::BodyError::Network => LinkError::Network("whoami answer lost".into()),
+    })?;
+    if v.get("device_id").and_then(Value::as_str).is_some_and(|d| d != device_id) {
+        warn!("the homeserver reports another device ID than the one requested");
+    }
+    v.get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|u| OwnedUserId::try_from(u).ok())
+        .ok_or_else(|| LinkError::ProtocolError("whoami answer has no user ID".into()).into())
+}
+
+/// Best effort: the device works without a display name.
+async fn rename_device(client: &Client, name: &str) {
+    let Some(device_id) = client.device_id() else { return };
+    let rename = client.rename_device(device_id, name);
+    match tokio::time::timeout(Duration::from_secs(10), rename).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => warn!("could not set the device display name"),
+    }
+}
+
+pub(super) enum LoginStart {
+    Scanned { qr: LoginQr, server: HomeserverRef },
+    Generated(Generator),
+}
