@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use matrix_linkd::{
-    account::Account,
+    account::{Account, InstanceLock},
     config::{self, Config, LogLevel, Source},
     dbus::{self, Context},
     protocol::{Engine, engine::OwnEngine},
@@ -75,11 +75,24 @@ fn main() -> ExitCode {
 async fn run(cfg: Config, source: Source) -> ExitCode {
     info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting");
     let cfg = Arc::new(cfg);
-    let engine: Arc<dyn Engine> = Arc::new(OwnEngine::new(&cfg.oauth));
-    let account = Account::new(&config::data_dir());
+    let engine: Arc<dyn Engine> = Arc::new(OwnEngine::new(&cfg.oauth, cfg.security.allow_insecure_http));
+    let data_dir = config::data_dir();
+    // One daemon per data directory, whatever bus it is on; then one per bus.
+    let _lock = match InstanceLock::acquire(&data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!("{e}; exiting");
+            return ExitCode::from(ALREADY_RUNNING);
+        }
+    };
+    let account = Account::new(&data_dir);
     let ctx = Context::new(cfg, account.clone(), engine);
     let conn = match dbus::serve(ctx.clone()).await {
         Ok(c) => c,
+        Err(e @ dbus::ServeError::NameTaken) => {
+            error!("{e}; exiting");
+            return ExitCode::from(ALREADY_RUNNING);
+        }
         Err(e) => {
             error!(error = %e, "cannot serve on the session bus");
             return ExitCode::FAILURE;
@@ -94,11 +107,17 @@ async fn run(cfg: Config, source: Source) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
-    }
-    dbus::shutdown(&conn, &ctx).await;
+    let code = tokio::select! {
+        _ = term.recv() => { info!("SIGTERM"); ExitCode::SUCCESS }
+        _ = tokio::signal::ctrl_c() => { info!("SIGINT"); ExitCode::SUCCESS }
+        why = dbus::name_lost(&conn) => { error!("{why}; telling the other devices and exiting"); ExitCode::FAILURE }
+    };
+    dbus::shutdown(&conn, &ctx, SHUTDOWN_LIMIT).await;
     info!("stopped");
-    ExitCode::SUCCESS
+    code
 }
+
+/// Exit status when another daemon already serves this data directory or bus name.
+const ALREADY_RUNNING: u8 = 3;
+/// How long shutdown may take to tell the other devices and delete rendezvous sessions.
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);

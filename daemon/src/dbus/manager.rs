@@ -64,6 +64,14 @@ impl Opts<'_> {
     }
 }
 
+/// The portal's rule for request tokens: letters, digits and `_`, at most 64 of them (the token
+/// goes into an object path and every log line of the flow).
+const MAX_HANDLE_TOKEN: usize = 64;
+
+fn valid_handle_token(t: &str) -> bool {
+    (1..=MAX_HANDLE_TOKEN).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 /// What every `Start*` has in common.
 struct Common {
     caller: Caller,
@@ -81,8 +89,12 @@ impl Manager {
             return Err(LinkError::NotAllowed("sandboxed callers cannot start detached flows".into()));
         }
         let token = match opts.string("handle_token")? {
-            Some(t) if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => t,
-            Some(_) => return Err(LinkError::InvalidArgs("`handle_token` must match [A-Za-z0-9_]+".into())),
+            Some(t) if valid_handle_token(&t) => t,
+            Some(_) => {
+                return Err(LinkError::InvalidArgs(format!(
+                    "`handle_token` must be 1 to {MAX_HANDLE_TOKEN} of [A-Za-z0-9_]"
+                )));
+            }
             None => {
                 let mut b = [0u8; 8];
                 rand::rng().fill_bytes(&mut b);
@@ -324,5 +336,20 @@ pub async fn publish_session(conn: Connection, ctx: Arc<Context>) {
         let _ = m.device_id_changed(em).await;
         let _ = m.homeserver_changed(em).await;
         let _ = m.capabilities_changed(em).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_tokens_follow_the_portal_rules() {
+        assert!(valid_handle_token("t1") && valid_handle_token(&"a_9".repeat(21)));
+        assert!(valid_handle_token(&"x".repeat(64)));
+        assert!(!valid_handle_token(&"x".repeat(65)));
+        assert!(!valid_handle_token(&"x".repeat(300_000)));
+        assert!(!valid_handle_token("") && !valid_handle_token("a/b") && !valid_handle_token("a-b"));
+        assert!(!valid_handle_token("é"));
     }
 }

@@ -8,8 +8,16 @@ pub mod manager;
 
 use std::sync::{Arc, Mutex};
 
-use tracing::info;
-use zbus::{Connection, connection, zvariant::OwnedObjectPath};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use zbus::{
+    Connection, connection,
+    fdo::{DBusProxy, RequestNameFlags, RequestNameReply},
+    zvariant::OwnedObjectPath,
+};
 
 use crate::{
     account::Account,
@@ -78,27 +86,59 @@ impl Context {
     }
 }
 
-/// Connects to the session bus, exports the Manager, then takes the well-known name.
-pub async fn serve(ctx: Arc<Context>) -> zbus::Result<Connection> {
+/// How the daemon could not take its place on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("another matrix-linkd owns {BUS_NAME} on this bus")]
+    NameTaken,
+    #[error("cannot serve on the session bus: {0}")]
+    Bus(#[from] zbus::Error),
+}
+
+/// Connects to the session bus, exports the Manager, then takes the well-known name: neither
+/// replacing another owner nor letting one replace us, nor waiting in a queue for it.
+pub async fn serve(ctx: Arc<Context>) -> Result<Connection, ServeError> {
     let manager = manager::Manager { ctx: ctx.clone() };
-    let conn =
-        connection::Builder::session()?.serve_at(MANAGER_PATH, manager)?.name(BUS_NAME)?.build().await?;
+    let conn = connection::Builder::session()?.serve_at(MANAGER_PATH, manager)?.build().await?;
+    match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into()).await {
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}
+        Ok(RequestNameReply::InQueue | RequestNameReply::Exists) | Err(zbus::Error::NameTaken) => {
+            return Err(ServeError::NameTaken);
+        }
+        Err(e) => return Err(e.into()),
+    }
     info!(name = BUS_NAME, "on the session bus");
     tokio::spawn(manager::publish_session(conn.clone(), ctx));
     Ok(conn)
 }
 
-/// Cancels the live flow (the peer is told where the engine can) and waits for it to end.
-pub async fn shutdown(conn: &Connection, ctx: &Context) {
-    let Some(path) = ctx.active() else { return };
-    if let Ok(iface) = conn.object_server().interface::<_, flow::Flow>(&path).await {
-        let _ = iface.get().await.do_cancel();
-    }
-    // Telling the other device may wait a moment for its pending write (see `Link::tell`).
-    for _ in 0..80 {
-        if ctx.active().is_none() {
-            return;
+/// Resolves when the daemon is no longer reachable under its name: the bus took the name away
+/// (`NameLost`) or the bus itself went away. Either way the daemon must leave.
+pub async fn name_lost(conn: &Connection) -> &'static str {
+    let Ok(dbus) = DBusProxy::new(conn).await else { return "the session bus went away" };
+    let Ok(mut lost) = dbus.receive_name_lost().await else { return "the session bus went away" };
+    while let Some(signal) = lost.next().await {
+        if signal.args().is_ok_and(|a| a.name() == BUS_NAME) {
+            return "the bus name was taken away";
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    "the session bus went away"
+}
+
+/// Cancels the live flow (the peer is told where the engine can), waits for it to end, then for
+/// the clean-up it left (rendezvous sessions to delete), all within `limit`.
+pub async fn shutdown(conn: &Connection, ctx: &Context, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    if let Some(path) = ctx.active() {
+        if let Ok(iface) = conn.object_server().interface::<_, flow::Flow>(&path).await {
+            let _ = iface.get().await.do_cancel();
+        }
+        // Telling the other device may wait a moment for its pending write (see `Link::tell`).
+        while ctx.active().is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if !ctx.engine.settle(deadline.saturating_duration_since(Instant::now())).await {
+        warn!("some rendezvous sessions could not be deleted before the shutdown limit");
     }
 }
