@@ -88,11 +88,13 @@ impl Respond for WhoAmI {
     }
 }
 
-/// Device authorization with a fresh user code per request, 1 s interval.
+/// Device authorization with a fresh user code per request, 1 s interval (or, once `extreme` is
+/// set, `u64::MAX` for both numbers, as a hostile server might send).
 struct DeviceAuthorization {
     base: String,
     counter: AtomicU64,
     codes: Arc<Mutex<Vec<String>>>,
+    extreme: Arc<AtomicBool>,
 }
 
 impl Respond for DeviceAuthorization {
@@ -105,8 +107,8 @@ impl Respond for DeviceAuthorization {
             "user_code": user_code,
             "verification_uri": format!("{}/link", self.base),
             "verification_uri_complete": format!("{}/link?code={user_code}", self.base),
-            "expires_in": 600,
-            "interval": 1,
+            "expires_in": if self.extreme.load(Ordering::Relaxed) { u64::MAX } else { 600 },
+            "interval": if self.extreme.load(Ordering::Relaxed) { u64::MAX } else { 1 },
         }))
     }
 }
@@ -220,6 +222,7 @@ pub struct MockHomeserver {
     token_counter: AtomicU64,
     rendezvous: Rendezvous,
     user_codes: Arc<Mutex<Vec<String>>>,
+    extreme_numbers: Arc<AtomicBool>,
 }
 
 impl MockHomeserver {
@@ -233,12 +236,14 @@ impl MockHomeserver {
         server.oauth().mock_revocation().ok().mount().await;
         let tokens = Arc::new(TokenPlan::default());
         let user_codes = Arc::new(Mutex::new(Vec::new()));
+        let extreme_numbers = Arc::new(AtomicBool::new(false));
         Mock::given(method("POST"))
             .and(path("/oauth2/device"))
             .respond_with(DeviceAuthorization {
                 base: base.clone(),
                 counter: AtomicU64::new(0),
                 codes: user_codes.clone(),
+                extreme: extreme_numbers.clone(),
             })
             .mount(server.server())
             .await;
@@ -266,7 +271,7 @@ impl MockHomeserver {
             .respond_with(rendezvous.clone())
             .mount(server.server())
             .await;
-        Self { server, tokens, token_counter: AtomicU64::new(0), rendezvous, user_codes }
+        Self { server, tokens, token_counter: AtomicU64::new(0), rendezvous, user_codes, extreme_numbers }
     }
 
     pub fn uri(&self) -> String {
@@ -326,6 +331,16 @@ impl MockHomeserver {
 
     pub fn rendezvous_requests(&self) -> u64 {
         self.rendezvous.requests.load(Ordering::Relaxed)
+    }
+
+    /// Rendezvous sessions created and not deleted.
+    pub fn open_rendezvous_sessions(&self) -> usize {
+        self.rendezvous.state.lock().unwrap().by_id.len()
+    }
+
+    /// From now on the device authorization answers `expires_in` and `interval` of `u64::MAX`.
+    pub fn send_extreme_numbers(&self) {
+        self.extreme_numbers.store(true, Ordering::Relaxed);
     }
 
     pub fn user_codes(&self) -> Vec<String> {

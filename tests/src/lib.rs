@@ -3,6 +3,7 @@
 //! bus, keyring or home directory, and nothing mutates the test process's environment.
 
 pub mod homeserver;
+pub mod hostile;
 pub mod jspeer;
 pub mod peers;
 pub mod stack;
@@ -29,8 +30,12 @@ pub fn bin_dir() -> PathBuf {
     if dir.ends_with("deps") { dir.parent().expect("target dir").to_owned() } else { dir.to_owned() }
 }
 
-/// The daemon binary; `make test` builds it before the tests run.
+/// The daemon binary; `make test` builds it before the tests run. `LINKD_DAEMON_BIN` runs the
+/// suites against another build (an older commit's, to see a new test fail there).
 pub fn daemon_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LINKD_DAEMON_BIN") {
+        return PathBuf::from(bin);
+    }
     let bin = bin_dir().join("matrix-linkd");
     assert!(
         bin.exists(),

@@ -214,3 +214,72 @@ fn systemd_unit_and_activation_file() -> Result<()> {
     assert!(std::path::Path::new(exec).is_file(), "Exec= {exec} is not a file");
     Ok(())
 }
+
+/// Waits (at most 10 s) for `child` to exit; its status and stderr.
+fn exit_of(mut child: std::process::Child) -> Result<(std::process::ExitStatus, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err)?;
+            return Ok((status, err));
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            bail!("the second daemon kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The PID of the connection that owns the daemon's name.
+async fn name_owner_pid(session: &Session) -> Result<u32> {
+    let conn = session.connect().await?;
+    Ok(DBusProxy::new(&conn).await?.get_connection_unix_process_id(BusName::try_from(BUS_NAME)?).await?)
+}
+
+/// A second daemon on the same bus (another data directory) neither replaces the first nor waits
+/// in a queue for its name: it exits with a clear message, and the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_bus_exits_and_the_first_keeps_its_name() -> Result<()> {
+    let (_hs, mut session, d) = signed_out_setup(60).await?;
+    let other_home = tempfile::tempdir()?;
+    let second = session
+        .command(matrix_linkd_tests::daemon_bin())
+        .env("HOME", other_home.path())
+        .env("XDG_DATA_HOME", other_home.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (status, err) = exit_of(second)?;
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("another matrix-linkd owns io.github.matrix_linkd.Linkd1 on this bus"), "{err}");
+    assert_eq!(name_owner_pid(&session).await?, session.daemon_pid(d));
+    assert!(session.daemon_running(d));
+    assert_eq!(session.client().await?.manager().session_state().await?, 1);
+    Ok(())
+}
+
+/// A second daemon with the same data directory on another bus exits: one store and one keyring
+/// must not serve two daemons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_with_the_same_home_exits() -> Result<()> {
+    let (_hs, mut session, d) = signed_out_setup(60).await?;
+    let other_bus = Session::start_with(SessionOptions { keyring: false, ..Default::default() }).await?;
+    let home = session.dir.path().join("home");
+    let second = other_bus
+        .command(matrix_linkd_tests::daemon_bin())
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (status, err) = exit_of(second)?;
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("another matrix-linkd is running with the data directory"), "{err}");
+    assert!(session.daemon_running(d));
+    Ok(())
+}

@@ -335,7 +335,8 @@ async fn cancel_at_consent_tells_the_new_device() -> Result<()> {
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
 
-/// The daemon stops (SIGTERM) mid-flow: the new device is told before it exits.
+/// The daemon stops (SIGTERM) mid-flow: the new device is told, and the session deleted, before
+/// it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_the_new_device() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
@@ -345,6 +346,8 @@ async fn shutdown_tells_the_new_device() -> Result<()> {
     wait_state(&mut flow, State::WaitingForApproval).await?;
     let status = s.session.stop_daemon(s.daemon)?;
     assert!(status.success(), "the daemon did not stop cleanly: {status}");
+    // The rendezvous session was deleted before the daemon exited.
+    assert_eq!(s.hs.open_rendezvous_sessions(), 0, "the rendezvous session was left behind");
     assert_new_device_told(peer, "user_cancelled").await;
     Ok(())
 }

@@ -1,0 +1,280 @@
+//! What crosses a boundary is not trusted: servers that a QR code names (huge, endless or slow
+//! answers, redirects), an OAuth server with absurd numbers, a new device that names its own
+//! consent page, an existing device that names a homeserver over plain http, and local callers with
+//! oversized tokens. Each gets a named error and the daemon keeps running with its session intact.
+//! The real daemon binary on a private bus, the mock homeserver, a hostile server on loopback.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use matrix_linkd::protocol::{
+    rendezvous::{Session2024, http_client},
+    wire::{
+        channel::{Channel, Generation, Initiated},
+        messages::{DeviceGrant, LoginMessage},
+        qr::LoginQr,
+    },
+};
+use matrix_linkd_client::{ClientError, Flow, GrantOptions, LoginOptions, ManagerProxy, State};
+use matrix_linkd_tests::{
+    error_short_name,
+    homeserver::USER,
+    hostile::{Hostile, rss_kib},
+    qr_2024, quiet_grant, sign_in_daemon, signed_in_setup, signed_out_setup, wait_state,
+};
+use zbus::zvariant::Value;
+
+fn failed_with(r: std::result::Result<matrix_linkd_client::SignedIn, ClientError>, name: &str) -> String {
+    match r {
+        Err(ClientError::Daemon { name: n, message }) => {
+            assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}"), "{message}");
+            message
+        }
+        other => panic!("expected {name}, got {other:?}"),
+    }
+}
+
+async fn assert_still_signed_in(linkd: &matrix_linkd_client::Linkd) -> Result<()> {
+    let status = linkd.status().await?;
+    assert_eq!((status.user_id.as_str(), status.state), (USER, matrix_linkd_client::SessionState::SignedIn));
+    Ok(())
+}
+
+/// A grant whose scanned QR code (a new device's, 2024) points its rendezvous at `url`.
+async fn grant_scanning(linkd: &matrix_linkd_client::Linkd, url: &str) -> Result<Flow> {
+    Ok(linkd.start_grant(GrantOptions { qr_code: Some(qr_2024(0x03, url, None)), ..quiet_grant() }).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_endless_answers_are_cut_off() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let hostile = Hostile::start(None).await;
+    let linkd = s.session.client().await?;
+    let pid = s.session.daemon_pid(s.daemon);
+    let before = rss_kib(pid);
+    for mode in ["huge", "endless", "unannounced"] {
+        let started = Instant::now();
+        let flow = grant_scanning(&linkd, &format!("{}/{mode}/s1", hostile.uri())).await?;
+        let r = tokio::time::timeout(Duration::from_secs(20), flow.result()).await?;
+        let message = failed_with(r, "ProtocolError");
+        assert!(message.contains("larger than 8192 bytes"), "{mode}: {message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{mode} held the flow for {:?}",
+            started.elapsed()
+        );
+    }
+    let after = rss_kib(pid);
+    assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(s.session.daemon_running(s.daemon));
+    assert_still_signed_in(&linkd).await
+}
+
+/// A server that answers one byte at a time holds neither `Cancel` nor the owner leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_holds_neither_cancel_nor_the_owner() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let hostile = Hostile::start(None).await;
+    let url = format!("{}/trickle/s1", hostile.uri());
+    let linkd = s.session.client().await?;
+    let flow = grant_scanning(&linkd, &url).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let cancelled = Instant::now();
+    flow.cancel().await?;
+    let r = tokio::time::timeout(Duration::from_secs(3), flow.result()).await?;
+    assert!(matches!(r, Err(ClientError::Cancelled)), "{r:?}");
+    assert!(cancelled.elapsed() < Duration::from_secs(3));
+
+    let owner = s.session.client().await?;
+    let flow = grant_scanning(&owner, &url).await?;
+    let path = flow.path().clone();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(flow);
+    owner.connection().clone().close().await?;
+    let watcher = s.session.connect().await?;
+    let proxy = matrix_linkd_client::FlowProxy::builder(&watcher)
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while proxy.state().await.is_ok() {
+        assert!(Instant::now() < deadline, "the flow outlived its owner while a request was in flight");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.session.daemon_running(s.daemon));
+    assert_still_signed_in(&linkd).await
+}
+
+/// No redirect is followed: a rendezvous write (or read) must not go to a host nobody checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    let elsewhere = Hostile::start(None).await;
+    let hostile = Hostile::start(Some(elsewhere.uri())).await;
+    let linkd = s.session.client().await?;
+    let flow = grant_scanning(&linkd, &format!("{}/redirect/s1", hostile.uri())).await?;
+    let message =
+        failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "ProtocolError");
+    assert!(message.contains("redirect"), "{message}");
+    assert_eq!(hostile.requests(), ["GET /redirect/s1"]);
+    assert!(elsewhere.requests().is_empty(), "followed to {:?}", elsewhere.requests());
+    assert_still_signed_in(&linkd).await?;
+
+    // The OAuth side too: a login whose QR names the redirecting server as the homeserver.
+    let (hs, session, _) = signed_out_setup(60).await?;
+    let linkd = session.client().await?;
+    let qr =
+        qr_2024(0x04, &format!("{}/rendezvous/s1", hs.uri()), Some(&format!("{}/redirect", hostile.uri())));
+    let flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
+    failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "Unsupported");
+    assert!(elsewhere.requests().is_empty(), "followed to {:?}", elsewhere.requests());
+    Ok(())
+}
+
+/// The daemon's next write to a 2024 rendezvous session.
+async fn next_write(rv: &mut Session2024) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(payload) = rv.poll().await? {
+            return Ok(payload);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the daemon wrote nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Plays the scanning side (S) of a 2024 handshake against the daemon's QR code; returns once the
+/// daemon waits for the check code.
+async fn scan_daemon_qr(flow: &mut Flow) -> Result<(Session2024, Channel)> {
+    wait_state(flow, State::QrReady).await?;
+    let LoginQr::V2024 { key, rendezvous_url, .. } = LoginQr::parse(&flow.qr_code("raw").await?)? else {
+        anyhow::bail!("a 2024 code was expected");
+    };
+    let mut rv = Session2024::join(&http_client(), url::Url::parse(&rendezvous_url)?);
+    rv.poll().await?;
+    let (pending, initiate) = Initiated::start(Generation::V2024, &key, &[]).map_err(anyhow::Error::msg)?;
+    rv.send(&initiate).await?;
+    let ok = next_write(&mut rv).await?;
+    let channel = pending.confirm(&ok, &[]).map_err(anyhow::Error::msg)?;
+    wait_state(flow, State::WaitingForCheckCode).await?;
+    flow.check_code(channel.check_code()).await?;
+    Ok((rv, channel))
+}
+
+/// What the daemon told us last.
+async fn told(rv: &mut Session2024, channel: &mut Channel) -> Result<LoginMessage> {
+    let answer = next_write(rv).await?;
+    Ok(LoginMessage::decode(&channel.open(&answer, &[]).map_err(anyhow::Error::msg)?)?)
+}
+
+/// A lying new device names a consent page of its own: refused before our user is asked, and told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_new_device_cannot_choose_the_consent_page() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    for page in ["http://phish.invalid/link?code=1", "https://phish.invalid/link", "https://127.0.0.2:1/link"]
+    {
+        let mut flow = linkd.start_grant(quiet_grant()).await?;
+        let (mut rv, mut channel) = scan_daemon_qr(&mut flow).await?;
+        let protocol = LoginMessage::Protocol {
+            protocol: "device_authorization_grant".into(),
+            device_authorization_grant: Some(DeviceGrant {
+                verification_uri: format!("{}/link", s.hs.uri()),
+                verification_uri_complete: Some(page.into()),
+            }),
+            device_id: "LIARDEVICE".into(),
+        };
+        rv.send(&channel.seal(&protocol.encode(), &[])).await?;
+        let r = tokio::time::timeout(Duration::from_secs(20), flow.result()).await?;
+        let message = failed_with(r, "ProtocolError");
+        assert!(message.contains("consent page"), "{page}: {message}");
+        // 2024 peers know no `unable_to_open_verification_uri`.
+        assert_eq!(
+            told(&mut rv, &mut channel).await?,
+            LoginMessage::Failure { reason: "user_cancelled".into(), homeserver: None }
+        );
+    }
+    assert_still_signed_in(&linkd).await
+}
+
+/// Plain http only to this machine: from a QR code, from the `homeserver` option, and from an
+/// existing device's `m.login.protocols`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_other_hosts_is_refused() -> Result<()> {
+    let (hs, mut session, d) = signed_out_setup(60).await?;
+    let linkd = session.client().await?;
+    let start = |options: LoginOptions| {
+        let linkd = &linkd;
+        async move { error_short_name(linkd.start_login(options).await.map(|f| f.path().clone())) }
+    };
+    let clear_rendezvous = qr_2024(0x04, "http://hs.example.org/rendezvous/1", Some("hs.example.org"));
+    assert_eq!(
+        start(LoginOptions { qr_code: Some(clear_rendezvous), ..Default::default() }).await,
+        "InvalidQrCode"
+    );
+    let clear_server = qr_2024(0x04, &format!("{}/rendezvous/1", hs.uri()), Some("http://hs.example.org"));
+    assert_eq!(
+        start(LoginOptions { qr_code: Some(clear_server), ..Default::default() }).await,
+        "InvalidQrCode"
+    );
+    let option = LoginOptions { homeserver: Some("http://hs.example.org".into()), ..Default::default() };
+    assert_eq!(start(option).await, "InvalidArgs");
+
+    let mut flow =
+        linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
+    let (mut rv, mut channel) = scan_daemon_qr(&mut flow).await?;
+    let protocols = LoginMessage::Protocols {
+        protocols: vec!["device_authorization_grant".into()],
+        homeserver: Some("http://hs.example.org".into()),
+        base_url: None,
+    };
+    rv.send(&channel.seal(&protocols.encode(), &[])).await?;
+    let message =
+        failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "ProtocolError");
+    assert!(message.contains("plain http"), "{message}");
+    assert_eq!(
+        told(&mut rv, &mut channel).await?,
+        LoginMessage::Failure { reason: "unexpected_message_received".into(), homeserver: None }
+    );
+    assert!(session.daemon_running(d));
+    assert!(session.kept_session().is_none());
+    Ok(())
+}
+
+/// An OAuth server that answers `expires_in` and `interval` of `u64::MAX` does not break a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_numbers_from_the_oauth_server_do_not_break_a_login() -> Result<()> {
+    let (hs, mut session, d) = signed_out_setup(60).await?;
+    hs.send_extreme_numbers();
+    let alice = hs.existing_device("ALICEDEV").await;
+    let signed_in =
+        tokio::time::timeout(Duration::from_secs(60), sign_in_daemon(&session, &hs, &alice)).await??;
+    assert_eq!(signed_in.user_id, USER);
+    assert!(session.daemon_running(d), "{}", session.log(d));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_tokens_are_bounded() -> Result<()> {
+    let (_hs, mut session, d) = signed_out_setup(60).await?;
+    let conn = session.connect().await?;
+    let manager = ManagerProxy::new(&conn).await?;
+    let grant = |token: String| {
+        let manager = manager.clone();
+        async move {
+            let opts: HashMap<&str, Value<'_>> = HashMap::from([("handle_token", Value::from(token))]);
+            error_short_name(manager.start_grant(opts).await.map_err(ClientError::from))
+        }
+    };
+    assert_eq!(grant("x".repeat(65)).await, "InvalidArgs");
+    assert_eq!(grant("x".repeat(300_000)).await, "InvalidArgs");
+    // Within the limit the token is taken (and the grant refused for what it is).
+    assert_eq!(grant("x".repeat(64)).await, "NotSignedIn");
+    assert!(session.daemon_running(d));
+    assert!(!session.log(d).contains(&"x".repeat(65)), "an oversized token reached the log");
+    Ok(())
+}
