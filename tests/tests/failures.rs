@@ -374,6 +374,14 @@ async fn login_cancel_tells_the_existing_device() -> Result<()> {
     Ok(())
 }
 
+/// The data directory holds nothing but the daemon's instance lock: no store was written.
+fn assert_nothing_but_the_lock(session: &Session, when: &str) {
+    let entries: Vec<_> = std::fs::read_dir(session.data_dir())
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(entries.iter().all(|e| e == "lock"), "something was written {when}: {entries:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_keyring_means_no_login_and_nothing_on_disk() -> Result<()> {
     let hs = MockHomeserver::start().await;
@@ -385,7 +393,7 @@ async fn no_keyring_means_no_login_and_nothing_on_disk() -> Result<()> {
     // Refused before a QR code is shown: the session could not be kept.
     let started = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await;
     assert_eq!(error_short_name(started.map(|f| f.path().clone())), "SecretStorage");
-    assert!(!session.data_dir().exists(), "something was written without a keyring");
+    assert_nothing_but_the_lock(&session, "without a keyring");
     assert!(session.daemon_running(d));
     Ok(())
 }
@@ -414,7 +422,7 @@ async fn locked_keyring_means_no_login() -> Result<()> {
     // Refused before a QR code is shown: the session could not be kept.
     let started = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await;
     assert_eq!(error_short_name(started.map(|f| f.path().clone())), "SecretStorage");
-    assert!(!session.data_dir().exists(), "something was written with a locked keyring");
+    assert_nothing_but_the_lock(&session, "with a locked keyring");
     assert!(session.daemon_running(d));
     Ok(())
 }
