@@ -20,7 +20,7 @@ use matrix_linkd::protocol::{
 };
 use matrix_linkd_client::{ClientError, Flow, GrantOptions, LoginOptions, ManagerProxy, State};
 use matrix_linkd_tests::{
-    error_short_name,
+    BUS_NAME, MANAGER_PATH, error_short_name,
     homeserver::USER,
     hostile::{Hostile, rss_kib},
     qr_2024, quiet_grant, sign_in_daemon, signed_in_setup, signed_out_setup, wait_state,
@@ -276,5 +276,33 @@ async fn handle_tokens_are_bounded() -> Result<()> {
     assert_eq!(grant("x".repeat(64)).await, "NotSignedIn");
     assert!(session.daemon_running(d));
     assert!(!session.log(d).contains(&"x".repeat(65)), "an oversized token reached the log");
+    Ok(())
+}
+
+/// A call with the wrong signature gets the documented `InvalidArgs`, not zbus's own
+/// `org.freedesktop.zbus.Error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_signatures_get_invalid_args() -> Result<()> {
+    let (_hs, mut session, d) = signed_out_setup(60).await?;
+    let conn = session.connect().await?;
+    let call = |method: &'static str, body: &'static str| {
+        let conn = conn.clone();
+        async move {
+            let iface = "io.github.matrix_linkd.Linkd1.Manager";
+            let r = match body {
+                "s" => conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(iface), method, &("x",)).await,
+                "u" => conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(iface), method, &(7u32,)).await,
+                _ => conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(iface), method, &()).await,
+            };
+            match r {
+                Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+                other => format!("{other:?}"),
+            }
+        }
+    };
+    for (method, body) in [("StartGrant", "s"), ("StartLogin", "u"), ("StartGrant", "")] {
+        assert_eq!(call(method, body).await, "org.freedesktop.DBus.Error.InvalidArgs", "{method}({body})");
+    }
+    assert!(session.daemon_running(d));
     Ok(())
 }

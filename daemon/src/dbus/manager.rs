@@ -13,6 +13,7 @@ use zbus::{
 
 use super::{
     Context, FLOW_PATH_PREFIX,
+    args::Checked,
     caller::{self, Caller, Owner},
     error::Error,
     flow::{self, FlowSettings},
@@ -243,10 +244,11 @@ impl Manager {
     #[zbus(out_args("flow"))]
     async fn start_grant(
         &self,
-        options: Options,
+        options: Checked<Options>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
+        let options = options.get()?;
         self.start_grant_inner(conn, &hdr, &options).await.map_err(|e| {
             info!(error = %e, "StartGrant refused");
             e.into()
@@ -257,10 +259,11 @@ impl Manager {
     #[zbus(out_args("flow"))]
     async fn start_login(
         &self,
-        options: Options,
+        options: Checked<Options>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
+        let options = options.get()?;
         self.start_login_inner(conn, &hdr, &options).await.map_err(|e| {
             info!(error = %e, "StartLogin refused");
             e.into()

@@ -1,6 +1,7 @@
 //! The D-Bus face of the daemon: names, the Manager and Flow objects, error mapping and caller
 //! checks. Holds no crypto; talks to the engine through `protocol::Engine`.
 
+pub mod args;
 pub mod caller;
 pub mod error;
 pub mod flow;
