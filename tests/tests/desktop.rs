@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::Result;
 use matrix_linkd_client::{GrantOptions, State};
-use matrix_linkd_tests::{grant_scanned_by, peers, signed_in_setup, wait_state};
+use matrix_linkd_tests::{
+    Notifications, Session, grant_scanned_by, open_fds, peers, signed_in_setup, wait_state,
+};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 /// Records the URIs it is asked to open, like xdg-desktop-portal's OpenURI would open them.
@@ -47,7 +49,7 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
     s.session.stop_daemon(s.daemon)?;
     let d = s.session.start_daemon(&[]).await?;
     s.session.wait_session_state(3, Duration::from_secs(20)).await?;
-    let _notifications = s.session.start_notifications()?;
+    let notifications = s.session.start_notifications()?;
     let portal = FakeOpenUri::default();
     let _portal_conn = zbus::connection::Builder::address(s.session.bus_address.as_str())?
         .serve_at("/org/freedesktop/portal/desktop", portal.clone())?
@@ -71,15 +73,26 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     let uri = flow.verification_uri().await?;
+    let peer_device_id = flow.proxy().peer_device_id().await?;
+    assert!(!peer_device_id.is_empty());
     s.hs.plan_login();
+    wait_displayed(&s.session, 1).await;
 
-    // The user clicks "Approve" in the notification (dunst's default action).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.session.dunstctl(&["count", "displayed"])?.trim() == "0" {
-        assert!(Instant::now() < deadline, "no approval notification");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A click on the notification's body is no consent. With no `default` action dunst offers the
+    // actions in its menu instead; the user closes the menu without picking one.
+    notifications.pick_in_menu(None)?;
     s.session.dunstctl(&["action", "0"])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = flow.proxy().state().await.unwrap_or(0);
+    assert_eq!(state, 5, "a click on the notification body decided the flow");
+    let menu = wait_menu(&notifications).await;
+    assert!(menu.contains("#Approve (") && menu.contains(",approve]"), "no Approve in the menu: {menu}");
+    assert!(menu.contains("#Deny (") && menu.contains(",deny]"), "no Deny in the menu: {menu}");
+    assert!(!menu.contains(",default]"), "the body click is an action: {menu}");
+
+    // The user picks "Approve" in dunst's menu of actions.
+    notifications.pick_in_menu(Some("#Approve ("))?;
+    s.session.dunstctl(&["context"])?;
     tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow::anyhow!("{e}"))?;
     peers::assert_verified_new_device(&new_device).await?;
@@ -105,9 +118,27 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
     assert!(notified.contains("\"Approve\"") && notified.contains("\"deny\""), "no buttons: {notified}");
     assert!(notified.contains("New device signed in"), "no result notification: {notified}");
     assert!(notified.contains("ActionInvoked"), "the click was not seen: {notified}");
+    assert!(!notified.contains("string \"default\""), "a default action was offered: {notified}");
+    // The approval notification names the device that asks and the host of the consent page.
+    let host = url::Url::parse(&uri)?.host_str().expect("the URI has a host").to_owned();
+    assert!(
+        notified.lines().any(|l| l.contains(&peer_device_id) && l.contains(&host)),
+        "the notification names neither the device {peer_device_id} nor the host {host}: {notified}"
+    );
+    // The user code travels in the URI's query.
+    let user_code = url::Url::parse(&uri)?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("the mock's URI carries the user code");
     let code_re = regex::Regex::new(&format!(r"\b0?{code}\b"))?;
     for text in notified.lines().filter(|l| l.trim_start().starts_with("string \"")) {
-        assert!(!text.contains(&uri) && !code_re.is_match(text), "a secret was shown: {text}");
+        // The host may be an IP address, whose digits are no check code.
+        let without_host = text.replace(&host, "");
+        assert!(
+            !text.contains(&uri) && !text.contains(&user_code) && !code_re.is_match(&without_host),
+            "a secret was shown: {text}"
+        );
     }
     assert!(s.session.daemon_running(d));
     Ok(())
@@ -122,18 +153,158 @@ async fn closing_the_notification_leaves_the_choice_to_the_owner() -> Result<()>
     let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
     flow.check_code(code).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
-    // dunstctl can only click `default`; closing the notification is not a choice, so the owner
-    // still decides: Cancel from D-Bus while the notification is up.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.session.dunstctl(&["count", "displayed"])?.trim() == "0" {
-        assert!(Instant::now() < deadline, "no approval notification");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Closing the notification is not a choice, so the owner still decides: Cancel from D-Bus
+    // while the notification is up.
+    wait_displayed(&s.session, 1).await;
     s.session.dunstctl(&["close-all"])?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(flow.proxy().state().await?, 5, "closing the notification must not decide");
     flow.cancel().await?;
     assert!(matches!(flow.result().await, Err(matrix_linkd_client::ClientError::Cancelled)));
     peer.task.abort();
+    Ok(())
+}
+
+/// Waits until dunst displays `n` notifications.
+async fn wait_displayed(session: &Session, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = session.dunstctl(&["count", "displayed"]).unwrap_or_default();
+        if shown.trim() == n.to_string() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "dunst displays {} notifications, not {n}", shown.trim());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for dunst to offer its menu of actions; returns its lines.
+async fn wait_menu(notifications: &Notifications) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let menu = notifications.last_menu();
+        if !menu.is_empty() {
+            return menu;
+        }
+        assert!(Instant::now() < deadline, "dunst offered no menu");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const NOTIFICATIONS_PATH: &str = "/org/freedesktop/Notifications";
+const NOTIFICATIONS_IFACE: &str = "org.freedesktop.Notifications";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_action_invoked_does_not_approve() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    let notifications = s.session.start_notifications()?;
+    let linkd = s.session.client().await?;
+    let options = GrantOptions { open_uri: false, ..Default::default() };
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    wait_displayed(&s.session, 1).await;
+
+    // Another program on the session bus "clicks" every notification id it can guess, then
+    // "closes" them: none of it comes from the notification server. (Paced, so that a listener
+    // that reads slowly still sees each one.)
+    let forger = s.session.connect().await?;
+    for id in 0..=50u32 {
+        for key in ["default", "approve"] {
+            forger
+                .emit_signal(None::<()>, NOTIFICATIONS_PATH, NOTIFICATIONS_IFACE, "ActionInvoked", &(id, key))
+                .await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for id in 0..=50u32 {
+        forger
+            .emit_signal(
+                None::<()>,
+                NOTIFICATIONS_PATH,
+                NOTIFICATIONS_IFACE,
+                "NotificationClosed",
+                &(id, 2u32),
+            )
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = flow.proxy().state().await.unwrap_or(0);
+    assert_eq!(state, 5, "a forged ActionInvoked decided the flow");
+
+    // The real notification still counts: the user picks "Deny" in dunst's menu.
+    notifications.pick_in_menu(Some("#Deny ("))?;
+    s.session.dunstctl(&["context"])?;
+    let result = tokio::time::timeout(Duration::from_secs(30), flow.result()).await?;
+    assert!(matches!(result, Err(matrix_linkd_client::ClientError::Cancelled)), "{result:?}");
+    peer.task.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_flows_leak_no_connections_or_fds() -> Result<()> {
+    const FLOWS: usize = 20;
+    let s = signed_in_setup(60).await?;
+    let _notifications = s.session.start_notifications()?;
+    let monitor = s.session.monitor_notifications().await?;
+    let dunst = s.session.owner_of(NOTIFICATIONS_IFACE).await?;
+    let pid = s.session.daemon_pid(s.daemon);
+    let linkd = s.session.client().await?;
+
+    let fds_before = open_fds(pid)?;
+    let connections_before = s.session.bus_connections_of(pid).await?;
+    let mut left_open = Vec::new();
+    for n in 0..FLOWS {
+        let options = GrantOptions { open_uri: false, ..Default::default() };
+        let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
+        flow.check_code(code).await?;
+        wait_state(&mut flow, State::WaitingForApproval).await?;
+        // The approval notification is up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            let approvals: Vec<_> = monitor
+                .notifications()
+                .into_iter()
+                .filter(|n| n.summary == "Sign in a new device?")
+                .collect();
+            if approvals.len() > n {
+                break approvals[n].id;
+            }
+            assert!(Instant::now() < deadline, "flow {n}: no approval notification");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        flow.cancel().await?;
+        let result = tokio::time::timeout(Duration::from_secs(30), flow.result()).await?;
+        assert!(matches!(result, Err(matrix_linkd_client::ClientError::Cancelled)), "{result:?}");
+        peer.task.abort();
+        // The flow is over: its notification goes.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !(monitor.close_called(id) && monitor.closed_signal(&dunst, id)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !(monitor.close_called(id) && monitor.closed_signal(&dunst, id)) {
+            left_open.push(id);
+        }
+    }
+
+    // Clean-up may lag the Response a little.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (fds_after, connections_after) = loop {
+        let now = (open_fds(pid)?, s.session.bus_connections_of(pid).await?);
+        if (now.0 <= fds_before + 2 && now.1 == connections_before) || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "after {FLOWS} cancelled flows: fds {fds_before} -> {fds_after}, \
+         bus connections {connections_before} -> {connections_after}"
+    );
+    assert!(
+        fds_after <= fds_before + 2 && connections_after == connections_before,
+        "the daemon leaks: fds {fds_before} -> {fds_after}, bus connections {connections_before} -> \
+         {connections_after} after {FLOWS} cancelled flows"
+    );
+    assert!(left_open.is_empty(), "approval notifications left open after their flow ended: {left_open:?}");
     Ok(())
 }

@@ -19,6 +19,7 @@ use zbus::{
 
 use super::{
     Context,
+    args::Checked,
     caller::{self, Owner},
     error::{Error, error_name},
 };
@@ -60,6 +61,8 @@ struct FlowData {
     user_code: Option<Secret<String>>,
     peer_device_id: Option<String>,
     approved: bool,
+    /// The approval notification's task, ended with the flow.
+    approval: Option<desktop::ApprovalTask>,
 }
 
 struct Shared {
@@ -150,11 +153,12 @@ impl Flow {
     /// The two-digit code shown on the other device. Valid only in `WaitingForCheckCode`.
     async fn check_code(
         &self,
-        code: u8,
+        code: Checked<u8>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
         self.check_owner(conn, &hdr).await?;
+        let code = code.get()?;
         if code > 99 {
             return Err(LinkError::InvalidArgs("the check code has two digits (0-99)".into()).into());
         }
@@ -198,12 +202,12 @@ impl Flow {
     #[zbus(out_args("qr_code"))]
     async fn get_qr_code(
         &self,
-        format: &str,
+        format: Checked<String>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<u8>, Error> {
         self.check_owner(conn, &hdr).await?;
-        let format: QrFormat = format.parse()?;
+        let format: QrFormat = format.get()?.parse()?;
         let qr = self.data().qr.clone();
         let Some(Secret(bytes)) = qr else {
             return Err(LinkError::InvalidState("this flow has no QR code to show".into()).into());
@@ -359,7 +363,7 @@ async fn run(
     };
     let end = loop {
         tokio::select! {
-            Some(ev) = events.recv() => apply(&ctx, &flow, &iface, ev).await,
+            Some(ev) = events.recv() => apply(&ctx, &conn, &flow, &iface, ev).await,
             out = &mut outcome => break out.unwrap_or(FlowOutcome::Failed(LinkError::Failed("the engine stopped".into()))),
         }
     };
@@ -398,7 +402,13 @@ async fn set_state(flow: &Flow, iface: &InterfaceRef<Flow>, state: FlowState) {
     let _ = iface.get().await.state_changed(iface.signal_emitter()).await;
 }
 
-async fn apply(ctx: &Arc<Context>, flow: &Flow, iface: &InterfaceRef<Flow>, ev: FlowEvent) {
+async fn apply(
+    ctx: &Arc<Context>,
+    conn: &Connection,
+    flow: &Flow,
+    iface: &InterfaceRef<Flow>,
+    ev: FlowEvent,
+) {
     let em = iface.signal_emitter();
     match ev {
         FlowEvent::QrReady(qr) => {
@@ -412,6 +422,7 @@ async fn apply(ctx: &Arc<Context>, flow: &Flow, iface: &InterfaceRef<Flow>, ev: 
             set_state(flow, iface, FlowState::ShowingCheckCode).await;
         }
         FlowEvent::WaitingForApproval { verification_uri, peer_device_id } => {
+            let request = desktop::ApprovalRequest::new(peer_device_id.as_deref(), &verification_uri.0);
             {
                 let mut d = flow.data();
                 d.verification_uri = Some(verification_uri);
@@ -426,23 +437,19 @@ async fn apply(ctx: &Arc<Context>, flow: &Flow, iface: &InterfaceRef<Flow>, ev: 
                 && flow.shared.settings.notify
                 && ctx.config.desktop.notifications
             {
-                let flow = flow.clone();
-                tokio::spawn(
-                    async move {
-                        match desktop::ask_approval().await {
-                            Some(Choice::Approve) => {
-                                if let Err(e) = flow.do_approve() {
-                                    debug!(error = %e, "approval from notification ignored");
-                                }
-                            }
-                            Some(Choice::Deny) => {
-                                let _ = flow.do_cancel();
-                            }
-                            None => {}
+                // On the daemon's own connection; the task ends with the flow (see `finish`).
+                let decider = flow.clone();
+                let task = desktop::spawn_approval(conn.clone(), request, move |choice| match choice {
+                    Choice::Approve => {
+                        if let Err(e) = decider.do_approve() {
+                            debug!(error = %e, "approval from notification ignored");
                         }
                     }
-                    .in_current_span(),
-                );
+                    Choice::Deny => {
+                        let _ = decider.do_cancel();
+                    }
+                });
+                flow.data().approval = Some(task);
             }
         }
         FlowEvent::WaitingForToken { user_code } => {
@@ -496,6 +503,12 @@ async fn finish(
         }
     };
     set_state(flow, iface, state).await;
+    // The approval notification goes with the flow, whether or not it was answered. Its task
+    // is bounded; it must not hold up the `Response`.
+    let approval = flow.data().approval.take();
+    if let Some(approval) = approval {
+        tokio::spawn(approval.finish().in_current_span());
+    }
     {
         // Secrets go as soon as they are of no use.
         let mut d = flow.data();
@@ -517,7 +530,7 @@ async fn finish(
     }
     flow.shared.result.send_replace(Some((code, results)));
     if settings.kind == FlowKind::Grant && settings.notify && ctx.config.desktop.notifications {
-        tokio::spawn(desktop::notify_result(summary.0, summary.1));
+        tokio::spawn(desktop::notify_result(conn.clone(), summary.0, summary.1).in_current_span());
     }
     info!(response = code, "flow ended");
     let _ = conn.object_server().remove::<Flow, _>(&flow.shared.path).await;
