@@ -108,8 +108,9 @@ async fn serve(
         }
         "redirect" => {
             let target = format!("{}{path}", redirect_to.unwrap_or_default());
-            let answer =
-                format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             s.write_all(answer.as_bytes()).await
         }
         _ => s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await,

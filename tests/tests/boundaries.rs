@@ -306,3 +306,25 @@ async fn wrong_signatures_get_invalid_args() -> Result<()> {
     assert!(session.daemon_running(d));
     Ok(())
 }
+
+/// The same for a flow's methods (`CheckCode y`, `GetQrCode s`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_signatures_on_a_flow_get_invalid_args() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let conn = linkd.connection();
+    let iface = Some("io.github.matrix_linkd.Linkd1.Flow");
+    let name = |r: zbus::Result<zbus::Message>| match r {
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        other => format!("{other:?}"),
+    };
+    let path = flow.path().clone();
+    let r = conn.call_method(Some(BUS_NAME), &path, iface, "CheckCode", &("12",)).await;
+    assert_eq!(name(r), "org.freedesktop.DBus.Error.InvalidArgs");
+    let r = conn.call_method(Some(BUS_NAME), &path, iface, "GetQrCode", &(1u8,)).await;
+    assert_eq!(name(r), "org.freedesktop.DBus.Error.InvalidArgs");
+    flow.cancel().await?;
+    assert_still_signed_in(&linkd).await
+}
