@@ -49,7 +49,7 @@ bench: deps build
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the QR parser, the message decoder and the channel decoders.
 # The toolchain is stable; RUSTC_BOOTSTRAP lets cargo-fuzz pass its sanitizer flags.
-FUZZ_TARGETS := qr_parse message_decode channel_open
+FUZZ_TARGETS := qr_parse message_decode channel_open engine_messages
 FUZZ_SECONDS ?= 600
 
 fuzz-deps:
