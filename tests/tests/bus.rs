@@ -215,8 +215,18 @@ fn systemd_unit_and_activation_file() -> Result<()> {
     Ok(())
 }
 
-/// Waits (at most 10 s) for `child` to exit; its status and stderr.
-fn exit_of(mut child: std::process::Child) -> Result<(std::process::ExitStatus, String)> {
+/// Runs a second daemon on `bus` with `home` as its home (data and config below it); waits (at most
+/// 10 s) for it to exit and returns its status and stderr.
+fn second_daemon(bus: &Session, home: &std::path::Path) -> Result<(std::process::ExitStatus, String)> {
+    let mut child = bus
+        .command(matrix_linkd_tests::daemon_bin())
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -244,15 +254,7 @@ async fn name_owner_pid(session: &Session) -> Result<u32> {
 async fn a_second_daemon_on_the_bus_exits_and_the_first_keeps_its_name() -> Result<()> {
     let (_hs, mut session, d) = signed_out_setup(60).await?;
     let other_home = tempfile::tempdir()?;
-    let second = session
-        .command(matrix_linkd_tests::daemon_bin())
-        .env("HOME", other_home.path())
-        .env("XDG_DATA_HOME", other_home.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (status, err) = exit_of(second)?;
+    let (status, err) = second_daemon(&session, other_home.path())?;
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(err.contains("another matrix-linkd owns io.github.matrix_linkd.Linkd1 on this bus"), "{err}");
     assert_eq!(name_owner_pid(&session).await?, session.daemon_pid(d));
@@ -267,17 +269,7 @@ async fn a_second_daemon_on_the_bus_exits_and_the_first_keeps_its_name() -> Resu
 async fn a_second_daemon_with_the_same_home_exits() -> Result<()> {
     let (_hs, mut session, d) = signed_out_setup(60).await?;
     let other_bus = Session::start_with(SessionOptions { keyring: false, ..Default::default() }).await?;
-    let home = session.dir.path().join("home");
-    let second = other_bus
-        .command(matrix_linkd_tests::daemon_bin())
-        .env("HOME", &home)
-        .env("XDG_DATA_HOME", home.join(".local/share"))
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (status, err) = exit_of(second)?;
+    let (status, err) = second_daemon(&other_bus, &session.dir.path().join("home"))?;
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(err.contains("another matrix-linkd is running with the data directory"), "{err}");
     assert!(session.daemon_running(d));

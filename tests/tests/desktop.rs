@@ -148,11 +148,7 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
 async fn closing_the_notification_leaves_the_choice_to_the_owner() -> Result<()> {
     let s = signed_in_setup(60).await?;
     let _notifications = s.session.start_notifications()?;
-    let linkd = s.session.client().await?;
-    let options = GrantOptions { open_uri: false, ..Default::default() };
-    let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
-    flow.check_code(code).await?;
-    wait_state(&mut flow, State::WaitingForApproval).await?;
+    let (flow, peer) = grant_at_consent(&s).await?;
     // Closing the notification is not a choice, so the owner still decides: Cancel from D-Bus
     // while the notification is up.
     wait_displayed(&s.session, 1).await;
@@ -163,6 +159,21 @@ async fn closing_the_notification_leaves_the_choice_to_the_owner() -> Result<()>
     assert!(matches!(flow.result().await, Err(matrix_linkd_client::ClientError::Cancelled)));
     peer.task.abort();
     Ok(())
+}
+
+/// A grant (notifications on, no URI opened) whose new device waits for our user's consent.
+async fn grant_at_consent(
+    s: &matrix_linkd_tests::SignedInSetup,
+) -> Result<(
+    matrix_linkd_client::Flow,
+    peers::Peer<matrix_sdk::authentication::oauth::qrcode::QRCodeLoginError>,
+)> {
+    let linkd = s.session.client().await?;
+    let options = GrantOptions { open_uri: false, ..Default::default() };
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    Ok((flow, peer))
 }
 
 /// Waits until dunst displays `n` notifications.
@@ -198,11 +209,7 @@ const NOTIFICATIONS_IFACE: &str = "org.freedesktop.Notifications";
 async fn forged_action_invoked_does_not_approve() -> Result<()> {
     let s = signed_in_setup(60).await?;
     let notifications = s.session.start_notifications()?;
-    let linkd = s.session.client().await?;
-    let options = GrantOptions { open_uri: false, ..Default::default() };
-    let (mut flow, peer, code) = grant_scanned_by(&linkd, options, s.hs.new_device().await).await?;
-    flow.check_code(code).await?;
-    wait_state(&mut flow, State::WaitingForApproval).await?;
+    let (flow, peer) = grant_at_consent(&s).await?;
     wait_displayed(&s.session, 1).await;
 
     // Another program on the session bus "clicks" every notification id it can guess, then
