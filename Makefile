@@ -33,7 +33,7 @@ test-unit:
 	$(CARGO) test --workspace --lib --bins
 
 test-integration:
-	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox
+	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop
 
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here.
 test-stack:

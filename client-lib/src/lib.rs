@@ -185,6 +185,9 @@ pub struct SignedIn {
     pub user_id: String,
     /// Empty when the daemon could not learn it.
     pub device_id: String,
+    /// A login: how the daemon found the homeserver (`url`, `well-known`, `server-name`,
+    /// `rendezvous-server`); empty for a grant.
+    pub homeserver_found: String,
 }
 
 /// What a flow reports to its owner.
@@ -388,6 +391,7 @@ impl Flow {
             0 => Ok(SignedIn {
                 user_id: string_of(&results, "user_id"),
                 device_id: string_of(&results, "device_id"),
+                homeserver_found: string_of(&results, "homeserver_found"),
             }),
             1 => Err(ClientError::Cancelled),
             _ => Err(ClientError::Daemon {

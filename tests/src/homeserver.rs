@@ -338,6 +338,16 @@ impl MockHomeserver {
         self.rendezvous.state.lock().unwrap().by_id.len()
     }
 
+    /// From now on `/_matrix/client/versions` answers 404: the homeserver cannot be found by probing.
+    pub async fn hide_versions(&self) {
+        Mock::given(method("GET"))
+            .and(path("/_matrix/client/versions"))
+            .respond_with(ResponseTemplate::new(404))
+            .with_priority(1)
+            .mount(self.server.server())
+            .await;
+    }
+
     /// From now on the device authorization answers `expires_in` and `interval` of `u64::MAX`.
     pub fn send_extreme_numbers(&self) {
         self.extreme_numbers.store(true, Ordering::Relaxed);

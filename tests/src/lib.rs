@@ -255,6 +255,26 @@ impl Session {
         self.daemons[n].id()
     }
 
+    /// Kills this session's bus (as when a desktop session ends under its programs).
+    pub fn kill_bus(&mut self) {
+        self.bus.kill().ok();
+        self.bus.wait().ok();
+    }
+
+    /// Waits (at most `timeout`) for daemon `n` to exit; its status.
+    pub fn wait_daemon_exit(&mut self, n: usize, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.daemons[n].try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("matrix-linkd {n} is still running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether daemon `n` still runs.
     pub fn daemon_running(&mut self, n: usize) -> bool {
         matches!(self.daemons[n].try_wait(), Ok(None))

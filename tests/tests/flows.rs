@@ -22,6 +22,8 @@ async fn login_showing_qr_then_restore() -> Result<()> {
     let signed_in = sign_in_daemon(&session, &hs, &alice).await?;
     assert_eq!(signed_in.user_id, USER);
     assert!(!signed_in.device_id.is_empty());
+    // matrix-sdk names the homeserver by URL.
+    assert_eq!(signed_in.homeserver_found, "url");
 
     // The other side sees the daemon's device as cross-signed by its owner (after a keys/query).
     alice.encryption().request_user_identity(alice.user_id().unwrap()).await?;

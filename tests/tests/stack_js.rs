@@ -51,6 +51,7 @@ async fn js_daemon_login_showing_qr_server_name_homeserver() -> Result<()> {
     let sent = js_result["sent_protocols_homeserver"].as_str().unwrap_or_default();
     let server_name = format!("{}:{}", stack.synapse.host_str().unwrap(), stack.synapse.port().unwrap());
     assert_eq!(sent, server_name, "js-sdk sent another homeserver field: {js_result}");
+    assert_eq!(me.homeserver_found, "well-known", "our stack serves .well-known for its server name");
     let (user, device) = stack.whoami(&daemon_access_token(&session)?).await?;
     assert_eq!((user.as_str(), device.as_str()), (me.user_id.as_str(), me.device_id.as_str()));
     assert_cross_signed(&stack.observer(&login).await?, &me.device_id).await

@@ -472,11 +472,14 @@ async fn finish(
     outcome: FlowOutcome,
 ) {
     let (state, code, results, summary) = match &outcome {
-        FlowOutcome::Success { user_id, device_id } => {
+        FlowOutcome::Success { user_id, device_id, homeserver_found } => {
             let mut r = Results::new();
             r.insert("user_id".into(), ov(Value::from(user_id.as_str())));
             if !device_id.is_empty() {
                 r.insert("device_id".into(), ov(Value::from(device_id.as_str())));
+            }
+            if let Some(found) = homeserver_found {
+                r.insert("homeserver_found".into(), ov(Value::from(*found)));
             }
             (
                 FlowState::Done,

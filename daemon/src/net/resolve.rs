@@ -1,7 +1,9 @@
 //! Where a homeserver named by a QR code, the other device or the caller really is: an absolute
-//! URL as it is (after the transport check), a server name through its `.well-known` document,
-//! else the server name's own address if it serves the client API. Every answer read capped,
-//! every URL found checked; plain http only for loopback names.
+//! URL as it is (after the transport check); a server name through its `.well-known` document,
+//! else the server name's own address if it serves the client API, else the homeserver the flow
+//! already knows (where the rendezvous is) if it serves the client API. Many real server names
+//! (`localhost`, names whose owners never published `.well-known`) only work through the last
+//! two. Every answer read capped, every URL found checked; plain http only for loopback names.
 
 use matrix_sdk::reqwest;
 use serde_json::Value;
@@ -16,16 +18,53 @@ use crate::error::LinkError;
 /// How long one discovery request may take: a name that does not answer must not hold a flow.
 const TRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The client-server API base URL of `named`.
+/// How a homeserver was found: for the logs and the flow's `Response` (`homeserver_found`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// It was named by URL.
+    Url,
+    /// The server name's `.well-known/matrix/client`.
+    WellKnown,
+    /// The server name's own address serves the client API.
+    ServerName,
+    /// The homeserver the flow already knew (where the rendezvous session is).
+    RendezvousServer,
+}
+
+impl Found {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Found::Url => "url",
+            Found::WellKnown => "well-known",
+            Found::ServerName => "server-name",
+            Found::RendezvousServer => "rendezvous-server",
+        }
+    }
+}
+
+/// The client-server API base URL of `named`, and how it was found. `known` is the homeserver the
+/// flow already knows, tried last.
 pub async fn homeserver(
     http: &reqwest::Client,
     named: &HomeserverRef,
+    known: Option<&Url>,
     allow_http: bool,
-) -> Result<Url, LinkError> {
+) -> Result<(Url, Found), LinkError> {
+    let found = find(http, named, known, allow_http).await?;
+    info!(how = found.1.as_str(), "homeserver found");
+    Ok(found)
+}
+
+async fn find(
+    http: &reqwest::Client,
+    named: &HomeserverRef,
+    known: Option<&Url>,
+    allow_http: bool,
+) -> Result<(Url, Found), LinkError> {
     let name = match named {
         HomeserverRef::Url(url) => {
             check_transport(url, allow_http).map_err(|e| insecure(&e))?;
-            return Ok(url.clone());
+            return Ok((url.clone(), Found::Url));
         }
         HomeserverRef::ServerName(name) => name,
     };
@@ -34,14 +73,21 @@ pub async fn homeserver(
         .map_err(|_| LinkError::InvalidArgs("the homeserver name is not a server name".into()))?;
     if let Some(found) = well_known(http, &origin).await {
         check_transport(&found, allow_http).map_err(|e| insecure(&e))?;
-        info!(how = "well-known", "homeserver found");
-        return Ok(found);
+        return Ok((found, Found::WellKnown));
     }
     if serves_client_api(http, &origin).await {
-        info!(how = "server name", "homeserver found");
-        return Ok(origin);
+        return Ok((origin, Found::ServerName));
     }
-    Err(LinkError::Network(format!("cannot find the homeserver of `{name}` (no .well-known, no client API)")))
+    if let Some(known) = known
+        && check_transport(known, allow_http).is_ok()
+        && serves_client_api(http, known).await
+    {
+        return Ok((known.clone(), Found::RendezvousServer));
+    }
+    Err(LinkError::Network(format!(
+        "cannot find the homeserver of `{name}` (no .well-known, no client API at the name or at the \
+         rendezvous server)"
+    )))
 }
 
 fn insecure(e: &super::UrlError) -> LinkError {

@@ -100,7 +100,12 @@ pub enum FlowCommand {
 /// How a flow ended. Exactly one per flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowOutcome {
-    Success { user_id: String, device_id: String },
+    /// `homeserver_found`: how a login found its homeserver (`net::resolve::Found`).
+    Success {
+        user_id: String,
+        device_id: String,
+        homeserver_found: Option<&'static str>,
+    },
     Cancelled,
     Failed(LinkError),
 }

@@ -40,28 +40,27 @@ impl LoginFlow {
         start: LoginStart,
         ui: &mut Ui,
         left: &mut Leftovers,
-    ) -> Flow<(String, String)> {
-        let grant = match start {
+    ) -> Flow<(String, String, &'static str)> {
+        // The secure channel first, then the homeserver: whatever fails after a scan reaches the
+        // other device, which would otherwise wait for the rendezvous to expire.
+        let (server, rendezvous_server) = match start {
             LoginStart::Scanned { qr, server } => {
-                // Fail fast, before the other device's user is asked anything.
-                let prepared = self.prepare(&server).await?;
+                let rendezvous_server = rendezvous_server_of(&qr);
                 let rv = join(&self.http, &qr).await?;
                 scanner_handshake(rv, qr.key(), left).await?;
                 show_check_code(ui, &link(left).channel);
-                let grant = self.authorize(prepared).await?;
-                link(left).send(&protocol_message(&grant)).await?;
-                grant
+                (server, rendezvous_server)
             }
-            LoginStart::Generated(generator) => {
+            LoginStart::Generated { generator, rendezvous_server } => {
                 generator_handshake(generator, ui, left).await?;
                 let (msg, _) = link(left).recv(Pace::Now).await?;
                 let server = policy::offered_homeserver(&msg, self.allow_http).map_err(refused)?;
-                let prepared = self.prepare(&server).await?;
-                let grant = self.authorize(prepared).await?;
-                link(left).send(&protocol_message(&grant)).await?;
-                grant
+                (server, Some(rendezvous_server))
             }
         };
+        let (prepared, found) = self.prepare(&server, rendezvous_server.as_ref()).await?;
+        let grant = self.authorize(prepared).await?;
+        link(left).send(&protocol_message(&grant)).await?;
         let (msg, _) = link(left).recv(Pace::Human).await?;
         policy::expect_signal(&msg, "m.login.protocol_accepted").map_err(refused)?;
         ui.emit(FlowEvent::WaitingForToken {
@@ -77,6 +76,7 @@ impl LoginFlow {
                 })?;
         let homeserver = grant.client.homeserver();
         let user_id = whoami(&self.http, &homeserver, &tokens.access_token, &grant.device_id).await?;
+        check_server_name(&user_id, &server)?;
         let session = OAuthSession {
             client_id: ClientId::new(grant.client_id.clone()),
             user: UserSession {
@@ -114,13 +114,18 @@ impl LoginFlow {
         info!("secrets imported, device cross-signed");
         rename_device(&grant.client, &self.device_display_name).await;
         self.target.adopt(grant.client).await.map_err(Stop::silent)?;
-        Ok((user_id.to_string(), grant.device_id))
+        Ok((user_id.to_string(), grant.device_id, found.as_str()))
     }
 
     /// The new session's client (keyring and store first: nothing is written without them), the
-    /// OAuth metadata and our client registration.
-    async fn prepare(&self, server: &HomeserverRef) -> Flow<(Client, device_grant::Metadata, String)> {
-        let homeserver = net::resolve::homeserver(&self.http, server, self.allow_http).await?;
+    /// OAuth metadata and our client registration; and how the homeserver was found.
+    async fn prepare(
+        &self,
+        server: &HomeserverRef,
+        rendezvous_server: Option<&Url>,
+    ) -> Flow<(Prepared, net::resolve::Found)> {
+        let (homeserver, found) =
+            net::resolve::homeserver(&self.http, server, rendezvous_server, self.allow_http).await?;
         let client = self.target.new_client(&homeserver).await?;
         let metadata =
             device_grant::metadata(&self.http, &homeserver, self.allow_http).await.map_err(grant_error)?;
@@ -141,13 +146,10 @@ impl LoginFlow {
                 id
             }
         };
-        Ok((client, metadata, client_id))
+        Ok(((client, metadata, client_id), found))
     }
 
-    async fn authorize(
-        &self,
-        (client, metadata, client_id): (Client, device_grant::Metadata, String),
-    ) -> Flow<Grant> {
+    async fn authorize(&self, (client, metadata, client_id): Prepared) -> Flow<Grant> {
         let device_id = device_grant::new_device_id();
         let authorization = device_grant::authorize(&self.http, &metadata, &client_id, &device_id)
             .await
@@ -206,6 +208,78 @@ async fn rename_device(client: &Client, name: &str) {
 }
 
 pub(super) enum LoginStart {
-    Scanned { qr: LoginQr, server: HomeserverRef },
-    Generated(Generator),
+    Scanned {
+        qr: LoginQr,
+        server: HomeserverRef,
+    },
+    /// We show the QR code, on a rendezvous session at `rendezvous_server`.
+    Generated {
+        generator: Generator,
+        rendezvous_server: Url,
+    },
+}
+
+/// The new session's client, the OAuth server's metadata and our client ID there.
+type Prepared = (Client, device_grant::Metadata, String);
+
+/// The homeserver a scanned code's rendezvous session lives on: the origin of a 2024 rendezvous
+/// URL, the base URL of a latest one. A last resort for finding the homeserver.
+fn rendezvous_server_of(qr: &LoginQr) -> Option<Url> {
+    let url = match qr {
+        LoginQr::V2024 { rendezvous_url, .. } => Url::parse(rendezvous_url).ok()?.join("/").ok()?,
+        LoginQr::Msc4388 { base_url, .. } => Url::parse(base_url).ok()?,
+    };
+    Some(url)
+}
+
+/// The account the token belongs to must be on the server the other device named (when it named
+/// one): a homeserver found by a fallback must not sign us in to someone else's server.
+fn check_server_name(user_id: &OwnedUserId, named: &HomeserverRef) -> Flow<()> {
+    match named {
+        HomeserverRef::ServerName(name) if !user_id.server_name().as_str().eq_ignore_ascii_case(name) => {
+            Err(LinkError::ProtocolError(format!(
+                "the homeserver found for `{name}` signed us in on `{}`",
+                user_id.server_name()
+            ))
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_account_must_be_on_the_named_server() {
+        let user = OwnedUserId::try_from("@alice:example.org").unwrap();
+        assert!(check_server_name(&user, &HomeserverRef::ServerName("example.org".into())).is_ok());
+        assert!(check_server_name(&user, &HomeserverRef::ServerName("EXAMPLE.org".into())).is_ok());
+        let other = check_server_name(&user, &HomeserverRef::ServerName("localhost".into())).unwrap_err();
+        assert!(matches!(other.error, Some(LinkError::ProtocolError(_))));
+        assert_ne!(other.tell, Tell::Nothing, "the other device is told");
+        // A homeserver named by URL carries no server name to compare.
+        let url = HomeserverRef::Url(Url::parse("https://matrix.example.net/").unwrap());
+        assert!(check_server_name(&user, &url).is_ok());
+    }
+
+    #[test]
+    fn the_rendezvous_server_of_a_scanned_code() {
+        let v2024 = LoginQr::V2024 {
+            intent: Intent::Reciprocate,
+            key: [7; 32],
+            rendezvous_url: "https://hs.example.org:8448/_synapse/client/rendezvous/01J".into(),
+            server: Some("example.org".into()),
+        };
+        assert_eq!(rendezvous_server_of(&v2024).unwrap().as_str(), "https://hs.example.org:8448/");
+        let latest = LoginQr::Msc4388 {
+            prefix: crate::protocol::wire::qr::Prefix::Stable,
+            intent: Intent::Reciprocate,
+            key: [7; 32],
+            rendezvous_id: "01J".into(),
+            base_url: "https://hs.example.org/matrix".into(),
+        };
+        assert_eq!(rendezvous_server_of(&latest).unwrap().as_str(), "https://hs.example.org/matrix");
+    }
 }

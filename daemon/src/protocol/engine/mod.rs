@@ -579,7 +579,11 @@ impl Engine for OwnEngine {
                 let (outcome, result) =
                     run_flow(port, opening, deadline, async |ui, left| flow.run(start, ui, left).await).await;
                 let user_id = client.user_id().map(|u| u.to_string()).unwrap_or_default();
-                let end = outcome_of(result, |device_id| FlowOutcome::Success { user_id, device_id });
+                let end = outcome_of(result, |device_id| FlowOutcome::Success {
+                    user_id,
+                    device_id,
+                    homeserver_found: None,
+                });
                 info!(outcome = outcome_name(&end), "grant flow ended");
                 let _ = outcome.send(end);
             }
@@ -643,7 +647,8 @@ impl OwnEngine {
                 let generation = choose_generation(&self.http, request.generation, &homeserver, None).await?;
                 let (rv, generator, qr) =
                     create(&self.http, generation, &homeserver, None, Intent::Login).await?;
-                (LoginStart::Generated(generator), Opening { generation, created: Some((rv, qr)) })
+                let start = LoginStart::Generated { generator, rendezvous_server: homeserver };
+                (start, Opening { generation, created: Some((rv, qr)) })
             }
         };
         let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
@@ -661,8 +666,11 @@ impl OwnEngine {
             async move {
                 let (outcome, result) =
                     run_flow(port, opening, deadline, async |ui, left| flow.run(start, ui, left).await).await;
-                let end =
-                    outcome_of(result, |(user_id, device_id)| FlowOutcome::Success { user_id, device_id });
+                let end = outcome_of(result, |(user_id, device_id, found)| FlowOutcome::Success {
+                    user_id,
+                    device_id,
+                    homeserver_found: Some(found),
+                });
                 if !matches!(end, FlowOutcome::Success { .. }) {
                     target.abandon().await;
                 }
