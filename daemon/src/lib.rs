@@ -8,5 +8,6 @@ pub mod config;
 pub mod dbus;
 pub mod desktop;
 pub mod error;
+pub mod logging;
 pub mod net;
 pub mod protocol;

@@ -28,22 +28,6 @@ struct Args {
     check_config: bool,
 }
 
-fn init_logging(level: LogLevel) {
-    let dep = match level {
-        LogLevel::Debug | LogLevel::Trace => "info",
-        other => other.as_str(),
-    };
-    let filter = format!(
-        "warn,matrix_linkd={lvl},matrix_sdk={dep},matrix_sdk_base={dep},matrix_sdk_crypto={dep}",
-        lvl = level.as_str()
-    );
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let loaded = match &args.config {
@@ -61,7 +45,7 @@ fn main() -> ExitCode {
         println!("configuration OK ({source})");
         return ExitCode::SUCCESS;
     }
-    init_logging(args.log_level.unwrap_or(cfg.log_level));
+    matrix_linkd::logging::init(args.log_level.unwrap_or(cfg.log_level));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
