@@ -194,6 +194,9 @@ pub struct SignedIn {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FlowEvent {
     State(State),
+    /// The daemon replaced a QR code that expired unscanned (`QrCodeSerial`, 2 and up): fetch the
+    /// new one with [`Flow::qr_code`].
+    QrCodeReplaced(u32),
 }
 
 /// Entry point: one connection to the session bus.
@@ -363,6 +366,11 @@ impl Flow {
                     ) = body.deserialize()?;
                     if iface.as_str() != FLOW_INTERFACE {
                         continue;
+                    }
+                    if let Some(Value::U32(serial)) = changed.get("QrCodeSerial")
+                        && *serial > 1
+                    {
+                        return Ok(Some(FlowEvent::QrCodeReplaced(*serial)));
                     }
                     if let Some(Value::U32(s)) = changed.get("State") {
                         let state = State::from(*s);

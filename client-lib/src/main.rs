@@ -165,7 +165,18 @@ async fn drive(mut flow: Flow, auto_approve: bool) -> Result<(), ClientError> {
                 continue;
             }
         };
-        let Some(FlowEvent::State(state)) = event else { break };
+        let state = match event {
+            None => break,
+            Some(FlowEvent::QrCodeReplaced(_)) => {
+                let art = flow.qr_code("utf8").await?;
+                println!(
+                    "The QR code expired before it was scanned. Scan this new one:\n{}",
+                    String::from_utf8_lossy(&art)
+                );
+                continue;
+            }
+            Some(FlowEvent::State(state)) => state,
+        };
         match state {
             State::QrReady => {
                 let art = flow.qr_code("utf8").await?;

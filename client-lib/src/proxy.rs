@@ -53,6 +53,8 @@ pub trait Flow {
     #[zbus(property)]
     fn expires_at(&self) -> zbus::Result<u64>;
     #[zbus(property)]
+    fn qr_code_serial(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
     fn error_name(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn check_code_to_show(&self) -> zbus::Result<u8>;

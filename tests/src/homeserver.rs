@@ -145,25 +145,29 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The 2024 rendezvous (ETag API), many sessions at once, with an expiry switch.
+/// The 2024 rendezvous (ETag API), many sessions at once, each living `ttl` seconds from its
+/// creation (60 s, as on Synapse, unless changed), with an expiry switch.
 #[derive(Clone, Default)]
 pub struct Rendezvous {
     base: String,
     state: Arc<Mutex<Slots>>,
     expired: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
+    ttl: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
 struct Slots {
     next_id: u64,
-    by_id: HashMap<String, (u64, Vec<u8>)>,
+    /// id -> (ETag, payload, end of life)
+    by_id: HashMap<String, (u64, Vec<u8>, std::time::SystemTime)>,
 }
 
-fn with_headers(t: ResponseTemplate, etag: u64) -> ResponseTemplate {
+fn with_headers(t: ResponseTemplate, etag: u64, expires: std::time::SystemTime) -> ResponseTemplate {
     let now = std::time::SystemTime::now();
     t.insert_header("ETag", format!("\"{etag}\""))
-        .insert_header("Expires", httpdate::fmt_http_date(now + std::time::Duration::from_secs(60)))
+        .insert_header("Date", httpdate::fmt_http_date(now))
+        .insert_header("Expires", httpdate::fmt_http_date(expires))
         .insert_header("Last-Modified", httpdate::fmt_http_date(now))
 }
 
@@ -178,23 +182,36 @@ impl Respond for Rendezvous {
         if req.method == Method::POST {
             st.next_id += 1;
             let id = format!("s{}", st.next_id);
-            st.by_id.insert(id.clone(), (1, req.body.clone()));
+            let ttl = match self.ttl.load(Ordering::Relaxed) {
+                0 => 60,
+                s => s,
+            };
+            let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(ttl);
+            st.by_id.insert(id.clone(), (1, req.body.clone(), expires));
             let url = format!("{}/rendezvous/{id}", self.base);
-            return with_headers(ResponseTemplate::new(201).set_body_json(json!({ "url": url })), 1);
+            return with_headers(ResponseTemplate::new(201).set_body_json(json!({ "url": url })), 1, expires);
         }
         if self.expired.load(Ordering::Relaxed) {
             return not_found();
         }
         let id = req.url.path().rsplit('/').next().unwrap_or_default().to_owned();
-        let Some((etag, body)) = st.by_id.get_mut(&id) else { return not_found() };
+        let Some((etag, body, expires)) = st.by_id.get_mut(&id) else { return not_found() };
+        let expires = *expires;
+        if std::time::SystemTime::now() >= expires && req.method != Method::DELETE {
+            return not_found();
+        }
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let current = Some(format!("\"{etag}\""));
         match req.method {
             Method::GET => {
                 if header("if-none-match") == current {
-                    return with_headers(ResponseTemplate::new(304), *etag);
+                    return with_headers(ResponseTemplate::new(304), *etag, expires);
                 }
-                with_headers(ResponseTemplate::new(200).set_body_raw(body.clone(), "text/plain"), *etag)
+                with_headers(
+                    ResponseTemplate::new(200).set_body_raw(body.clone(), "text/plain"),
+                    *etag,
+                    expires,
+                )
             }
             Method::PUT => {
                 if header("if-match") != current {
@@ -204,7 +221,7 @@ impl Respond for Rendezvous {
                 }
                 *body = req.body.clone();
                 *etag += 1;
-                with_headers(ResponseTemplate::new(202), *etag)
+                with_headers(ResponseTemplate::new(202), *etag, expires)
             }
             Method::DELETE => {
                 st.by_id.remove(&id);
@@ -331,6 +348,16 @@ impl MockHomeserver {
 
     pub fn rendezvous_requests(&self) -> u64 {
         self.rendezvous.requests.load(Ordering::Relaxed)
+    }
+
+    /// Rendezvous sessions created from now on live `secs` seconds.
+    pub fn set_rendezvous_ttl(&self, secs: u64) {
+        self.rendezvous.ttl.store(secs, Ordering::Relaxed);
+    }
+
+    /// Rendezvous sessions created so far.
+    pub fn rendezvous_sessions_created(&self) -> u64 {
+        self.rendezvous.state.lock().unwrap().next_id
     }
 
     /// Rendezvous sessions created and not deleted.

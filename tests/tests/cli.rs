@@ -82,3 +82,35 @@ async fn grant_from_the_cli() -> Result<()> {
     peer.finish().await?.map_err(|e| anyhow!("new device: {e}"))?;
     peers::assert_verified_new_device(&new_device).await
 }
+
+/// `matrix-link grant` with the daemon showing the QR code: when a code expires unscanned the CLI
+/// shows the new one the daemon made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_redraws_a_replaced_qr_code() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    s.hs.set_rendezvous_ttl(2);
+    let mut child = tokio::process::Command::from(cli(&s.session))
+        .args(["grant", "--yes", "--no-open", "--no-notify"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut transcript, mut replaced) = (String::new(), 0);
+    while replaced < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .map_err(|_| anyhow!("no new QR code:\n{transcript}"))??
+            .ok_or_else(|| anyhow!("matrix-link ended:\n{transcript}"))?;
+        replaced += usize::from(line.starts_with("The QR code expired before it was scanned"));
+        transcript.push_str(&line);
+        transcript.push('\n');
+    }
+    assert!(transcript.starts_with("Scan this QR code with the other device:"), "{transcript}");
+    // Each code is drawn in full (terminal blocks), three in all.
+    let drawn = transcript.lines().filter(|l| l.contains('█') || l.contains('▀') || l.contains('▄')).count();
+    assert!(drawn >= 3 * 10, "{transcript}");
+    child.kill().await?;
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use matrix_linkd::protocol::wire::qr::LoginQr;
-use matrix_linkd_client::{ClientError, LoginOptions, State};
+use matrix_linkd_client::{ClientError, FlowEvent, LoginOptions, State};
 use matrix_linkd_tests::{
     grant_scanned_by, peers, quiet_grant, signed_in_setup, signed_out_setup, wait_state,
 };
@@ -65,5 +65,75 @@ async fn the_daemon_leaves_with_its_bus_and_tells_the_other_device() -> Result<(
         Err(QRCodeLoginError::LoginFailure { reason, .. }) => assert_eq!(reason.as_str(), "user_cancelled"),
         other => panic!("the new device was not told: {other:?}"),
     }
+    Ok(())
+}
+
+/// A QR code whose rendezvous session expires before anybody scanned it is replaced, not fatal:
+/// the daemon shows a new one (`QrCodeSerial` counts them) until the flow's own time-out. Here two
+/// codes expire, and the third is scanned and the grant succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_qr_code_is_replaced_until_one_is_scanned() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    s.hs.set_rendezvous_ttl(2);
+    let sessions_before = s.hs.rendezvous_sessions_created();
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let mut codes = vec![flow.qr_code("raw").await?];
+    while codes.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), flow.next_event()).await?? {
+            Some(FlowEvent::QrCodeReplaced(serial)) => {
+                assert_eq!(serial as usize, codes.len() + 1);
+                codes.push(flow.qr_code("raw").await?);
+                // The third code lives long enough for a whole grant.
+                s.hs.set_rendezvous_ttl(60);
+            }
+            // Signals from before `wait_state` saw the state.
+            Some(FlowEvent::State(State::Starting | State::QrReady)) => {}
+            other => bail!("expected a new QR code, got {other:?}"),
+        }
+    }
+    assert!(codes[0] != codes[1] && codes[1] != codes[2], "each code is new");
+    assert_eq!(flow.proxy().qr_code_serial().await?, 3);
+    assert_eq!(flow.state(), State::QrReady);
+
+    let new_device = s.hs.new_device().await;
+    let mut peer = peers::login_scanning(new_device.clone(), codes[2].clone());
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    s.hs.plan_login();
+    flow.approve().await?;
+    tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
+    peers::assert_verified_new_device(&new_device).await?;
+    assert_eq!(s.hs.rendezvous_sessions_created() - sessions_before, 3, "one session per code");
+    Ok(())
+}
+
+/// The daemon's own token poll is refused (the user denied the sign-in on the consent page): the
+/// error says so, not that the other device gave up, and the other device is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_refused_on_the_consent_page_says_so() -> Result<()> {
+    let (hs, mut session, d) = signed_out_setup(60).await?;
+    let linkd = session.client().await?;
+    let mut flow =
+        linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    hs.plan_token_error("access_denied");
+    let mut peer = peers::grant_scanning(hs.existing_device("ALICEDEV").await, flow.qr_code("raw").await?);
+    let code = peer.shown_code().await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    flow.check_code(code).await?;
+    match tokio::time::timeout(Duration::from_secs(30), flow.result()).await? {
+        Err(ClientError::Daemon { name, message }) => {
+            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
+            assert!(message.contains("refused on the consent page"), "{message}");
+        }
+        other => panic!("expected LoginFailed, got {other:?}"),
+    }
+    assert!(peer.finish().await?.is_err(), "the existing device was not told");
+    assert!(session.daemon_running(d));
     Ok(())
 }

@@ -61,6 +61,8 @@ struct FlowData {
     user_code: Option<Secret<String>>,
     peer_device_id: Option<String>,
     approved: bool,
+    /// QR codes shown so far (`QrCodeSerial`).
+    qr_serial: u32,
     /// The approval notification's task, ended with the flow.
     approval: Option<desktop::ApprovalTask>,
 }
@@ -258,6 +260,12 @@ impl Flow {
         self.data().error_name.clone()
     }
 
+    /// Which QR code is shown: one more each time an expired one is replaced.
+    #[zbus(property)]
+    fn qr_code_serial(&self) -> u32 {
+        self.data().qr_serial
+    }
+
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn check_code_to_show(
         &self,
@@ -412,7 +420,12 @@ async fn apply(
     let em = iface.signal_emitter();
     match ev {
         FlowEvent::QrReady(qr) => {
-            flow.data().qr = Some(qr);
+            {
+                let mut d = flow.data();
+                d.qr = Some(qr);
+                d.qr_serial += 1;
+            }
+            let _ = iface.get().await.qr_code_serial_changed(em).await;
             set_state(flow, iface, FlowState::QrReady).await;
         }
         FlowEvent::WaitingForCheckCode => set_state(flow, iface, FlowState::WaitingForCheckCode).await,

@@ -43,8 +43,8 @@ impl GrantFlow {
                 };
                 link(left).send(&protocols).await?;
             }
-            GrantStart::Generated(generator) => {
-                generator_handshake(generator, ui, left).await?;
+            GrantStart::Generated(generator, maker) => {
+                generator_handshake(generator, &maker, ui, left).await?;
             }
         }
         // The new device's user types the code (when it generated) and it registers first.
@@ -131,5 +131,5 @@ pub(super) fn secrets_message(bundle: &SecretsBundle) -> LoginMessage {
 
 pub(super) enum GrantStart {
     Scanned(LoginQr),
-    Generated(Generator),
+    Generated(Generator, QrMaker),
 }

@@ -51,8 +51,8 @@ impl LoginFlow {
                 show_check_code(ui, &link(left).channel);
                 (server, rendezvous_server)
             }
-            LoginStart::Generated { generator, rendezvous_server } => {
-                generator_handshake(generator, ui, left).await?;
+            LoginStart::Generated { generator, maker, rendezvous_server } => {
+                generator_handshake(generator, &maker, ui, left).await?;
                 let (msg, _) = link(left).recv(Pace::Now).await?;
                 let server = policy::offered_homeserver(&msg, self.allow_http).map_err(refused)?;
                 (server, Some(rendezvous_server))
@@ -215,6 +215,7 @@ pub(super) enum LoginStart {
     /// We show the QR code, on a rendezvous session at `rendezvous_server`.
     Generated {
         generator: Generator,
+        maker: QrMaker,
         rendezvous_server: Url,
     },
 }

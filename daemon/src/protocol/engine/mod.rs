@@ -429,11 +429,54 @@ async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: &mut Leftov
     Ok(())
 }
 
+/// How close to its announced end a session must be for a "gone" to count as its expiry (and not
+/// as someone deleting it).
+const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+
+/// Makes the rendezvous session and the QR code the daemon shows: at the start, and again each
+/// time one expires before anybody scanned it (Synapse's 2024 sessions live 60 s; a person may
+/// take longer to find their phone).
+pub(super) struct QrMaker {
+    http: reqwest::Client,
+    generation: Generation,
+    homeserver: Url,
+    /// Ours, for creating a latest-generation session on our own homeserver (grant only).
+    access_token: Option<String>,
+    intent: Intent,
+}
+
+impl QrMaker {
+    async fn make(&self) -> Result<(Rendezvous, Generator, Vec<u8>)> {
+        create(&self.http, self.generation, &self.homeserver, self.access_token.as_deref(), self.intent).await
+    }
+}
+
 /// G: waits for S's LoginInitiate (a person scans first), answers LoginOk, then asks its user for
-/// the check code. Nothing S sends is read before the code matched.
-async fn generator_handshake(generator: Generator, ui: &mut Ui, left: &mut Leftovers) -> Flow<()> {
+/// the check code. Nothing S sends is read before the code matched. A session that reaches its end
+/// unscanned is replaced by a new one with a new QR code, until the flow's own time-out.
+async fn generator_handshake(
+    mut generator: Generator,
+    maker: &QrMaker,
+    ui: &mut Ui,
+    left: &mut Leftovers,
+) -> Flow<()> {
+    let (initiate, aads) = loop {
+        let rv = left.rv.as_mut().expect("session created");
+        let waited = rv.wait(Pace::Human).await;
+        let ran_out = rv.expires_at().is_some_and(|end| Instant::now() + EXPIRY_SLACK >= end);
+        match waited {
+            Ok(found) => break found,
+            Err(LinkError::Expired(_)) if ran_out => {
+                let (rv, replacement, qr) = maker.make().await?;
+                info!("the QR code expired unscanned; showing a new one");
+                left.rv = Some(rv);
+                generator = replacement;
+                ui.emit(FlowEvent::QrReady(Secret(qr)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let rv = left.rv.as_mut().expect("session created");
-    let (initiate, aads) = rv.wait(Pace::Human).await?;
     let ok_aad = rv.send_aad();
     let (channel, ok) =
         generator.accept(&initiate, &aads[0], &ok_aad).map_err(|e| Stop::silent(channel_error(e)))?;
@@ -557,10 +600,15 @@ impl Engine for OwnEngine {
             None => {
                 let generation =
                     choose_generation(&self.http, request.generation, &homeserver, token.as_deref()).await?;
-                let (rv, generator, qr) =
-                    create(&self.http, generation, &homeserver, token.as_deref(), Intent::Reciprocate)
-                        .await?;
-                (GrantStart::Generated(generator), Opening { generation, created: Some((rv, qr)) })
+                let maker = QrMaker {
+                    http: self.http.clone(),
+                    generation,
+                    homeserver: homeserver.clone(),
+                    access_token: token.clone(),
+                    intent: Intent::Reciprocate,
+                };
+                let (rv, generator, qr) = maker.make().await?;
+                (GrantStart::Generated(generator, maker), Opening { generation, created: Some((rv, qr)) })
             }
         };
         let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
@@ -645,9 +693,15 @@ impl OwnEngine {
                     )
                 })?;
                 let generation = choose_generation(&self.http, request.generation, &homeserver, None).await?;
-                let (rv, generator, qr) =
-                    create(&self.http, generation, &homeserver, None, Intent::Login).await?;
-                let start = LoginStart::Generated { generator, rendezvous_server: homeserver };
+                let maker = QrMaker {
+                    http: self.http.clone(),
+                    generation,
+                    homeserver: homeserver.clone(),
+                    access_token: None,
+                    intent: Intent::Login,
+                };
+                let (rv, generator, qr) = maker.make().await?;
+                let start = LoginStart::Generated { generator, maker, rendezvous_server: homeserver };
                 (start, Opening { generation, created: Some((rv, qr)) })
             }
         };
