@@ -154,6 +154,9 @@ pub struct Rendezvous {
     expired: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
     ttl: Arc<AtomicU64>,
+    /// Behind a "load balancer": the daemon's first write of each payload meets a worker that has
+    /// not caught up (412), and every `Date` is two hours ahead.
+    lagging: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -161,14 +164,22 @@ struct Slots {
     next_id: u64,
     /// id -> (ETag, payload, end of life)
     by_id: HashMap<String, (u64, Vec<u8>, std::time::SystemTime)>,
+    /// Payloads whose first write was refused already (`lagging`).
+    refused: std::collections::HashSet<Vec<u8>>,
 }
 
-fn with_headers(t: ResponseTemplate, etag: u64, expires: std::time::SystemTime) -> ResponseTemplate {
+fn with_headers(
+    t: ResponseTemplate,
+    etag: u64,
+    expires: std::time::SystemTime,
+    skew: u64,
+) -> ResponseTemplate {
     let now = std::time::SystemTime::now();
+    let skew = std::time::Duration::from_secs(skew);
     t.insert_header("ETag", format!("\"{etag}\""))
-        .insert_header("Date", httpdate::fmt_http_date(now))
-        .insert_header("Expires", httpdate::fmt_http_date(expires))
-        .insert_header("Last-Modified", httpdate::fmt_http_date(now))
+        .insert_header("Date", httpdate::fmt_http_date(now + skew))
+        .insert_header("Expires", httpdate::fmt_http_date(expires + skew))
+        .insert_header("Last-Modified", httpdate::fmt_http_date(now + skew))
 }
 
 impl Respond for Rendezvous {
@@ -178,7 +189,11 @@ impl Respond for Rendezvous {
             ResponseTemplate::new(404)
                 .set_body_json(json!({ "errcode": "M_NOT_FOUND", "error": "not found" }))
         };
+        let lagging = self.lagging.load(Ordering::Relaxed);
+        let skew = if lagging { 7200 } else { 0 };
+        let with_headers = |t, etag, expires| with_headers(t, etag, expires, skew);
         let mut st = self.state.lock().unwrap();
+        let st = &mut *st;
         if req.method == Method::POST {
             st.next_id += 1;
             let id = format!("s{}", st.next_id);
@@ -214,6 +229,12 @@ impl Respond for Rendezvous {
                 )
             }
             Method::PUT => {
+                let ours = header("user-agent").is_some_and(|a| a.starts_with("matrix-linkd/"));
+                if lagging && ours && st.refused.insert(req.body.clone()) {
+                    return ResponseTemplate::new(412).set_body_json(
+                        json!({ "errcode": "M_UNKNOWN", "org.matrix.msc4108.errcode": "M_CONCURRENT_WRITE" }),
+                    );
+                }
                 if header("if-match") != current {
                     return ResponseTemplate::new(412).set_body_json(
                         json!({ "errcode": "M_UNKNOWN", "org.matrix.msc4108.errcode": "M_CONCURRENT_WRITE" }),
@@ -353,6 +374,12 @@ impl MockHomeserver {
     /// Rendezvous sessions created from now on live `secs` seconds.
     pub fn set_rendezvous_ttl(&self, secs: u64) {
         self.rendezvous.ttl.store(secs, Ordering::Relaxed);
+    }
+
+    /// From now on the rendezvous sits behind a lagging load balancer: the daemon's first write of
+    /// each payload is refused (412), and the server's clock is two hours ahead.
+    pub fn lag_rendezvous(&self) {
+        self.rendezvous.lagging.store(true, Ordering::Relaxed);
     }
 
     /// Rendezvous sessions created so far.

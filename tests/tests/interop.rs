@@ -137,3 +137,23 @@ async fn a_sign_in_refused_on_the_consent_page_says_so() -> Result<()> {
     assert!(session.daemon_running(d));
     Ok(())
 }
+
+/// Behind a load balancer: each of the daemon's rendezvous writes first meets a worker that has
+/// not caught up (412), and the server's clock is two hours ahead of ours. The daemon re-reads,
+/// sends the same payload again, takes the session's life from the server's own `Expires` − `Date`,
+/// and the grant succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_and_a_skewed_clock_behind_a_load_balancer() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    s.hs.lag_rendezvous();
+    let linkd = s.session.client().await?;
+    let new_device = s.hs.new_device().await;
+    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), new_device.clone()).await?;
+    flow.check_code(code).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    s.hs.plan_login();
+    flow.approve().await?;
+    tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
+    peers::assert_verified_new_device(&new_device).await
+}

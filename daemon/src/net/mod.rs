@@ -28,6 +28,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// time limits.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .user_agent(concat!("matrix-linkd/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
         .read_timeout(READ_TIMEOUT)

@@ -16,6 +16,23 @@ use crate::net::{self, BodyError, RENDEZVOUS_LIMIT};
 /// Largest payload a rendezvous session holds.
 pub const MAX_PAYLOAD: usize = 4096;
 
+/// How often a write refused as a conflict is tried again, when the slot shows nobody else wrote.
+const CONFLICT_RETRIES: u32 = 3;
+
+fn conflict_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50 * u64::from(attempt))
+}
+
+/// What a rendezvous slot holds after one of our writes was refused as a conflict.
+enum Slot {
+    /// What we last saw: nobody wrote; the same write may go again.
+    Unchanged,
+    /// Our own payload: an earlier try went through.
+    Ours,
+    /// Something else: the other device wrote.
+    Theirs,
+}
+
 /// Longest session life we believe a server about: no real session lives longer, and a larger
 /// number (up to `u64::MAX`) must not overflow a deadline.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -168,8 +185,30 @@ impl Session2024 {
     }
 
     /// Writes `payload` over the other side's last write.
+    /// A write refused as a conflict (`412`) is looked into: when the slot still holds what we
+    /// last saw (a worker behind a load balancer that had not caught up) the identical write is
+    /// tried again; when it holds our own payload (an earlier try went through, its answer was
+    /// lost) the write is done; when the other device wrote, it is a real conflict.
     pub async fn send(&mut self, payload: &str) -> Result<()> {
         check_size(payload)?;
+        let mut attempt = 0;
+        loop {
+            match self.put(payload).await {
+                Err(RendezvousError::Conflict) if attempt < CONFLICT_RETRIES => {
+                    match self.slot_after_conflict(payload).await? {
+                        Slot::Unchanged => {}
+                        Slot::Ours => return Ok(()),
+                        Slot::Theirs => return Err(RendezvousError::Conflict),
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn put(&mut self, payload: &str) -> Result<()> {
         let mut req = self
             .http
             .put(self.url.clone())
@@ -185,6 +224,34 @@ impl Session2024 {
         }
         self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(())
+    }
+
+    /// What the slot holds after a refused write of `payload`.
+    async fn slot_after_conflict(&mut self, payload: &str) -> Result<Slot> {
+        let mut req = self.http.get(self.url.clone());
+        if let Some(etag) = &self.etag {
+            req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        let r = req.send().await.map_err(network)?;
+        match r.status() {
+            StatusCode::NOT_MODIFIED => Ok(Slot::Unchanged),
+            s if s.is_success() => {
+                let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let body = body(r).await?;
+                if etag.is_some() && etag == self.etag {
+                    Ok(Slot::Unchanged)
+                } else if body == payload.as_bytes() {
+                    self.etag = etag;
+                    Ok(Slot::Ours)
+                } else {
+                    Ok(Slot::Theirs)
+                }
+            }
+            _ => {
+                let (s, code) = errcode(r).await;
+                Err(map_error(s, &code))
+            }
+        }
     }
 
     /// One read: `Some(payload)` when the slot changed since our last read or write.
@@ -338,10 +405,14 @@ impl SessionLatest {
 
     /// Writes `data` with the current token as precondition. A lost answer is retried once with
     /// the identical payload (the server treats that as idempotent).
+    ///
+    /// A write refused as a conflict (`409`) is looked into as for 2024: the identical body again
+    /// while the token is still ours (never another payload under the same token: its AAD binds
+    /// it), done when the slot holds our data, a real conflict when the other device wrote.
     pub async fn send(&mut self, data: &str) -> Result<()> {
         check_size(data)?;
         let body = json!({ "sequence_token": self.token, "data": data }).to_string();
-        let mut attempt = 0;
+        let (mut lost, mut conflicts) = (0, 0);
         loop {
             let sent = self
                 .http
@@ -351,12 +422,28 @@ impl SessionLatest {
                 .send()
                 .await;
             match sent {
-                Ok(r) => {
-                    let v = json_of(r).await?;
-                    self.token = field(&v, "sequence_token")?;
-                    return Ok(());
-                }
-                Err(_) if attempt == 0 => attempt += 1,
+                Ok(r) => match json_of(r).await {
+                    Ok(v) => {
+                        self.token = field(&v, "sequence_token")?;
+                        return Ok(());
+                    }
+                    Err(RendezvousError::Conflict) if conflicts < CONFLICT_RETRIES => {
+                        let v = json_of(self.http.get(self.session_url()?).send().await.map_err(network)?)
+                            .await?;
+                        let token = field(&v, "sequence_token")?;
+                        if token != self.token {
+                            if v.get("data").and_then(Value::as_str) == Some(data) {
+                                self.token = token;
+                                return Ok(());
+                            }
+                            return Err(RendezvousError::Conflict);
+                        }
+                        conflicts += 1;
+                        tokio::time::sleep(conflict_backoff(conflicts)).await;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(_) if lost == 0 => lost += 1,
                 Err(e) => return Err(network(e)),
             }
         }
@@ -445,6 +532,113 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(200), session.poll()).await.is_err());
         assert_eq!(session.poll().await, Ok(Some("hello".to_owned())));
         assert_eq!(session.poll().await, Ok(None));
+    }
+
+    /// A rendezvous behind a load balancer: the first write of each payload meets a worker that had
+    /// not caught up (`412` for 2024, `409` for the latest), and the server's clock is two hours
+    /// ahead of ours.
+    struct Lagging {
+        latest: bool,
+        state: std::sync::Mutex<(u64, String, std::collections::HashSet<String>, Vec<String>)>,
+    }
+
+    impl wiremock::Respond for Lagging {
+        fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
+            use wiremock::ResponseTemplate as R;
+            let mut st = self.state.lock().unwrap();
+            let (etag, data, refused, puts) = &mut *st;
+            let date = std::time::SystemTime::now() + Duration::from_secs(7200);
+            let dated = |r: R, etag: u64| {
+                r.insert_header("ETag", format!("\"{etag}\""))
+                    .insert_header("Date", httpdate::fmt_http_date(date))
+                    .insert_header("Expires", httpdate::fmt_http_date(date + Duration::from_secs(60)))
+            };
+            let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let current = format!("\"{etag}\"");
+            let refuse = |latest: bool| {
+                if latest {
+                    R::new(409).set_body_json(json!({"errcode": "IO_ELEMENT_MSC4388_CONCURRENT_WRITE"}))
+                } else {
+                    R::new(412).set_body_json(json!({"errcode": "M_CONCURRENT_WRITE"}))
+                }
+            };
+            match req.method.as_str() {
+                "GET" if self.latest => R::new(200).set_body_json(
+                    json!({"sequence_token": etag.to_string(), "data": data, "expires_in_ms": 60_000}),
+                ),
+                "GET" if header("if-none-match").as_deref() == Some(current.as_str()) => {
+                    dated(R::new(304), *etag)
+                }
+                "GET" => dated(R::new(200).set_body_string(data.clone()), *etag),
+                "PUT" => {
+                    let (precondition, payload) = if self.latest {
+                        let v: Value = serde_json::from_slice(&req.body).unwrap();
+                        (
+                            v["sequence_token"].as_str().unwrap().to_owned(),
+                            v["data"].as_str().unwrap().to_owned(),
+                        )
+                    } else {
+                        let tag = header("if-match").unwrap_or_default();
+                        (tag.trim_matches('"').to_owned(), String::from_utf8(req.body.clone()).unwrap())
+                    };
+                    puts.push(payload.clone());
+                    if refused.insert(payload.clone()) || precondition != etag.to_string() {
+                        return refuse(self.latest);
+                    }
+                    *etag += 1;
+                    *data = payload;
+                    if self.latest {
+                        R::new(200).set_body_json(json!({"sequence_token": etag.to_string()}))
+                    } else {
+                        dated(R::new(202), *etag)
+                    }
+                }
+                _ => R::new(405),
+            }
+        }
+    }
+
+    async fn lagging(latest: bool) -> (wiremock::MockServer, std::sync::Arc<Lagging>) {
+        let server = wiremock::MockServer::start().await;
+        let responder = std::sync::Arc::new(Lagging {
+            latest,
+            state: std::sync::Mutex::new((1, String::new(), Default::default(), vec![])),
+        });
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(ArcResponder(responder.clone()))
+            .mount(&server)
+            .await;
+        (server, responder)
+    }
+
+    struct ArcResponder(std::sync::Arc<Lagging>);
+
+    impl wiremock::Respond for ArcResponder {
+        fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
+            self.0.respond(req)
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_refused_by_a_lagging_worker_are_tried_again_unchanged() {
+        let (server, state) = lagging(false).await;
+        let mut s = Session2024::join(&http_client(), Url::parse(&format!("{}/rv/1", server.uri())).unwrap());
+        assert_eq!(s.poll().await, Ok(None));
+        // Expiry from the server's own Date and Expires: its clock being two hours off does not
+        // end the session early (or late).
+        let left = s.expires_at().unwrap() - tokio::time::Instant::now();
+        assert!(left > Duration::from_secs(50) && left <= Duration::from_secs(60), "{left:?}");
+        s.send("one").await.unwrap();
+        s.send("two").await.unwrap();
+        assert_eq!(state.state.lock().unwrap().3, ["one", "one", "two", "two"], "the same payload again");
+
+        let (server, state) = lagging(true).await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let mut s = SessionLatest::join(&http_client(), &base, "01J").await.unwrap();
+        s.send("one").await.unwrap();
+        s.send("two").await.unwrap();
+        assert_eq!(s.token(), "3");
+        assert_eq!(state.state.lock().unwrap().3, ["one", "one", "two", "two"], "the same payload again");
     }
 
     #[test]
