@@ -35,9 +35,14 @@ test-unit:
 test-integration:
 	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop
 
-# End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here.
+# End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here;
+# the interop cells again against a stack whose server name has no `.well-known`.
 test-stack:
 	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest
+	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js
+
+# A second stack like many real deployments: the server name `localhost`, no `.well-known`.
+LOCALHOST_STACK := STACK_NAME=localhost SYNAPSE_PORT=48008 OAUTH_PORT=48080 SERVER_NAME=localhost SERVE_WELLKNOWN=false
 
 # The main job: a stack of its own (ports 19008/19080), a private bus, the daemon, a full link.
 demo: deps build

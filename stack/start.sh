@@ -6,6 +6,9 @@
 #
 #   stack/start.sh                 the `main` stack on ports 18008 (Synapse) and 18080 (OAuth)
 #   STACK_NAME=x SYNAPSE_PORT=… OAUTH_PORT=… DEVICE_CODE_TTL=… stack/start.sh   another instance
+#   SERVER_NAME=localhost SERVE_WELLKNOWN=false …   a server name with no `.well-known` (as many
+#                                                   real ones): clients must find the homeserver
+#                                                   some other way
 #
 # Writes .stack/<name>/stack.env (URLs, ports) and PID files; stack/stop.sh stops it by PID.
 set -euo pipefail
@@ -14,6 +17,8 @@ NAME=${STACK_NAME:-main}
 SYNAPSE_PORT=${SYNAPSE_PORT:-18008}
 OAUTH_PORT=${OAUTH_PORT:-18080}
 SECRET=${MAS_SECRET:-test-shared-secret-between-synapse-and-mas}
+SERVER_NAME=${SERVER_NAME:-127.0.0.1:$SYNAPSE_PORT}
+SERVE_WELLKNOWN=${SERVE_WELLKNOWN:-true}
 SYNAPSE_VERSION=1.163.2
 DIR=$ROOT/.stack/$NAME
 VENV=$ROOT/.stack/venv
@@ -30,8 +35,8 @@ rm -rf "$DIR"; mkdir -p "$DIR/synapse"
 D=$DIR/synapse
 
 cat > "$D/homeserver.yaml" <<YAML
-server_name: "127.0.0.1:$SYNAPSE_PORT"
-serve_client_wellknown: true
+server_name: "$SERVER_NAME"
+serve_client_wellknown: $SERVE_WELLKNOWN
 pid_file: $D/homeserver.pid
 public_baseurl: "http://127.0.0.1:$SYNAPSE_PORT/"
 listeners:
@@ -91,6 +96,8 @@ SYNAPSE_URL=http://127.0.0.1:$SYNAPSE_PORT/
 OAUTH_URL=http://127.0.0.1:$OAUTH_PORT/
 SYNAPSE_PORT=$SYNAPSE_PORT
 OAUTH_PORT=$OAUTH_PORT
+SERVER_NAME=$SERVER_NAME
+SERVE_WELLKNOWN=$SERVE_WELLKNOWN
 STACK_DIR=$DIR
 ENV
     log "up"

@@ -24,6 +24,11 @@ pub struct Stack {
     pub name: String,
     pub synapse: Url,
     pub oauth: Url,
+    /// Synapse's server name (`127.0.0.1:<port>`, or e.g. `localhost` for a stack like many real
+    /// deployments).
+    pub server_name: String,
+    /// Whether the server name's `.well-known/matrix/client` leads to Synapse.
+    pub serves_well_known: bool,
     pub dir: PathBuf,
     /// Started by this handle (and stopped when it is dropped).
     owned: bool,
@@ -82,6 +87,8 @@ impl Stack {
             name: name.to_owned(),
             synapse: get("SYNAPSE_URL")?.parse()?,
             oauth: get("OAUTH_URL")?.parse()?,
+            server_name: get("SERVER_NAME")?,
+            serves_well_known: get("SERVE_WELLKNOWN")? == "true",
             dir,
             owned: false,
         })
@@ -128,11 +135,13 @@ impl Stack {
     }
 
     pub fn user_id(&self, login: &str) -> String {
-        format!(
-            "@{login}:{}:{}",
-            self.synapse.host_str().unwrap_or_default(),
-            self.synapse.port().unwrap_or(80)
-        )
+        format!("@{login}:{}", self.server_name)
+    }
+
+    /// How the daemon finds this stack's Synapse from its server name (a login's
+    /// `homeserver_found`).
+    pub fn found_by_server_name(&self) -> &'static str {
+        if self.serves_well_known { "well-known" } else { "rendezvous-server" }
     }
 
     /// The user in the browser: confirms `user_code`, logs in as `login`, consents (or denies).

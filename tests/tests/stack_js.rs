@@ -24,8 +24,10 @@ fn assert_js_new_device_ok(result: &Value) -> Result<String> {
 }
 
 /// js-sdk, as the existing device, sends `m.login.protocols` with `homeserver` = its *server name*
-/// ("127.0.0.1:18008"), as the 2024 MSC says (matrix-sdk 0.18's engine demanded a URL and failed
-/// this cell). The daemon resolves the name through `.well-known` and signs in.
+/// ("127.0.0.1:18008", or "localhost" on the `localhost` stack), as the 2024 MSC says (matrix-sdk
+/// 0.18's engine demanded a URL and failed this cell). The daemon resolves the name through
+/// `.well-known`, or, where the name has none, finds the homeserver of the rendezvous session, and
+/// signs in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_daemon_login_showing_qr_server_name_homeserver() -> Result<()> {
     let stack = Stack::main()?;
@@ -49,9 +51,8 @@ async fn js_daemon_login_showing_qr_server_name_homeserver() -> Result<()> {
     ensure!(js_result["ok"] == true, "js existing device failed: {js_result}\n{}", js.log());
     // The cell's point: js-sdk named the homeserver by server name, not URL.
     let sent = js_result["sent_protocols_homeserver"].as_str().unwrap_or_default();
-    let server_name = format!("{}:{}", stack.synapse.host_str().unwrap(), stack.synapse.port().unwrap());
-    assert_eq!(sent, server_name, "js-sdk sent another homeserver field: {js_result}");
-    assert_eq!(me.homeserver_found, "well-known", "our stack serves .well-known for its server name");
+    assert_eq!(sent, stack.server_name, "js-sdk sent another homeserver field: {js_result}");
+    assert_eq!(me.homeserver_found, stack.found_by_server_name());
     let (user, device) = stack.whoami(&daemon_access_token(&session)?).await?;
     assert_eq!((user.as_str(), device.as_str()), (me.user_id.as_str(), me.device_id.as_str()));
     assert_cross_signed(&stack.observer(&login).await?, &me.device_id).await
@@ -74,6 +75,8 @@ async fn js_daemon_login_scanning_qr() -> Result<()> {
     let me = tokio::time::timeout(Duration::from_secs(90), flow.result()).await??;
     let js_result = js.result().await?;
     ensure!(js_result["ok"] == true, "js existing device failed: {js_result}\n{}", js.log());
+    // js-sdk's QR code names the homeserver by server name too.
+    assert_eq!(me.homeserver_found, stack.found_by_server_name(), "{js_result}");
     let (user, device) = stack.whoami(&daemon_access_token(&session)?).await?;
     assert_eq!((user.as_str(), device.as_str()), (me.user_id.as_str(), me.device_id.as_str()));
     assert_cross_signed(&stack.observer(&login).await?, &me.device_id).await
