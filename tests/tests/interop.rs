@@ -157,3 +157,37 @@ async fn conflicts_and_a_skewed_clock_behind_a_load_balancer() -> Result<()> {
     peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
     peers::assert_verified_new_device(&new_device).await
 }
+
+/// The other device scanned our code and then gave up by deleting the rendezvous session while
+/// our user has not typed the check code yet: the daemon notices within seconds (it reads nothing
+/// the other device wrote before the code, but it watches the session) instead of waiting for the
+/// user or the flow's time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_deleted_while_the_user_types_the_code_ends_the_flow() -> Result<()> {
+    use matrix_linkd::protocol::{
+        rendezvous::{Session2024, http_client},
+        wire::channel::{Generation, Initiated},
+    };
+    let s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = linkd.start_grant(quiet_grant()).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    let LoginQr::V2024 { key, rendezvous_url, .. } = LoginQr::parse(&flow.qr_code("raw").await?)? else {
+        bail!("a 2024 code was expected");
+    };
+    let mut rv = Session2024::join(&http_client(), url::Url::parse(&rendezvous_url)?);
+    rv.poll().await?;
+    let (_pending, initiate) = Initiated::start(Generation::V2024, &key, &[]).map_err(anyhow::Error::msg)?;
+    rv.send(&initiate).await?;
+    wait_state(&mut flow, State::WaitingForCheckCode).await?;
+    let gone = Instant::now();
+    rv.delete().await;
+    match tokio::time::timeout(Duration::from_secs(10), flow.result()).await? {
+        Err(ClientError::Daemon { name, message }) => {
+            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.Expired", "{message}")
+        }
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    assert!(gone.elapsed() < Duration::from_secs(5), "noticed after {:?}", gone.elapsed());
+    Ok(())
+}

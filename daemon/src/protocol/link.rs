@@ -211,9 +211,30 @@ pub struct Link {
     pub scanned: bool,
     /// The other device wrote last and we read it: the slot is ours to write.
     pub our_turn: bool,
+    /// A write of the other device seen by [`Link::watch`] and not yet opened: the next
+    /// [`Link::recv`] takes it.
+    early: Option<(String, Vec<Vec<u8>>)>,
 }
 
 impl Link {
+    pub fn new(rv: Rendezvous, channel: Channel, scanned: bool, our_turn: bool) -> Self {
+        Self { rv, channel, scanned, our_turn, early: None }
+    }
+
+    /// While our own user is busy (typing the check code), watches the session without acting on
+    /// anything: a write of the other device is kept, unopened, for the next `recv`. Resolves only
+    /// when the session is gone (the other device deleted it, it expired, the server went away),
+    /// so that the flow ends within seconds rather than when the user finally answers.
+    pub async fn watch(&mut self) -> LinkError {
+        while self.early.is_none() {
+            match self.rv.wait(Pace::Watch).await {
+                Ok(found) => self.early = Some(found),
+                Err(e) => return e,
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Seals and writes one message.
     pub async fn send(&mut self, msg: &LoginMessage) -> Result<(), LinkError> {
         let aad = self.rv.send_aad();
@@ -227,7 +248,10 @@ impl Link {
     /// Waits for, opens and decodes the other device's next message. Also returns the plaintext,
     /// for messages whose full form another parser reads (the secrets bundle).
     pub async fn recv(&mut self, pace: Pace) -> Result<(LoginMessage, Vec<u8>), LinkError> {
-        let (payload, aads) = self.rv.wait(pace).await?;
+        let (payload, aads) = match self.early.take() {
+            Some(early) => early,
+            None => self.rv.wait(pace).await?,
+        };
         let mut last = ChannelError::Decrypt;
         for aad in &aads {
             match self.channel.open(&payload, aad) {
@@ -251,7 +275,7 @@ impl Link {
     /// stops either way.
     pub async fn tell(&mut self, msg: &LoginMessage) {
         let attempt = async {
-            if !self.our_turn {
+            if !self.our_turn && self.early.is_none() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.rv.wait(Pace::Machine)).await;
             }
             let aad = self.rv.send_aad();

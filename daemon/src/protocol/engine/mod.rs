@@ -425,7 +425,7 @@ async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: &mut Leftov
     // The handshake opens once: the first AAD is the normalised one every implementation uses.
     let channel = pending.confirm(&ok, &aads[0]).map_err(|e| Stop::silent(channel_error(e)))?;
     let rv = left.rv.take().expect("set above");
-    left.link = Some(Link { rv, channel, scanned: true, our_turn: true });
+    left.link = Some(Link::new(rv, channel, true, true));
     Ok(())
 }
 
@@ -483,9 +483,14 @@ async fn generator_handshake(
     rv.send(&ok).await.map_err(rendezvous_error)?;
     debug!(message = "login_ok", "rendezvous write");
     let rv = left.rv.take().expect("set above");
-    left.link = Some(Link { rv, channel, scanned: false, our_turn: false });
+    left.link = Some(Link::new(rv, channel, false, false));
     ui.emit(FlowEvent::WaitingForCheckCode);
-    let typed = ui.check_code().await?;
+    let link = left.link.as_mut().expect("set above");
+    // Nothing the other device writes is read now, but a session it deleted ends the flow.
+    let typed = tokio::select! {
+        typed = ui.check_code() => typed?,
+        gone = link.watch() => return Err(Stop::silent(gone)),
+    };
     let link = left.link.as_ref().expect("set above");
     if typed != link.channel.check_code() {
         warn!("wrong check code");
@@ -558,15 +563,22 @@ async fn create(
         Generation::Latest => {
             let session =
                 SessionLatest::create(http, homeserver, access_token).await.map_err(rendezvous_error)?;
-            let qr = LoginQr::Msc4388 {
-                prefix: Prefix::Unstable,
-                intent,
-                key,
-                rendezvous_id: session.id().to_owned(),
-                base_url: LoginQr::qr_base_url(homeserver),
-            };
+            let qr = latest_qr(intent, key, session.id(), homeserver);
             Ok((Rendezvous::latest(session, homeserver.clone()), generator, qr.encode()))
         }
+    }
+}
+
+/// The latest-generation code for our session: the base URL written exactly as it goes into the
+/// AAD (normalised, with the `/` of a root path), so a peer that follows the MSC text ("the base
+/// URL from the QR code") computes the same AAD as the Element SDKs and we do.
+fn latest_qr(intent: Intent, key: [u8; 32], rendezvous_id: &str, homeserver: &Url) -> LoginQr {
+    LoginQr::Msc4388 {
+        prefix: Prefix::Unstable,
+        intent,
+        key,
+        rendezvous_id: rendezvous_id.to_owned(),
+        base_url: homeserver.to_string(),
     }
 }
 
@@ -861,6 +873,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn latest_codes_carry_the_base_url_as_the_aad_does() {
+        use crate::protocol::wire::aad::{aad, aad_raw};
+        let homeserver = Url::parse("https://matrix.example.org").unwrap();
+        let LoginQr::Msc4388 { base_url, .. } = latest_qr(Intent::Login, [7; 32], "01J", &homeserver) else {
+            panic!("a latest code");
+        };
+        assert_eq!(base_url, "https://matrix.example.org/");
+        // A peer that binds to the QR's base URL as written binds to what we do.
+        assert_eq!(aad_raw(&base_url, "01J", "T"), aad(&homeserver, "01J", "T"));
+        let parsed = LoginQr::parse(&latest_qr(Intent::Login, [7; 32], "01J", &homeserver).encode()).unwrap();
+        assert!(
+            matches!(parsed, LoginQr::Msc4388 { base_url, .. } if base_url == "https://matrix.example.org/")
+        );
+    }
+
     /// A panic in a flow's body (a bug of ours) still ends the flow as `Failed`, tells the other
     /// device and deletes the rendezvous session.
     #[tokio::test]
@@ -882,7 +910,7 @@ mod tests {
         let (_handle, port) = FlowHandle::pair(WireProtocol::V2024);
         let opening = Opening { generation: Generation::V2024, created: None };
         let body = async move |_: &mut Ui, left: &mut Leftovers| -> Flow<()> {
-            left.link = Some(Link { rv, channel, scanned: true, our_turn: true });
+            left.link = Some(Link::new(rv, channel, true, true));
             panic!("a bug in a flow step");
         };
         let deadline = Instant::now() + Duration::from_secs(30);
