@@ -23,7 +23,7 @@ use matrix_linkd_tests::{
     BUS_NAME, MANAGER_PATH, error_short_name,
     homeserver::USER,
     hostile::{Hostile, rss_kib},
-    qr_2024, quiet_grant, sign_in_daemon, signed_in_setup, signed_out_setup, wait_state,
+    peers, qr_2024, quiet_grant, sign_in_daemon, signed_in_setup, signed_out_setup, wait_state,
 };
 use zbus::zvariant::Value;
 
@@ -124,13 +124,21 @@ async fn redirects_are_not_followed() -> Result<()> {
     assert!(elsewhere.requests().is_empty(), "followed to {:?}", elsewhere.requests());
     assert_still_signed_in(&linkd).await?;
 
-    // The OAuth side too: a login whose QR names the redirecting server as the homeserver.
+    // The OAuth side too: a login whose QR (a real existing device's, its homeserver slot
+    // rewritten) names the redirecting server as the homeserver.
     let (hs, session, _) = signed_out_setup(60).await?;
     let linkd = session.client().await?;
-    let qr =
-        qr_2024(0x04, &format!("{}/rendezvous/s1", hs.uri()), Some(&format!("{}/redirect", hostile.uri())));
-    let flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
+    let mut peer = peers::grant_generating(hs.existing_device("ALICEDEV").await);
+    let LoginQr::V2024 { intent, key, rendezvous_url, .. } = LoginQr::parse(&peer.qr().await?)? else {
+        anyhow::bail!("matrix-sdk 0.18 shows 2024 codes");
+    };
+    let server = Some(format!("{}/redirect", hostile.uri()));
+    let qr = LoginQr::V2024 { intent, key, rendezvous_url, server }.encode();
+    let mut flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
+    wait_state(&mut flow, State::ShowingCheckCode).await?;
+    peer.code_sender().await?.send(flow.check_code_to_show().await?).await?;
     failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "Unsupported");
+    assert!(peer.finish().await?.is_err(), "the existing device is told");
     assert!(elsewhere.requests().is_empty(), "followed to {:?}", elsewhere.requests());
     Ok(())
 }
