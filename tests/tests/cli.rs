@@ -10,6 +10,22 @@ fn cli(session: &Session) -> std::process::Command {
     session.command(bin_dir().join("matrix-link"))
 }
 
+/// `matrix-link ARGS` running in the background, its standard output read line by line.
+fn spawn_cli(
+    session: &Session,
+    args: &[&str],
+) -> Result<(tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)> {
+    let mut child = tokio::process::Command::from(cli(session))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    Ok((child, lines))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_input_errors() -> Result<()> {
     let hs = MockHomeserver::start().await;
@@ -55,14 +71,8 @@ async fn grant_from_the_cli() -> Result<()> {
     let new_device = s.hs.new_device().await;
     let mut peer = peers::login_generating(new_device.clone());
     let qr = peer.qr().await?;
-    let mut child = tokio::process::Command::from(cli(&s.session))
-        .args(["grant", "--yes", "--no-open", "--no-notify", "--qr-hex", &hex::encode(qr)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) =
+        spawn_cli(&s.session, &["grant", "--yes", "--no-open", "--no-notify", "--qr-hex", &hex::encode(qr)])?;
     let mut transcript = String::new();
     let mut planned = false;
     while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await?? {
@@ -89,14 +99,7 @@ async fn grant_from_the_cli() -> Result<()> {
 async fn the_cli_redraws_a_replaced_qr_code() -> Result<()> {
     let s = signed_in_setup(60).await?;
     s.hs.set_rendezvous_ttl(2);
-    let mut child = tokio::process::Command::from(cli(&s.session))
-        .args(["grant", "--yes", "--no-open", "--no-notify"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_cli(&s.session, &["grant", "--yes", "--no-open", "--no-notify"])?;
     let (mut transcript, mut replaced) = (String::new(), 0);
     while replaced < 2 {
         let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())

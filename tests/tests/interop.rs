@@ -102,12 +102,7 @@ async fn an_expired_qr_code_is_replaced_until_one_is_scanned() -> Result<()> {
     let code = peer.shown_code().await?;
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;
-    wait_state(&mut flow, State::WaitingForApproval).await?;
-    s.hs.plan_login();
-    flow.approve().await?;
-    tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
-    peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
-    peers::assert_verified_new_device(&new_device).await?;
+    consent_and_verify(&s, flow, peer, &new_device).await?;
     assert_eq!(s.hs.rendezvous_sessions_created() - sessions_before, 3, "one session per code");
     Ok(())
 }
@@ -148,14 +143,25 @@ async fn conflicts_and_a_skewed_clock_behind_a_load_balancer() -> Result<()> {
     s.hs.lag_rendezvous();
     let linkd = s.session.client().await?;
     let new_device = s.hs.new_device().await;
-    let (mut flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), new_device.clone()).await?;
+    let (flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), new_device.clone()).await?;
     flow.check_code(code).await?;
+    consent_and_verify(&s, flow, peer, &new_device).await
+}
+
+/// A grant whose new device (matrix-sdk) has its check code typed: our user consents, the grant
+/// ends well, and the new device is verified.
+async fn consent_and_verify(
+    s: &matrix_linkd_tests::SignedInSetup,
+    mut flow: matrix_linkd_client::Flow,
+    peer: peers::Peer<QRCodeLoginError>,
+    new_device: &matrix_sdk::Client,
+) -> Result<()> {
     wait_state(&mut flow, State::WaitingForApproval).await?;
     s.hs.plan_login();
     flow.approve().await?;
     tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow::anyhow!("new device: {e}"))?;
-    peers::assert_verified_new_device(&new_device).await
+    peers::assert_verified_new_device(new_device).await
 }
 
 /// The other device scanned our code and then gave up by deleting the rendezvous session while
