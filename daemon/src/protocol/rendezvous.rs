@@ -23,16 +23,6 @@ fn conflict_backoff(attempt: u32) -> Duration {
     Duration::from_millis(50 * u64::from(attempt))
 }
 
-/// What a rendezvous slot holds after one of our writes was refused as a conflict.
-enum Slot {
-    /// What we last saw: nobody wrote; the same write may go again.
-    Unchanged,
-    /// Our own payload: an earlier try went through.
-    Ours,
-    /// Something else: the other device wrote.
-    Theirs,
-}
-
 /// Longest session life we believe a server about: no real session lives longer, and a larger
 /// number (up to `u64::MAX`) must not overflow a deadline.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -195,10 +185,11 @@ impl Session2024 {
         loop {
             match self.put(payload).await {
                 Err(RendezvousError::Conflict) if attempt < CONFLICT_RETRIES => {
-                    match self.slot_after_conflict(payload).await? {
-                        Slot::Unchanged => {}
-                        Slot::Ours => return Ok(()),
-                        Slot::Theirs => return Err(RendezvousError::Conflict),
+                    // One conditional read tells what the slot holds now.
+                    match self.poll().await? {
+                        None => {}
+                        Some(ours) if ours == payload => return Ok(()),
+                        Some(_) => return Err(RendezvousError::Conflict),
                     }
                     attempt += 1;
                     tokio::time::sleep(conflict_backoff(attempt)).await;
@@ -224,34 +215,6 @@ impl Session2024 {
         }
         self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(())
-    }
-
-    /// What the slot holds after a refused write of `payload`.
-    async fn slot_after_conflict(&mut self, payload: &str) -> Result<Slot> {
-        let mut req = self.http.get(self.url.clone());
-        if let Some(etag) = &self.etag {
-            req = req.header(header::IF_NONE_MATCH, etag);
-        }
-        let r = req.send().await.map_err(network)?;
-        match r.status() {
-            StatusCode::NOT_MODIFIED => Ok(Slot::Unchanged),
-            s if s.is_success() => {
-                let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let body = body(r).await?;
-                if etag.is_some() && etag == self.etag {
-                    Ok(Slot::Unchanged)
-                } else if body == payload.as_bytes() {
-                    self.etag = etag;
-                    Ok(Slot::Ours)
-                } else {
-                    Ok(Slot::Theirs)
-                }
-            }
-            _ => {
-                let (s, code) = errcode(r).await;
-                Err(map_error(s, &code))
-            }
-        }
     }
 
     /// One read: `Some(payload)` when the slot changed since our last read or write.
