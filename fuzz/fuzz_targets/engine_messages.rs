@@ -33,8 +33,8 @@ struct Pair {
 fn pair(generation: Generation) -> Pair {
     let generator = Generator::new(generation);
     let (pending, initiate) = Initiated::start(generation, &generator.public_key(), b"").expect("initiate");
-    let (ours, ok) = generator.accept(&initiate, b"", b"").expect("accept");
-    let theirs = pending.confirm(&ok, b"").expect("confirm");
+    let (ours, ok) = generator.accept(&initiate, &[Vec::new()], &[Vec::new()]).expect("accept");
+    let theirs = pending.confirm(&ok, &[Vec::new()]).expect("confirm");
     Pair { theirs, ours }
 }
 

@@ -88,12 +88,12 @@ async fn rendezvous_latest_on_synapse() -> Result<()> {
     let (received, aad_token) = next_latest(&mut g).await?;
     assert_eq!(aad_token, t1);
     let (mut g_channel, ok) =
-        generator.accept(&received, &aad(base, &id, &t1), &aad(base, &id, g.token()))?;
+        generator.accept(&received, &[aad(base, &id, &t1)], &[aad(base, &id, g.token())])?;
     assert_eq!(g.token(), t2);
     g.send(&ok).await?;
     let (ok_received, ok_token) = next_latest(&mut s).await?;
     assert_eq!(ok_token, t2);
-    let mut s_channel = pending.confirm(&ok_received, &aad(base, &id, &t2))?;
+    let mut s_channel = pending.confirm(&ok_received, &[aad(base, &id, &t2)])?;
     let code = s_channel.check_code();
     assert_eq!(g_channel.check_code(), code);
     assert!((10..=99).contains(&code));

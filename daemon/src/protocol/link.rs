@@ -50,14 +50,28 @@ impl Pace {
     }
 }
 
+/// How a latest-generation AAD writes the base URL (protocol.md §6.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseForm {
+    /// `Url::as_str()`, with the `/` of a root path: what both Element SDKs bind to.
+    Normalised,
+    /// As their QR codes carry it, without that `/`: what the MSC text says ("the base URL from the
+    /// QR code").
+    AsInQr,
+}
+
 /// A rendezvous session of either generation.
 pub enum Rendezvous {
     V2024(Session2024),
     Latest {
         session: SessionLatest,
-        /// Normalised base URL (used in the AAD, as both Element implementations do).
+        /// Normalised base URL.
         base: Url,
         expires_at: Option<Instant>,
+        /// The form of the base URL the other device binds its messages to, known once its
+        /// handshake message opened ([`Rendezvous::pin_aad_form`]). Until then we write the
+        /// normalised form and read both.
+        form: Option<BaseForm>,
     },
 }
 
@@ -74,7 +88,7 @@ impl Rendezvous {
     pub fn latest(session: SessionLatest, base: Url) -> Self {
         let ttl = session.expires_in();
         let expires_at = (!ttl.is_zero()).then(|| super::rendezvous::deadline_in(ttl));
-        Rendezvous::Latest { session, base, expires_at }
+        Rendezvous::Latest { session, base, expires_at, form: None }
     }
 
     pub fn generation(&self) -> Generation {
@@ -91,24 +105,47 @@ impl Rendezvous {
         }
     }
 
-    /// The AAD of our next write: bound to the token it will carry as precondition.
+    /// The AAD of our next write: bound to the token it will carry as precondition, and to the
+    /// other device's form of the base URL once known (the normalised one before).
     pub fn send_aad(&self) -> Vec<u8> {
+        self.send_aads().swap_remove(0)
+    }
+
+    /// Our next write's AAD in each form of the base URL still possible, in the order of
+    /// [`Rendezvous::poll`]'s list: for G's LoginOk, which takes the form S's LoginInitiate used.
+    pub fn send_aads(&self) -> Vec<Vec<u8>> {
         match self {
-            Rendezvous::V2024(_) => Vec::new(),
-            Rendezvous::Latest { session, base, .. } => aad(base, session.id(), session.token()),
+            Rendezvous::V2024(_) => vec![Vec::new()],
+            Rendezvous::Latest { session, .. } => self.recv_aads(session.token()),
         }
     }
 
-    /// AADs a received write may be bound to: the normalised base URL first, then the form the QR
-    /// code carries (no trailing `/`), for peers that follow the MSC text literally.
+    /// AADs a received write may be bound to. Until the other device's form is known: the
+    /// normalised base URL first, then the form the QR code carries (no trailing `/`), for peers
+    /// that follow the MSC text literally; afterwards only the other device's form.
     fn recv_aads(&self, token: &str) -> Vec<Vec<u8>> {
         match self {
             Rendezvous::V2024(_) => vec![Vec::new()],
-            Rendezvous::Latest { session, base, .. } => {
-                let normal = aad(base, session.id(), token);
-                let stripped = aad_raw(&LoginQr::qr_base_url(base), session.id(), token);
-                if stripped == normal { vec![normal] } else { vec![normal, stripped] }
+            Rendezvous::Latest { session, base, form, .. } => {
+                let normal = || aad(base, session.id(), token);
+                let stripped = || aad_raw(&LoginQr::qr_base_url(base), session.id(), token);
+                match form {
+                    Some(BaseForm::Normalised) => vec![normal()],
+                    Some(BaseForm::AsInQr) => vec![stripped()],
+                    None if stripped() == normal() => vec![normal()],
+                    None => vec![normal(), stripped()],
+                }
             }
+        }
+    }
+
+    /// Keeps, for every later message both ways, the base-URL form of the candidate at `index`
+    /// (of the lists above): the one the other device's handshake message opened with.
+    pub fn pin_aad_form(&mut self, index: usize) {
+        if let Rendezvous::Latest { form, .. } = self
+            && form.is_none()
+        {
+            *form = Some(if index == 0 { BaseForm::Normalised } else { BaseForm::AsInQr });
         }
     }
 
@@ -217,7 +254,10 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(rv: Rendezvous, channel: Channel, scanned: bool, our_turn: bool) -> Self {
+    /// The link keeps the form of the base URL the other device's handshake message was bound to
+    /// ([`Channel::handshake_aad`]) for every later message, written or read.
+    pub fn new(mut rv: Rendezvous, channel: Channel, scanned: bool, our_turn: bool) -> Self {
+        rv.pin_aad_form(channel.handshake_aad());
         Self { rv, channel, scanned, our_turn, early: None }
     }
 
@@ -261,7 +301,8 @@ impl Link {
                     debug!(message = msg.kind(), "received");
                     return Ok((msg, plain));
                 }
-                // A failed open leaves the channel's counters where they were: try the next AAD.
+                // A failed open leaves the channel's counters where they were: try the next AAD
+                // (after the handshake there is one, in the other device's form).
                 Err(e) => last = e,
             }
         }
@@ -341,32 +382,62 @@ mod tests {
         assert!(looks < 30, "{looks} looks in 30 s");
     }
 
-    /// Latest generation: a peer that binds its writes to the base URL as the QR code shows it (no
-    /// trailing `/`) is read too; we write with the normalised URL, as both Element SDKs do.
+    /// Latest generation: before the handshake both forms of the base URL are read (normalised
+    /// first) and the normalised one is written; the form the other device's handshake message
+    /// used is then kept for every message both ways, whichever side we are.
     #[test]
-    fn either_form_of_the_base_url_opens() {
+    fn the_other_devices_form_of_the_base_url_is_kept() {
         use crate::protocol::wire::channel::{Generation, Generator, Initiated};
         let base = Url::parse("https://matrix-client.matrix.org").unwrap();
-        let rv = Rendezvous::latest(SessionLatest::for_test(&base, "01J", "T1"), base.clone());
-        let aads = rv.recv_aads("T3");
-        assert_eq!(aads.len(), 2);
-        assert_eq!(aads[0], aad(&base, "01J", "T3"));
-        assert_eq!(aads[1], aad_raw("https://matrix-client.matrix.org", "01J", "T3"));
-        assert_eq!(rv.send_aad(), aad(&base, "01J", "T1"));
+        let fresh = || Rendezvous::latest(SessionLatest::for_test(&base, "01J", "T1"), base.clone());
+        let in_form = |form: usize, token: &str| match form {
+            0 => aad(&base, "01J", token),
+            _ => aad_raw("https://matrix-client.matrix.org", "01J", token),
+        };
+        let rv = fresh();
+        assert_eq!(rv.recv_aads("T3"), vec![in_form(0, "T3"), in_form(1, "T3")]);
+        assert_eq!(rv.send_aads(), vec![in_form(0, "T1"), in_form(1, "T1")]);
+        assert_eq!(rv.send_aad(), in_form(0, "T1"));
         assert!(rv.expires_at().is_some());
 
-        let g = Generator::new(Generation::Latest);
-        let (pending, initiate) = Initiated::start(Generation::Latest, &g.public_key(), &aads[0]).unwrap();
-        let (mut ours, ok) = g.accept(&initiate, &aads[0], &aads[0]).unwrap();
-        let mut theirs = pending.confirm(&ok, &aads[0]).unwrap();
-        let payload = theirs.seal(br#"{"type":"m.login.success"}"#, &aads[1]);
-        // The first candidate fails without moving the counter; the second opens.
-        assert!(ours.open(&payload, &aads[0]).is_err());
-        assert!(ours.open(&payload, &aads[1]).is_ok());
+        for form in [0, 1] {
+            // We are G: S binds LoginInitiate (T1) and reads LoginOk (T2 = our token) in its form.
+            let rv = fresh();
+            let g = Generator::new(Generation::Latest);
+            let (pending, initiate) =
+                Initiated::start(Generation::Latest, &g.public_key(), &in_form(form, "T1")).unwrap();
+            let (ours, ok) = g.accept(&initiate, &rv.recv_aads("T1"), &rv.send_aads()).unwrap();
+            let mut theirs = pending.confirm(&ok, &[in_form(form, "T1")]).expect("LoginOk in S's form");
+            let mut link = Link::new(rv, ours, false, false);
+            assert_eq!(link.rv.recv_aads("T3"), vec![in_form(form, "T3")]);
+            assert_eq!(link.rv.send_aad(), in_form(form, "T1"));
+            let payload = theirs.seal(br#"{"type":"m.login.success"}"#, &in_form(form, "T3"));
+            assert!(link.channel.open(&payload, &link.rv.recv_aads("T3")[0]).is_ok());
+            let payload = link.channel.seal(b"{}", &link.rv.send_aad());
+            assert!(theirs.open(&payload, &in_form(form, "T1")).is_ok());
+
+            // We are S: LoginInitiate in the normalised form; G answers in its form (T1 here,
+            // the token of our test session).
+            let rv = fresh();
+            let g = Generator::new(Generation::Latest);
+            let (pending, initiate) =
+                Initiated::start(Generation::Latest, &g.public_key(), &rv.send_aad()).unwrap();
+            let (mut theirs, ok) = g.accept(&initiate, &[in_form(0, "T1")], &[in_form(form, "T1")]).unwrap();
+            let ours = pending.confirm(&ok, &rv.recv_aads("T1")).unwrap();
+            let mut link = Link::new(rv, ours, true, true);
+            assert_eq!(link.rv.send_aad(), in_form(form, "T1"));
+            let payload = link.channel.seal(b"{}", &link.rv.send_aad());
+            assert!(theirs.open(&payload, &in_form(form, "T1")).is_ok());
+            let payload = theirs.seal(b"{}", &in_form(form, "T4"));
+            assert_eq!(link.rv.recv_aads("T4"), vec![in_form(form, "T4")]);
+            assert!(link.channel.open(&payload, &link.rv.recv_aads("T4")[0]).is_ok());
+        }
+
         // A base URL with a path has one form only.
         let base = Url::parse("https://example.org/matrix/").unwrap();
         let rv = Rendezvous::latest(SessionLatest::for_test(&base, "01J", "T1"), base);
         assert_eq!(rv.recv_aads("T3").len(), 1);
+        assert_eq!(rv.send_aads().len(), 1);
     }
 
     #[test]

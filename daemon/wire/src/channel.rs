@@ -1,16 +1,27 @@
-//! The secure channel, both generations, over vodozemac 0.11.1 (protocol.md §6):
-//! 2024 = ECIES (no AAD), latest = HPKE with the AAD of `aad.rs`.
+//! The secure channel, both generations (protocol.md §6): 2024 = ECIES over vodozemac 0.11.1 (no
+//! AAD), latest = HPKE with the AAD of `aad.rs`, our own implementation of vodozemac 0.11.1's
+//! channel (`hpke.rs`).
 //!
 //! G (the device that generated the QR code) holds the QR key and answers; S (the scanner)
 //! initiates. After the handshake S shows the check code and G's user types it in; G must not act on
 //! any message before the code matched.
+//!
+//! Latest generation, leniency on what we read: a handshake message is opened under each candidate
+//! AAD in turn (the daemon passes both forms of the base URL: normalised, then as the QR code has
+//! it), and S opens LoginOk under both response labels (vodozemac's `MATRIX_QR_CODE_LOGIN_RESPONSE`
+//! and the MSC text's `MATRIX_QR_CODE_LOGIN response`). [`Channel::handshake_aad`] tells which AAD
+//! the other device used, so the caller can keep that form for the rest of the link. What we write
+//! follows vodozemac: G answers under `MATRIX_QR_CODE_LOGIN_RESPONSE`, the only label every
+//! vodozemac-based peer (matrix-sdk, Element X) opens.
 
 use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD as B64};
 use vodozemac::{
     Curve25519PublicKey,
     ecies::{self, Ecies, EstablishedEcies},
-    hpke::{self, DigitMode, EstablishedHpkeChannel, HpkeRecipientChannel, HpkeSenderChannel},
+    hpke::DigitMode,
 };
+
+use crate::hpke;
 
 pub const INITIATE: &[u8] = b"MATRIX_QR_CODE_LOGIN_INITIATE";
 pub const OK: &[u8] = b"MATRIX_QR_CODE_LOGIN_OK";
@@ -38,45 +49,54 @@ pub enum ChannelError {
 /// G before the handshake: owns the key in the QR code.
 pub enum Generator {
     V2024(Ecies),
-    Latest(HpkeRecipientChannel),
+    Latest(hpke::Recipient),
 }
 
 /// S after sending LoginInitiate, waiting for LoginOk.
 pub enum Initiated {
     V2024(EstablishedEcies),
-    Latest(hpke::UnidirectionalSenderChannel),
+    Latest(hpke::Sender),
 }
 
 /// An established channel (either side).
 pub enum Channel {
     V2024(Box<EstablishedEcies>),
-    Latest(Box<EstablishedHpkeChannel>),
+    Latest(Box<hpke::Established>),
 }
 
 impl Generator {
     pub fn new(generation: Generation) -> Self {
         match generation {
             Generation::V2024 => Generator::V2024(Ecies::new()),
-            Generation::Latest => Generator::Latest(HpkeRecipientChannel::new()),
+            Generation::Latest => Generator::Latest(hpke::Recipient::new()),
         }
+    }
+
+    /// A latest-generation generator with a known secret key (protocol.md §15.4).
+    #[cfg(test)]
+    pub(crate) fn latest_from_secret(secret: &[u8; 32]) -> Self {
+        Generator::Latest(hpke::Recipient::from_secret(secret))
     }
 
     /// The key to put in the QR code.
     pub fn public_key(&self) -> [u8; 32] {
         match self {
             Generator::V2024(e) => e.public_key().to_bytes(),
-            Generator::Latest(h) => h.public_key().to_bytes(),
+            Generator::Latest(h) => h.public_key(),
         }
     }
 
-    /// Reads S's LoginInitiate and answers LoginOk. `initiate_aad` is AAD(T1) and `ok_aad`
-    /// AAD(T2) for the latest generation (ignored for 2024). Returns the channel and the payload
-    /// to write.
+    /// Reads S's LoginInitiate and answers LoginOk. Returns the channel and the payload to write.
+    ///
+    /// Latest generation (both lists are ignored for 2024): `initiate_aads` are the candidates for
+    /// AAD(T1), tried in order; `ok_aads[i]` is AAD(T2) in the same base-URL form as
+    /// `initiate_aads[i]` (the last entry serves for any further index), so LoginOk is bound the way
+    /// the other device binds. [`Channel::handshake_aad`] returns the `i` that opened.
     pub fn accept(
         self,
         initiate: &str,
-        initiate_aad: &[u8],
-        ok_aad: &[u8],
+        initiate_aads: &[Vec<u8>],
+        ok_aads: &[Vec<u8>],
     ) -> Result<(Channel, String), ChannelError> {
         match self {
             Generator::V2024(e) => {
@@ -90,13 +110,14 @@ impl Generator {
                 Ok((Channel::V2024(Box::new(channel)), ok))
             }
             Generator::Latest(h) => {
-                let msg = hpke::InitialMessage::decode(initiate).map_err(|_| ChannelError::Decode)?;
-                let r = h.establish_channel(&msg, initiate_aad).map_err(|_| ChannelError::Decrypt)?;
-                if r.message != INITIATE {
+                let (opened, message) = h.open_initial(initiate, initiate_aads)?;
+                if message != INITIATE {
                     return Err(ChannelError::Handshake);
                 }
-                let b = r.channel.establish_bidirectional_channel(OK, ok_aad);
-                Ok((Channel::Latest(Box::new(b.channel)), b.message.encode()))
+                let ok_aad =
+                    ok_aads.get(opened.aad_index()).or(ok_aads.last()).map_or(&[][..], Vec::as_slice);
+                let (channel, ok) = opened.respond(OK, ok_aad);
+                Ok((Channel::Latest(Box::new(channel)), ok))
             }
         }
     }
@@ -109,24 +130,23 @@ impl Initiated {
         qr_key: &[u8; 32],
         aad: &[u8],
     ) -> Result<(Self, String), ChannelError> {
-        let key = Curve25519PublicKey::from_bytes(*qr_key);
         match generation {
             Generation::V2024 => {
+                let key = Curve25519PublicKey::from_bytes(*qr_key);
                 let r =
                     Ecies::new().establish_outbound_channel(key, INITIATE).map_err(|_| ChannelError::Key)?;
                 Ok((Initiated::V2024(r.ecies), r.message.encode()))
             }
             Generation::Latest => {
-                let r = HpkeSenderChannel::new()
-                    .establish_channel(key, INITIATE, aad)
-                    .map_err(|_| ChannelError::Key)?;
-                Ok((Initiated::Latest(r.channel), r.message.encode()))
+                let (sender, message) = hpke::Sender::start(qr_key, INITIATE, aad)?;
+                Ok((Initiated::Latest(sender), message))
             }
         }
     }
 
-    /// S: reads G's LoginOk (`aad` = AAD(T2)); the channel is then secure for S.
-    pub fn confirm(self, ok: &str, aad: &[u8]) -> Result<Channel, ChannelError> {
+    /// S: reads G's LoginOk; the channel is then secure for S. `aads` are the candidates for
+    /// AAD(T2), tried in order under each response label (ignored for 2024).
+    pub fn confirm(self, ok: &str, aads: &[Vec<u8>]) -> Result<Channel, ChannelError> {
         match self {
             Initiated::V2024(mut e) => {
                 let msg = ecies::Message::decode(ok).map_err(|_| ChannelError::Decode)?;
@@ -136,12 +156,11 @@ impl Initiated {
                 Ok(Channel::V2024(Box::new(e)))
             }
             Initiated::Latest(h) => {
-                let msg = hpke::InitialResponse::decode(ok).map_err(|_| ChannelError::Decode)?;
-                let r = h.establish_bidirectional_channel(&msg, aad).map_err(|_| ChannelError::Decrypt)?;
-                if r.message != OK {
+                let (channel, message) = h.open_response(ok, &hpke::RESPONSE_LABELS, aads)?;
+                if message != OK {
                     return Err(ChannelError::Handshake);
                 }
-                Ok(Channel::Latest(Box::new(r.channel)))
+                Ok(Channel::Latest(Box::new(channel)))
             }
         }
     }
@@ -155,11 +174,20 @@ impl Channel {
         }
     }
 
+    /// The index, in the candidate list given to [`Generator::accept`] or [`Initiated::confirm`], of
+    /// the AAD the other device's handshake message opened with (0 for 2024).
+    pub fn handshake_aad(&self) -> usize {
+        match self {
+            Channel::V2024(_) => 0,
+            Channel::Latest(h) => h.aad_index(),
+        }
+    }
+
     /// The two-digit code: 00–99 for 2024, 10–99 for the latest generation.
     pub fn check_code(&self) -> u8 {
         match self {
             Channel::V2024(e) => e.check_code().to_digit(DigitMode::AllowLeadingZero),
-            Channel::Latest(h) => h.check_code().to_digit(DigitMode::NoLeadingZero),
+            Channel::Latest(h) => check_code_digits(h.check_code(), Generation::Latest),
         }
     }
 
@@ -167,7 +195,7 @@ impl Channel {
     pub fn check_code_bytes(&self) -> [u8; 2] {
         match self {
             Channel::V2024(e) => *e.check_code().as_bytes(),
-            Channel::Latest(h) => *h.check_code().as_bytes(),
+            Channel::Latest(h) => h.check_code(),
         }
     }
 
@@ -175,21 +203,19 @@ impl Channel {
     pub fn seal(&mut self, plaintext: &[u8], aad: &[u8]) -> String {
         match self {
             Channel::V2024(e) => e.encrypt(plaintext).encode(),
-            Channel::Latest(h) => h.seal(plaintext, aad).encode(),
+            Channel::Latest(h) => h.seal(plaintext, aad),
         }
     }
 
-    /// Decrypts one payload. A failure is fatal for the flow: the channel's counters moved on.
+    /// Decrypts one payload. A failure is fatal for the flow; it leaves the latest generation's
+    /// channel as it was (another AAD may be tried).
     pub fn open(&mut self, payload: &str, aad: &[u8]) -> Result<Vec<u8>, ChannelError> {
         match self {
             Channel::V2024(e) => {
                 let msg = ecies::Message::decode(payload).map_err(|_| ChannelError::Decode)?;
                 e.decrypt(&msg).map_err(|_| ChannelError::Decrypt)
             }
-            Channel::Latest(h) => {
-                let msg = hpke::Message::decode(payload).map_err(|_| ChannelError::Decode)?;
-                h.open(&msg, aad).map_err(|_| ChannelError::Decrypt)
-            }
+            Channel::Latest(h) => h.open(payload, aad),
         }
     }
 }
@@ -225,8 +251,8 @@ mod tests {
         let g = Generator::new(generation);
         let key = g.public_key();
         let (pending, initiate) = Initiated::start(generation, &key, &a("T1")).unwrap();
-        let (g, ok) = g.accept(&initiate, &a("T1"), &a("T2")).unwrap();
-        let s = pending.confirm(&ok, &a("T2")).unwrap();
+        let (g, ok) = g.accept(&initiate, &[a("T1")], &[a("T2")]).unwrap();
+        let s = pending.confirm(&ok, &[a("T2")]).unwrap();
         (g, s)
     }
 
@@ -285,18 +311,16 @@ mod tests {
             // Encrypted to another key.
             let (_, initiate) =
                 Initiated::start(generation, &Generator::new(generation).public_key(), &a("T1")).unwrap();
-            assert!(g.accept(&initiate, &a("T1"), &a("T2")).is_err());
+            assert!(g.accept(&initiate, &[a("T1")], &[a("T2")]).is_err());
             let g = Generator::new(generation);
-            assert_eq!(g.accept("", &a("T1"), &a("T2")).err(), Some(ChannelError::Decode));
+            assert_eq!(g.accept("", &[a("T1")], &[a("T2")]).err(), Some(ChannelError::Decode));
             // An all-zero key is not contributory.
-            if generation == Generation::V2024 {
-                assert_eq!(Initiated::start(generation, &[0u8; 32], &[]).err().map(|_| ()), Some(()));
-            }
+            assert_eq!(Initiated::start(generation, &[0u8; 32], &[]).err(), Some(ChannelError::Key));
         }
         // Latest: LoginInitiate bound to T1 cannot be opened as T7.
         let g = Generator::new(Generation::Latest);
         let (_, initiate) = Initiated::start(Generation::Latest, &g.public_key(), &a("T1")).unwrap();
-        assert_eq!(g.accept(&initiate, &a("T7"), &a("T2")).err(), Some(ChannelError::Decrypt));
+        assert_eq!(g.accept(&initiate, &[a("T7")], &[a("T2")]).err(), Some(ChannelError::Decrypt));
     }
 
     /// protocol.md §15.4 with the known keys, through an independent RFC 9180 implementation
@@ -351,8 +375,8 @@ mod tests {
             .unwrap();
         assert_eq!(ctx.open(&success, &a("SEQ3")).unwrap(), br#"{"type":"m.login.success"}"#);
         // vodozemac's message framing decodes the published LoginInitiate and LoginOk.
-        assert!(hpke::InitialMessage::decode("YTkEpTi8b0sYsxo2Jz3Iv/Qyj5jZWGFBWktyujuP5kbFyDqaTvLwtCVrPp1U3BJCfPnWNecaBL9P1TlYHRav6nR4zE+81oTLWJT5ye8").is_ok());
-        let ok = hpke::InitialResponse::decode(
+        assert!(vodozemac::hpke::InitialMessage::decode("YTkEpTi8b0sYsxo2Jz3Iv/Qyj5jZWGFBWktyujuP5kbFyDqaTvLwtCVrPp1U3BJCfPnWNecaBL9P1TlYHRav6nR4zE+81oTLWJT5ye8").is_ok());
+        let ok = vodozemac::hpke::InitialResponse::decode(
             "hgLQpkulZhU+o5TbRKZt0Q4ejla+woQeOMb/evxFuPwrrqTrGPq5t0X3DAL/XUwWuSA5sfE4wwRMhHpMchMEA2QlWkHL6RA",
         )
         .unwrap();

@@ -1,14 +1,20 @@
 //! matrix-linkd-wire: the wire formats of Matrix sign-in with QR code (MSC4108 over MSC4388), in
 //! both generations, as small pure modules tested against the vectors of protocol.md §15:
-//! the QR code, the `m.login.*` messages, the latest generation's AAD, and the secure channels
-//! (ECIES for 2024, HPKE for the latest) over vodozemac 0.11.1, and the checks every value from
-//! across the boundary passes (`policy`).
+//! the QR code, the `m.login.*` messages, the latest generation's AAD, the secure channels (ECIES
+//! for 2024 over vodozemac 0.11.1; HPKE for the latest, vodozemac 0.11.1's construction on the same
+//! `hpke` crate, in `hpke`), and the checks every value from across the boundary passes (`policy`).
+//!
+//! Latest generation: the daemon sends LoginOk under vodozemac's response label
+//! `MATRIX_QR_CODE_LOGIN_RESPONSE` (every vodozemac-based peer, matrix-sdk and Element X among
+//! them, expects it and fails on the MSC text's `MATRIX_QR_CODE_LOGIN response`); it accepts both
+//! labels, and both forms of the base URL in the AAD, on what it receives.
 //!
 //! No I/O here: the rendezvous clients and the flow engine live in the daemon. Kept apart so the
 //! fuzz targets build without the Matrix SDK.
 
 pub mod aad;
 pub mod channel;
+pub mod hpke;
 pub mod messages;
 pub mod policy;
 pub mod qr;

@@ -71,8 +71,9 @@ pub(super) async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: 
     debug!(message = "login_initiate", "rendezvous write");
     let rv = left.rv.as_mut().expect("just set");
     let (ok, aads) = rv.wait(Pace::Machine).await?;
-    // The handshake opens once: the first AAD is the normalised one every implementation uses.
-    let channel = pending.confirm(&ok, &aads[0]).map_err(|e| Stop::silent(channel_error(e)))?;
+    // LoginOk opens under either form of the base URL and either response label; the form that
+    // opened is kept for the rest of the link (`Link::new`).
+    let channel = pending.confirm(&ok, &aads).map_err(|e| Stop::silent(channel_error(e)))?;
     let rv = left.rv.take().expect("set above");
     left.link = Some(Link::new(rv, channel, true, true));
     Ok(())
@@ -126,9 +127,11 @@ pub(super) async fn generator_handshake(
         }
     };
     let rv = left.rv.as_mut().expect("session created");
-    let ok_aad = rv.send_aad();
+    // LoginInitiate opens under either form of the base URL; LoginOk and everything after are bound
+    // to the form that opened it (`Link::new`).
+    let ok_aads = rv.send_aads();
     let (channel, ok) =
-        generator.accept(&initiate, &aads[0], &ok_aad).map_err(|e| Stop::silent(channel_error(e)))?;
+        generator.accept(&initiate, &aads, &ok_aads).map_err(|e| Stop::silent(channel_error(e)))?;
     rv.send(&ok).await.map_err(rendezvous_error)?;
     debug!(message = "login_ok", "rendezvous write");
     let rv = left.rv.take().expect("set above");

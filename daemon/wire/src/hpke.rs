@@ -1,0 +1,304 @@
+//! The latest generation's secure channel (protocol.md §6.2, §6.3, §7): MSC4388's HPKE channel
+//! exactly as vodozemac 0.11.1 builds it (`src/hpke/`), on the same `hpke` crate (`=0.14.1`), plus
+//! what vodozemac's API cannot do: try several AADs (the two forms of the base URL) and both
+//! response labels from one primary context without consuming it.
+//!
+//! - RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, `info` =
+//!   `MATRIX_QR_CODE_LOGIN`. S runs `SetupBaseS(Gp)` → (`Sp`, ctxS); G runs `SetupBaseR(Sp, Gs)` →
+//!   ctxG.
+//! - The response direction (G → S, the OHTTP construction of RFC 9458 §4.4): `secret =
+//!   ctx.Export(label, 32)`, then HKDF-SHA256 with `salt = Sp ‖ rn` expands `"key"` (32 bytes) and
+//!   `"nonce"` (12 bytes) into a fresh AEAD context whose exporter secret is never used. G seals
+//!   with it, S opens with it.
+//! - Check code: `ctx.Export("MATRIX_QR_CODE_LOGIN_CHECKCODE" ‖ Gp ‖ Sp, 2)` on the primary
+//!   context (`Gp` the QR key, `Sp` the encapsulated key).
+//! - Framing, unpadded standard base64: LoginInitiate = `Sp ‖ ct`, LoginOk = `rn ‖ ct`, later
+//!   messages = `ct` (ciphertext ‖ tag).
+//!
+//! Labels: G always answers with vodozemac's `MATRIX_QR_CODE_LOGIN_RESPONSE` (every vodozemac-based
+//! peer, matrix-sdk and Element X among them, opens nothing else); S accepts that one and the MSC
+//! text's `MATRIX_QR_CODE_LOGIN response`.
+//!
+//! Trying several candidates is sound because an hpke context is unchanged by a failed open (its
+//! sequence number moves on success only): the first candidate that opens wins, and the context
+//! continues at the same sequence number as a single-candidate one would.
+//!
+//! Secrets: G's private key (x25519-dalek, zeroized on drop), the AEAD contexts (key material and
+//! exporter secrets zeroized on drop by the `hpke` crate), the exported response secret (zeroized
+//! here). No type of this module implements `Debug`.
+
+use ::hpke::{
+    Deserializable as _, HpkeError, Kem as _, OpModeR, OpModeS, Serializable as _,
+    aead::{AeadCtxR, AeadCtxS, ChaCha20Poly1305},
+    danger::streaming_enc::{
+        AeadKey, AeadNonce, ExporterSecret, create_receiver_context, create_sender_context,
+    },
+    kdf::HkdfSha256,
+    kem::X25519HkdfSha256,
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD as B64};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::channel::{ChannelError, b64};
+
+type Kem = X25519HkdfSha256;
+type Aead = ChaCha20Poly1305;
+type Kdf = HkdfSha256;
+type PrivateKey = <Kem as ::hpke::Kem>::PrivateKey;
+type PublicKey = <Kem as ::hpke::Kem>::PublicKey;
+type EncappedKey = <Kem as ::hpke::Kem>::EncappedKey;
+/// S's primary context (seals), and G's response context.
+type SealContext = AeadCtxS<Aead, Kdf, Kem>;
+/// G's primary context (opens), and S's response context.
+type OpenContext = AeadCtxR<Aead, Kdf, Kem>;
+
+/// HPKE `info` of every context.
+pub const INFO: &[u8] = b"MATRIX_QR_CODE_LOGIN";
+/// The response export label of vodozemac (`info` + `_RESPONSE`): the one we send.
+pub const RESPONSE_LABEL: &[u8] = b"MATRIX_QR_CODE_LOGIN_RESPONSE";
+/// The response export label as the MSC4388 text writes it: accepted, never sent.
+pub const MSC_RESPONSE_LABEL: &[u8] = b"MATRIX_QR_CODE_LOGIN response";
+/// Both labels, in the order S tries them.
+pub const RESPONSE_LABELS: [&[u8]; 2] = [RESPONSE_LABEL, MSC_RESPONSE_LABEL];
+/// Prefix of the check code's exporter context.
+const CHECK_CODE_LABEL: &[u8] = b"MATRIX_QR_CODE_LOGIN_CHECKCODE";
+/// Length of `Sp` and of `rn` (the AEAD key size, as vodozemac and RFC 9458 have it).
+const PREFIX: usize = 32;
+
+/// The exporter both kinds of primary context have.
+trait Exporter {
+    fn export_into(&self, exporter_context: &[u8], out: &mut [u8]) -> Result<(), HpkeError>;
+}
+
+impl Exporter for SealContext {
+    fn export_into(&self, exporter_context: &[u8], out: &mut [u8]) -> Result<(), HpkeError> {
+        self.export(exporter_context, out)
+    }
+}
+
+impl Exporter for OpenContext {
+    fn export_into(&self, exporter_context: &[u8], out: &mut [u8]) -> Result<(), HpkeError> {
+        self.export(exporter_context, out)
+    }
+}
+
+/// The response context's key and base nonce (vodozemac `response_context.rs`):
+/// HKDF-SHA256(salt = `Sp ‖ rn`, ikm = `primary.Export(label, 32)`).
+fn response_key(
+    primary: &impl Exporter,
+    label: &[u8],
+    sp: &[u8; PREFIX],
+    rn: &[u8; PREFIX],
+) -> (AeadKey<Aead>, AeadNonce<Aead>) {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    primary.export_into(label, secret.as_mut_slice()).expect("32 bytes are within the export limit");
+    let salt = [sp.as_slice(), rn.as_slice()].concat();
+    let hkdf = Hkdf::<Sha256>::new(Some(&salt), secret.as_slice());
+    let (mut key, mut nonce) = (AeadKey::<Aead>::default(), AeadNonce::<Aead>::default());
+    hkdf.expand(b"key", key.0.as_mut_slice()).expect("32 bytes are a valid HKDF-SHA256 length");
+    hkdf.expand(b"nonce", nonce.0.as_mut_slice()).expect("12 bytes are a valid HKDF-SHA256 length");
+    (key, nonce)
+}
+
+/// The check code's two bytes, exported from the primary context.
+fn check_code(primary: &impl Exporter, gp: &[u8; 32], sp: &[u8; 32]) -> [u8; 2] {
+    let context = [CHECK_CODE_LABEL, gp.as_slice(), sp.as_slice()].concat();
+    let mut bytes = [0u8; 2];
+    primary.export_into(&context, &mut bytes).expect("2 bytes are within the export limit");
+    bytes
+}
+
+/// Splits a base64 payload into its 32-byte prefix (`Sp` or `rn`) and the ciphertext.
+fn decode_prefixed(payload: &str) -> Result<([u8; PREFIX], Vec<u8>), ChannelError> {
+    let bytes = B64.decode(payload).map_err(|_| ChannelError::Decode)?;
+    let (prefix, ciphertext) = bytes.split_first_chunk::<PREFIX>().ok_or(ChannelError::Decode)?;
+    Ok((*prefix, ciphertext.to_vec()))
+}
+
+/// Opens `ciphertext` under the first AAD of `aads` that fits; returns the plaintext and the AAD's
+/// index. A failed try leaves `ctx` as it was.
+fn open_first(ctx: &mut OpenContext, ciphertext: &[u8], aads: &[Vec<u8>]) -> Option<(Vec<u8>, usize)> {
+    aads.iter().enumerate().find_map(|(i, aad)| ctx.open(ciphertext, aad).ok().map(|plain| (plain, i)))
+}
+
+fn public_bytes(key: &PublicKey) -> [u8; 32] {
+    key.to_bytes().0
+}
+
+/// G before the handshake: the key pair whose public half is in the QR code. Opening S's
+/// LoginInitiate borrows it, so a failed try costs nothing.
+pub struct Recipient {
+    secret: PrivateKey,
+    public: [u8; 32],
+}
+
+impl Recipient {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let (secret, public) = Kem::gen_keypair();
+        Self { secret, public: public_bytes(&public) }
+    }
+
+    /// A recipient with a known secret key (protocol.md §15.4).
+    #[cfg(test)]
+    pub(crate) fn from_secret(secret: &[u8; 32]) -> Self {
+        let secret = PrivateKey::from_bytes(secret).expect("32 bytes");
+        let public = public_bytes(&Kem::sk_to_pk(&secret));
+        Self { secret, public }
+    }
+
+    /// `Gp`, for the QR code.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// Opens S's LoginInitiate (`Sp ‖ ct`) under the first of `aads` that fits.
+    pub fn open_initial(&self, payload: &str, aads: &[Vec<u8>]) -> Result<(Opened, Vec<u8>), ChannelError> {
+        let (sp, ciphertext) = decode_prefixed(payload)?;
+        let enc = EncappedKey::from_bytes(&sp).map_err(|_| ChannelError::Decode)?;
+        // Fails only for a key whose shared secret is all zeros: nothing can open then.
+        let mut ctx = ::hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, INFO)
+            .map_err(|_| ChannelError::Decrypt)?;
+        let (plaintext, aad_index) = open_first(&mut ctx, &ciphertext, aads).ok_or(ChannelError::Decrypt)?;
+        Ok((Opened { ctx, gp: self.public, sp, aad_index }, plaintext))
+    }
+}
+
+/// G after opening LoginInitiate: its primary context (ctxG), before the response.
+pub struct Opened {
+    ctx: OpenContext,
+    gp: [u8; 32],
+    sp: [u8; 32],
+    aad_index: usize,
+}
+
+impl Opened {
+    /// Which of the candidate AADs opened LoginInitiate.
+    pub fn aad_index(&self) -> usize {
+        self.aad_index
+    }
+
+    /// Builds the response context under vodozemac's label with a fresh `rn` and seals LoginOk
+    /// (`rn ‖ ct`) with `aad`.
+    pub fn respond(self, plaintext: &[u8], aad: &[u8]) -> (Established, String) {
+        let mut rn = [0u8; PREFIX];
+        getrandom::fill(&mut rn).expect("the system's random number generator works");
+        self.respond_with(rn, plaintext, aad)
+    }
+
+    /// [`Opened::respond`] with a given response nonce (for the vectors of protocol.md §15.4).
+    pub(crate) fn respond_with(
+        self,
+        rn: [u8; PREFIX],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> (Established, String) {
+        let Opened { ctx, gp, sp, aad_index } = self;
+        let (key, nonce) = response_key(&ctx, RESPONSE_LABEL, &sp, &rn);
+        // The response context never exports: its exporter secret stays the default, as in vodozemac.
+        let mut response: SealContext = create_sender_context(&key, nonce, ExporterSecret::default());
+        let ciphertext = response.seal(plaintext, aad).expect("the first message of a context seals");
+        let check_code = check_code(&ctx, &gp, &sp);
+        let message = b64(&[rn.as_slice(), &ciphertext].concat());
+        let role = Role::Recipient { primary: ctx, response };
+        (Established { role, check_code, aad_index }, message)
+    }
+}
+
+/// S after sending LoginInitiate: its primary context (ctxS), waiting for LoginOk.
+pub struct Sender {
+    ctx: SealContext,
+    gp: [u8; 32],
+    sp: [u8; 32],
+}
+
+impl Sender {
+    /// Encapsulates to the QR key and seals LoginInitiate (`Sp ‖ ct`) with `aad`.
+    pub fn start(qr_key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<(Self, String), ChannelError> {
+        let pk = PublicKey::from_bytes(qr_key).map_err(|_| ChannelError::Key)?;
+        let (enc, mut ctx) = ::hpke::setup_sender::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, INFO)
+            .map_err(|_| ChannelError::Key)?;
+        let sp: [u8; 32] = enc.to_bytes().0;
+        let ciphertext = ctx.seal(plaintext, aad).expect("the first message of a context seals");
+        let message = b64(&[sp.as_slice(), &ciphertext].concat());
+        Ok((Self { ctx, gp: *qr_key, sp }, message))
+    }
+
+    /// Opens G's LoginOk (`rn ‖ ct`): for each label in turn, a response context from the same
+    /// primary context, tried with each AAD. The first combination that opens is kept.
+    pub fn open_response(
+        self,
+        payload: &str,
+        labels: &[&[u8]],
+        aads: &[Vec<u8>],
+    ) -> Result<(Established, Vec<u8>), ChannelError> {
+        let (rn, ciphertext) = decode_prefixed(payload)?;
+        for label in labels {
+            let (key, nonce) = response_key(&self.ctx, label, &self.sp, &rn);
+            let mut response: OpenContext = create_receiver_context(&key, nonce, ExporterSecret::default());
+            if let Some((plaintext, aad_index)) = open_first(&mut response, &ciphertext, aads) {
+                let check_code = check_code(&self.ctx, &self.gp, &self.sp);
+                let role = Role::Sender { primary: self.ctx, response };
+                return Ok((Established { role, check_code, aad_index }, plaintext));
+            }
+        }
+        Err(ChannelError::Decrypt)
+    }
+}
+
+/// Which contexts seal and open: S seals with ctxS and opens with its response context, G the
+/// opposite.
+enum Role {
+    Sender { primary: SealContext, response: OpenContext },
+    Recipient { primary: OpenContext, response: SealContext },
+}
+
+/// An established channel, either side.
+pub struct Established {
+    role: Role,
+    check_code: [u8; 2],
+    aad_index: usize,
+}
+
+impl Established {
+    /// The check code's two bytes (protocol.md §7).
+    pub fn check_code(&self) -> [u8; 2] {
+        self.check_code
+    }
+
+    /// Which of the candidate AADs opened the other device's handshake message (LoginInitiate for
+    /// G, LoginOk for S).
+    pub fn aad_index(&self) -> usize {
+        self.aad_index
+    }
+
+    /// Seals one message (`ct`, base64).
+    ///
+    /// # Panics
+    /// After 2⁶⁴ messages, as vodozemac.
+    pub fn seal(&mut self, plaintext: &[u8], aad: &[u8]) -> String {
+        let sealed = match &mut self.role {
+            Role::Sender { primary, .. } => primary.seal(plaintext, aad),
+            Role::Recipient { response, .. } => response.seal(plaintext, aad),
+        };
+        b64(&sealed.expect("fewer than 2^64 messages"))
+    }
+
+    /// Opens one message. A failure leaves the channel as it was.
+    pub fn open(&mut self, payload: &str, aad: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        let ciphertext = B64.decode(payload).map_err(|_| ChannelError::Decode)?;
+        if ciphertext.is_empty() {
+            return Err(ChannelError::Decode);
+        }
+        let opened = match &mut self.role {
+            Role::Sender { response, .. } => response.open(&ciphertext, aad),
+            Role::Recipient { primary, .. } => primary.open(&ciphertext, aad),
+        };
+        opened.map_err(|_| ChannelError::Decrypt)
+    }
+}
+
+#[cfg(test)]
+mod tests;
