@@ -41,6 +41,9 @@ pub struct Timeouts {
     pub device_creation: u64,
     /// How long a `detached` flow may be driven by other processes of the same user, in seconds.
     pub detached: u64,
+    /// Delegation: from the session being ready to it being taken and (without shared secrets)
+    /// the new device's keys being on the homeserver, in seconds.
+    pub delegation_keys: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -125,7 +128,7 @@ impl Default for Config {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { flow: 300, device_creation: 30, detached: 600 }
+        Self { flow: 300, device_creation: 30, detached: 600, delegation_keys: 120 }
     }
 }
 
@@ -153,6 +156,9 @@ impl Timeouts {
     }
     pub fn detached(&self) -> Duration {
         Duration::from_secs(self.detached)
+    }
+    pub fn delegation_keys(&self) -> Duration {
+        Duration::from_secs(self.delegation_keys)
     }
 }
 
@@ -223,6 +229,12 @@ impl Config {
             return Err(invalid(
                 "timeouts.device_creation",
                 format!("{} is not between 1 and 600 seconds", self.timeouts.device_creation),
+            ));
+        }
+        if !(5..=3600).contains(&self.timeouts.delegation_keys) {
+            return Err(invalid(
+                "timeouts.delegation_keys",
+                format!("{} is not between 5 and 3600 seconds", self.timeouts.delegation_keys),
             ));
         }
         if !(10..=86400).contains(&self.timeouts.detached) {

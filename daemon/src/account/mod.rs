@@ -1,6 +1,7 @@
 //! The daemon's own signed-in session: restored at start from the Secret Service and the
 //! encrypted store, created by a login flow, kept fresh as tokens refresh, wiped by `SignOut`.
 
+mod delegations;
 mod lock;
 mod secrets;
 
@@ -329,6 +330,7 @@ impl Account {
         let mut slot = self.client.lock().await;
         self.secrets.delete(ItemKind::Session).await?;
         self.secrets.delete(ItemKind::StoreKey).await?;
+        self.secrets.delete(ItemKind::Delegation).await?;
         *slot = None;
         wipe_dir(&self.store_dir).await;
         self.set_state(SessionState::SignedOut);
@@ -486,7 +488,7 @@ fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
 /// What the daemon can do against the signed-in homeserver, for the `Capabilities` property.
 async fn probe_capabilities(client: &Client) -> Vec<String> {
     use crate::protocol::{engine::offers_2024, rendezvous};
-    let mut caps = vec!["grant".to_owned()];
+    let mut caps = vec!["grant".to_owned(), "delegate".to_owned()];
     let http = crate::net::client();
     let homeserver = client.homeserver();
     let token = client.access_token();

@@ -21,6 +21,8 @@ pub enum ItemKind {
     Session,
     /// 32 random bytes that encrypt the matrix-sdk sqlite store.
     StoreKey,
+    /// JSON of one delegated device (`protocol::delegation::Record`), tagged with its device ID.
+    Delegation,
 }
 
 impl ItemKind {
@@ -28,18 +30,29 @@ impl ItemKind {
         match self {
             ItemKind::Session => "session",
             ItemKind::StoreKey => "store-key",
+            ItemKind::Delegation => "delegation",
         }
     }
     fn label(self) -> &'static str {
         match self {
             ItemKind::Session => "matrix-linkd: Matrix session",
             ItemKind::StoreKey => "matrix-linkd: store encryption key",
+            ItemKind::Delegation => "matrix-linkd: delegated device",
         }
     }
 }
 
 fn attributes(kind: ItemKind) -> HashMap<&'static str, &'static str> {
     HashMap::from([("application", APPLICATION), ("kind", kind.attribute())])
+}
+
+/// The attribute that tells items of one kind apart (`Delegation`: the device ID).
+const TAG: &str = "device_id";
+
+fn tagged(kind: ItemKind, tag: &str) -> HashMap<&str, &str> {
+    let mut a = attributes(kind);
+    a.insert(TAG, tag);
+    a
 }
 
 fn storage_error(e: secret_service::Error) -> LinkError {
@@ -108,9 +121,53 @@ impl SecretStore {
 
     /// Deletes every item of `kind`.
     pub async fn delete(&self, kind: ItemKind) -> Result<()> {
+        self.delete_matching(attributes(kind)).await
+    }
+
+    /// Stores (or replaces) the item of `kind` tagged `tag`.
+    pub async fn save_tagged(&self, kind: ItemKind, tag: &str, secret: &[u8]) -> Result<()> {
+        with_timeout(async {
+            let ss = Self::connect().await?;
+            let collection = ss.get_default_collection().await.map_err(storage_error)?;
+            if collection.is_locked().await.map_err(storage_error)? {
+                return Err(LinkError::SecretStorage("the keyring is locked".into()));
+            }
+            collection
+                .create_item(kind.label(), tagged(kind, tag), secret, true, "application/json")
+                .await
+                .map_err(storage_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every item of `kind`: its tag and its secret.
+    pub async fn load_tagged(&self, kind: ItemKind) -> Result<Vec<(String, Vec<u8>)>> {
         with_timeout(async {
             let ss = Self::connect().await?;
             let found = ss.search_items(attributes(kind)).await.map_err(storage_error)?;
+            if !found.locked.is_empty() {
+                return Err(LinkError::SecretStorage("the keyring is locked".into()));
+            }
+            let mut out = Vec::with_capacity(found.unlocked.len());
+            for item in found.unlocked {
+                let tag = item.get_attributes().await.map_err(storage_error)?.remove(TAG).unwrap_or_default();
+                out.push((tag, item.get_secret().await.map_err(storage_error)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes the item of `kind` tagged `tag`.
+    pub async fn delete_tagged(&self, kind: ItemKind, tag: &str) -> Result<()> {
+        self.delete_matching(tagged(kind, tag)).await
+    }
+
+    async fn delete_matching(&self, attributes: HashMap<&str, &str>) -> Result<()> {
+        with_timeout(async {
+            let ss = Self::connect().await?;
+            let found = ss.search_items(attributes).await.map_err(storage_error)?;
             if !found.locked.is_empty() {
                 return Err(LinkError::SecretStorage("the keyring is locked".into()));
             }

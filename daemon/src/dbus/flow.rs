@@ -48,6 +48,8 @@ pub struct FlowSettings {
     pub notify: bool,
     pub open_uri: bool,
     pub expires_at_us: u64,
+    /// Delegation: the program's name, for the approval notification.
+    pub client_name: Option<String>,
 }
 
 #[derive(Default)]
@@ -61,6 +63,8 @@ struct FlowData {
     user_code: Option<Secret<String>>,
     peer_device_id: Option<String>,
     approved: bool,
+    /// Delegation: the session document until `TakeSession` hands it over.
+    session: Option<Secret<Vec<u8>>>,
     /// QR codes shown so far (`QrCodeSerial`).
     qr_serial: u32,
     /// The approval notification's task, ended with the flow.
@@ -233,6 +237,33 @@ impl Flow {
             .clone()
             .expect("waited for Some");
         Ok((r.0, r.1.iter().map(|(k, v)| (k.clone(), v.try_clone().expect("plain value"))).collect()))
+    }
+
+    /// Delegation: the new device's session, once, as a sealed memfd (never in a message body).
+    #[zbus(out_args("session"))]
+    async fn take_session(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<zbus::zvariant::OwnedFd, Error> {
+        self.check_owner(conn, &hdr).await?;
+        let document = {
+            let mut d = self.data();
+            if self.shared.settings.kind != FlowKind::Delegation || d.state != Some(FlowState::SyncingSecrets)
+            {
+                return Err(LinkError::InvalidState("no session is ready to be taken".into()).into());
+            }
+            d.session.take().ok_or_else(|| LinkError::InvalidState("the session was already taken".into()))?
+        };
+        let fd = super::handover::sealed_memfd(&document.0)
+            .map_err(|e| LinkError::Failed(format!("cannot hand the session over: {e}")))?;
+        drop(document);
+        info!("session taken by the owner");
+        self.shared
+            .commands
+            .send(FlowCommand::SessionTaken)
+            .map_err(|_| LinkError::InvalidState("the flow has ended".into()))?;
+        Ok(fd.into())
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -434,19 +465,29 @@ async fn apply(
             let _ = iface.get().await.check_code_to_show_invalidate(em).await;
             set_state(flow, iface, FlowState::ShowingCheckCode).await;
         }
-        FlowEvent::WaitingForApproval { verification_uri, peer_device_id } => {
-            let request = desktop::ApprovalRequest::new(peer_device_id.as_deref(), &verification_uri.0);
+        FlowEvent::WaitingForApproval { verification_uri, peer_device_id, user_code } => {
+            let mut request = desktop::ApprovalRequest::new(peer_device_id.as_deref(), &verification_uri.0);
+            if let Some(name) = &flow.shared.settings.client_name {
+                request = request.for_client(name);
+            }
+            let has_user_code = user_code.is_some();
             {
                 let mut d = flow.data();
                 d.verification_uri = Some(verification_uri);
                 d.peer_device_id = peer_device_id;
+                if user_code.is_some() {
+                    d.user_code = user_code;
+                }
             }
             let i = iface.get().await;
             let _ = i.verification_uri_invalidate(em).await;
             let _ = i.peer_device_id_invalidate(em).await;
+            if has_user_code {
+                let _ = i.user_code_invalidate(em).await;
+            }
             drop(i);
             set_state(flow, iface, FlowState::WaitingForApproval).await;
-            if flow.shared.settings.kind == FlowKind::Grant
+            if flow.shared.settings.kind != FlowKind::Login
                 && flow.shared.settings.notify
                 && ctx.config.desktop.notifications
             {
@@ -473,6 +514,10 @@ async fn apply(
             set_state(flow, iface, FlowState::WaitingForToken).await;
         }
         FlowEvent::SyncingSecrets => set_state(flow, iface, FlowState::SyncingSecrets).await,
+        FlowEvent::SessionReady(document) => {
+            flow.data().session = Some(document);
+            set_state(flow, iface, FlowState::SyncingSecrets).await;
+        }
     }
 }
 
@@ -485,7 +530,7 @@ async fn finish(
     outcome: FlowOutcome,
 ) {
     let (state, code, results, summary) = match &outcome {
-        FlowOutcome::Success { user_id, device_id, homeserver_found } => {
+        FlowOutcome::Success { user_id, device_id, homeserver_found, trust } => {
             let mut r = Results::new();
             r.insert("user_id".into(), ov(Value::from(user_id.as_str())));
             if !device_id.is_empty() {
@@ -493,6 +538,9 @@ async fn finish(
             }
             if let Some(found) = homeserver_found {
                 r.insert("homeserver_found".into(), ov(Value::from(*found)));
+            }
+            if let Some(trust) = trust {
+                r.insert("trust".into(), ov(Value::from(*trust)));
             }
             (
                 FlowState::Done,
@@ -532,6 +580,7 @@ async fn finish(
         d.check_code = None;
         d.verification_uri = None;
         d.user_code = None;
+        d.session = None;
     }
     let settings = &flow.shared.settings;
     let unicast = emitter.clone().set_destination(BusName::Unique(settings.starter.as_ref()));
@@ -545,7 +594,7 @@ async fn finish(
         debug!(error = %e, "Response not delivered (owner gone?)");
     }
     flow.shared.result.send_replace(Some((code, results)));
-    if settings.kind == FlowKind::Grant && settings.notify && ctx.config.desktop.notifications {
+    if settings.kind != FlowKind::Login && settings.notify && ctx.config.desktop.notifications {
         tokio::spawn(desktop::notify_result(conn.clone(), summary.0, summary.1).in_current_span());
     }
     info!(response = code, "flow ended");

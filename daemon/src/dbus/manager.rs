@@ -15,13 +15,19 @@ use super::{
     Context, FLOW_PATH_PREFIX,
     args::Checked,
     caller::{self, Caller, Owner},
-    error::Error,
+    error::{Error, LinkdError},
     flow::{self, FlowSettings},
 };
 use crate::{
     account::SessionState,
+    desktop,
     error::{LinkError, Result},
-    protocol::{FlowKind, GenerationChoice, GrantRequest, LoginRequest, LoginTarget, Secret, SecretsSource},
+    net,
+    protocol::{
+        DelegationRecords as _, DelegationRequest, FlowKind, GenerationChoice, GrantRequest, LoginRequest,
+        LoginTarget, Secret, SecretsSource,
+        delegation::{self, Ended},
+    },
 };
 
 /// The Manager interface, version 1.
@@ -137,6 +143,7 @@ impl Manager {
             notify,
             open_uri,
             expires_at_us: flow::expires_at_us(timeouts.flow()),
+            client_name: None,
         })
     }
 
@@ -185,6 +192,121 @@ impl Manager {
         _slot.keep();
         info!(scanned = options.contains_key("qr_code"), "grant flow started");
         Ok(common.path)
+    }
+
+    async fn start_delegation_inner(
+        &self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        options: &Options,
+    ) -> Result<OwnedObjectPath> {
+        let opts = Opts(options);
+        let common = self.common(conn, hdr, &opts).await?;
+        let notify = opts.boolean("notify", true)?;
+        let open_uri = opts.boolean("open_uri", true)? && self.ctx.config.desktop.open_uri;
+        let share_secrets = opts.boolean("share_secrets", false)?;
+        let client_name = match (&common.caller.sandbox_app, opts.string("client_name")?) {
+            // The user must see who asks: an allow-listed app is named by its app ID.
+            (Some(app), _) => app.clone(),
+            (None, Some(name)) if delegation::valid_client_name(&name) => name,
+            (None, Some(_)) => {
+                return Err(LinkError::InvalidArgs(
+                    "`client_name` must be 1 to 64 printable characters".into(),
+                ));
+            }
+            (None, None) => "Matrix client".to_owned(),
+        };
+        let device_display_name = match opts.string("device_display_name")? {
+            Some(name) if delegation::valid_client_name(&name) => name,
+            Some(_) => {
+                return Err(LinkError::InvalidArgs(
+                    "`device_display_name` must be 1 to 64 printable characters".into(),
+                ));
+            }
+            None => client_name.clone(),
+        };
+        let mut settings = self.settings(FlowKind::Delegation, &common, notify, open_uri)?;
+        settings.client_name = Some(client_name.clone());
+        self.ctx.account.settled().await;
+        let client = self.ctx.account.client().await?;
+        let _slot = self.ctx.reserve(&common.path)?;
+        let timeouts = &self.ctx.config.timeouts;
+        let handle = self
+            .ctx
+            .engine
+            .start_delegation(
+                client,
+                self.ctx.account.clone(),
+                self.ctx.account.clone(),
+                DelegationRequest {
+                    client_name,
+                    device_display_name,
+                    share_secrets,
+                    timeout: timeouts.flow(),
+                    keys_timeout: timeouts.delegation_keys(),
+                },
+            )
+            .await?;
+        flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
+            .await
+            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
+        _slot.keep();
+        info!(share_secrets, "delegation flow started");
+        Ok(common.path)
+    }
+
+    /// The delegations the homeserver still knows; the others are forgotten on the way.
+    async fn list_delegations_inner(&self) -> Result<Vec<(String, String, String, u64)>> {
+        self.ctx.account.settled().await;
+        let client = self.ctx.account.client().await?;
+        let mut out = Vec::new();
+        for record in self.ctx.account.delegations().await? {
+            if delegation::device_known(&client, &record.device_id).await == Some(false) {
+                info!("a delegated device is gone from the homeserver; forgetting it");
+                self.ctx.account.forget(&record.device_id).await?;
+                continue;
+            }
+            out.push((record.device_id, record.client_name, record.device_display_name, record.created));
+        }
+        Ok(out)
+    }
+
+    async fn revoke_delegation_inner(&self, device_id: &str) -> Result<&'static str> {
+        self.ctx.account.settled().await;
+        let client = self.ctx.account.client().await?;
+        let record = self.ctx.account.delegation(device_id).await?;
+        let http = net::client();
+        let allow_http = self.ctx.config.security.allow_insecure_http;
+        let ended = delegation::end_session(&http, allow_http, &client, &record, false)
+            .await?
+            .ok_or_else(|| LinkError::Failed("the session could not be ended".into()))?;
+        match &ended {
+            Ended::Revoked => {
+                self.ctx.account.forget(device_id).await?;
+                info!("delegated session revoked");
+            }
+            Ended::AccountPage(page) => {
+                info!("no valid token of the delegated session left; opening the account page");
+                if self.ctx.config.desktop.open_uri {
+                    desktop::open_uri(page.as_str()).await;
+                }
+            }
+        }
+        Ok(ended.as_str())
+    }
+
+    /// Before signing out: ends every delegated session the daemon still holds a token of.
+    async fn end_delegations(&self) {
+        let Ok(client) = self.ctx.account.client().await else { return };
+        let Ok(records) = self.ctx.account.delegations().await else { return };
+        let http = net::client();
+        let allow_http = self.ctx.config.security.allow_insecure_http;
+        for record in records {
+            match delegation::end_session(&http, allow_http, &client, &record, true).await {
+                Ok(Some(_)) => info!("delegated session revoked before signing out"),
+                _ => info!("a delegated session stays signed in (no valid token of it is left)"),
+            }
+        }
     }
 
     async fn start_login_inner(
@@ -270,6 +392,61 @@ impl Manager {
         })
     }
 
+    /// A new device of the caller's own, with the user's consent. Returns the flow object.
+    #[zbus(out_args("flow"))]
+    async fn start_delegation(
+        &self,
+        options: Checked<Options>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let options = options.get()?;
+        self.start_delegation_inner(conn, &hdr, &options).await.map_err(|e| {
+            info!(error = %e, "StartDelegation refused");
+            e.into()
+        })
+    }
+
+    /// The devices this daemon delegated that the homeserver still knows.
+    #[zbus(out_args("delegations"))]
+    async fn list_delegations(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<(String, String, String, u64)>, Error> {
+        let caller = caller::identify(conn, &hdr).await?;
+        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        Ok(self.list_delegations_inner().await?)
+    }
+
+    /// Ends a delegated device's session: `revoked` or `account-page`.
+    #[zbus(out_args("how"))]
+    async fn revoke_delegation(
+        &self,
+        device_id: Checked<String>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, Error> {
+        let caller = caller::identify(conn, &hdr).await?;
+        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        let device_id = device_id.get()?;
+        if !delegation::valid_client_name(&device_id) {
+            return Err(
+                LinkError::InvalidArgs("`device_id` must be 1 to 64 printable characters".into()).into()
+            );
+        }
+        match self.revoke_delegation_inner(&device_id).await {
+            Ok(how) => Ok(how.to_owned()),
+            Err(LinkError::DeviceNotFound) => Err(Error::Linkd(LinkdError::DeviceNotFound(
+                "that device was not delegated by this daemon".into(),
+            ))),
+            Err(e) => {
+                info!(error = %e, "RevokeDelegation failed");
+                Err(e.into())
+            }
+        }
+    }
+
     /// Revokes the daemon's device and tokens and wipes its store and keyring items.
     async fn sign_out(
         &self,
@@ -281,6 +458,7 @@ impl Manager {
         if self.ctx.active().is_some() {
             return Err(LinkError::Busy("a flow is running; cancel it first".into()).into());
         }
+        self.end_delegations().await;
         self.ctx.account.sign_out().await.map_err(|e| {
             warn!(error = %e, "sign-out");
             e.into()
@@ -317,7 +495,7 @@ impl Manager {
         let info = self.ctx.account.info();
         let mut caps = info.capabilities;
         if info.state != SessionState::SignedIn {
-            caps.retain(|c| c != "grant");
+            caps.retain(|c| c != "grant" && c != "delegate");
             caps.insert(0, "login".to_owned());
         }
         caps

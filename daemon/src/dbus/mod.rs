@@ -5,6 +5,7 @@ pub mod args;
 pub mod caller;
 pub mod error;
 pub mod flow;
+mod handover;
 pub mod manager;
 
 use std::sync::{Arc, Mutex};

@@ -54,6 +54,8 @@ const MAX_SHOWN_CHARS: usize = 64;
 pub struct ApprovalRequest {
     device_id: Option<String>,
     consent_host: Option<String>,
+    /// Delegation: the local program that asks for a device of its own.
+    client: Option<String>,
 }
 
 impl ApprovalRequest {
@@ -62,15 +64,28 @@ impl ApprovalRequest {
             .ok()
             .and_then(|u| u.host_str().map(shown))
             .filter(|h| !h.is_empty());
-        Self { device_id: device_id.filter(|d| !d.is_empty()).map(shown), consent_host }
+        Self { device_id: device_id.filter(|d| !d.is_empty()).map(shown), consent_host, client: None }
+    }
+
+    /// The request is a delegation: `client` (the name a local program gave, or its app ID) asks
+    /// for the device.
+    pub fn for_client(mut self, client: &str) -> Self {
+        // A name may have inner spaces; everything else as for peer-chosen text.
+        let words: Vec<String> = client.split(' ').filter(|w| !w.is_empty()).map(shown).collect();
+        self.client = Some(words.join(" ")).filter(|c| !c.is_empty());
+        self
     }
 
     /// The notification's body; escaped when the server reads markup in it.
     fn body(&self, markup: bool) -> String {
         let text = |s: &str| if markup { escape_markup(s) } else { s.to_owned() };
-        let mut body = match &self.device_id {
-            Some(id) => format!("Device {} wants to sign in to your Matrix account.", text(id)),
-            None => "A new device wants to sign in to your Matrix account.".to_owned(),
+        let mut body = match (&self.client, &self.device_id) {
+            (Some(client), Some(id)) => {
+                format!("{} asks for a Matrix device of its own (device {}).", text(client), text(id))
+            }
+            (Some(client), None) => format!("{} asks for a Matrix device of its own.", text(client)),
+            (None, Some(id)) => format!("Device {} wants to sign in to your Matrix account.", text(id)),
+            (None, None) => "A new device wants to sign in to your Matrix account.".to_owned(),
         };
         if let Some(host) = &self.consent_host {
             body.push_str(&format!(" You will confirm on {}.", text(host)));
@@ -402,5 +417,17 @@ mod tests {
         assert_eq!(long.device_id.as_deref().map(|d| d.chars().count()), Some(MAX_SHOWN_CHARS + 1));
         let none = ApprovalRequest::new(None, "https://h.example/");
         assert!(none.body(false).starts_with("A new device wants"));
+    }
+
+    #[test]
+    fn a_delegation_names_the_program() {
+        let r = ApprovalRequest::new(Some("ABC"), "https://auth.example/device?user_code=SECRET")
+            .for_client("My  <Bot>\u{202e}");
+        assert_eq!(
+            r.body(true),
+            "My &lt;Bot&gt;? asks for a Matrix device of its own (device ABC). You will confirm on \
+             auth.example. Approve only if you started this yourself."
+        );
+        assert!(!r.body(false).contains("SECRET"));
     }
 }

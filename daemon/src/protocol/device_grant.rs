@@ -60,6 +60,10 @@ pub struct Metadata {
     #[serde(default)]
     pub grant_types_supported: Vec<String>,
     pub revocation_endpoint: Option<Url>,
+    /// MSC4191: where the user manages their sessions, and what that page can do.
+    pub account_management_uri: Option<Url>,
+    #[serde(default)]
+    pub account_management_actions_supported: Vec<String>,
 }
 
 /// The RFC 8628 device authorization response. Secret fields are not `Debug`-printed.
@@ -128,7 +132,8 @@ pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, allow_htt
             let endpoints =
                 [Some(&m.issuer), Some(&m.token_endpoint), m.device_authorization_endpoint.as_ref()]
                     .into_iter()
-                    .chain([m.registration_endpoint.as_ref(), m.revocation_endpoint.as_ref()]);
+                    .chain([m.registration_endpoint.as_ref(), m.revocation_endpoint.as_ref()])
+                    .chain([m.account_management_uri.as_ref()]);
             for endpoint in endpoints.flatten() {
                 net::check_transport(endpoint, allow_http).map_err(GrantError::BadEndpoint)?;
             }
@@ -213,6 +218,78 @@ pub async fn authorize(
         }
     }
     Err(last)
+}
+
+/// RFC 7009: revokes `token` (a public client authenticates with its `client_id`). The server
+/// answers 200 also for a token it does not know, so success says nothing about validity.
+pub async fn revoke(
+    http: &reqwest::Client,
+    m: &Metadata,
+    client_id: &str,
+    token: &str,
+    hint: &str,
+) -> Result<()> {
+    let endpoint =
+        m.revocation_endpoint.clone().ok_or(GrantError::Refused("no revocation endpoint".into()))?;
+    let (status, v) =
+        post_form(http, endpoint, &[("token", token), ("token_type_hint", hint), ("client_id", client_id)])
+            .await?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(GrantError::Refused(v.get("error").and_then(Value::as_str).unwrap_or("revocation").to_owned()))
+    }
+}
+
+/// RFC 6749 §6: new tokens for `refresh_token`. A rotated-away refresh token gives `invalid_grant`.
+pub async fn refresh(
+    http: &reqwest::Client,
+    m: &Metadata,
+    client_id: &str,
+    refresh_token: &str,
+) -> Result<Tokens> {
+    let (status, v) = post_form(
+        http,
+        m.token_endpoint.clone(),
+        &[("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)],
+    )
+    .await?;
+    if (200..300).contains(&status) {
+        serde_json::from_value(v).map_err(|_| GrantError::Malformed)
+    } else {
+        Err(GrantError::Refused(v.get("error").and_then(Value::as_str).unwrap_or("refresh").to_owned()))
+    }
+}
+
+/// `GET /account/whoami` with a fresh token: the user ID and the device ID the homeserver sees.
+pub async fn whoami(
+    http: &reqwest::Client,
+    homeserver: &Url,
+    token: &str,
+) -> std::result::Result<(matrix_sdk::ruma::OwnedUserId, Option<String>), crate::error::LinkError> {
+    use crate::error::LinkError;
+    let url = homeserver
+        .join("_matrix/client/v3/account/whoami")
+        .map_err(|_| LinkError::Failed("bad homeserver URL".into()))?;
+    let r = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|_| LinkError::Network("asking the homeserver who we are failed".into()))?;
+    if !r.status().is_success() {
+        return Err(LinkError::Network(format!("whoami answered HTTP {}", r.status().as_u16())));
+    }
+    let (_, v) = net::read_json(r, JSON_LIMIT).await.map_err(|e| match e {
+        BodyError::TooLarge(_) => LinkError::ProtocolError(format!("whoami answer: {e}")),
+        BodyError::Network => LinkError::Network("whoami answer lost".into()),
+    })?;
+    let user = v
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|u| matrix_sdk::ruma::OwnedUserId::try_from(u).ok())
+        .ok_or_else(|| LinkError::ProtocolError("whoami answer has no user ID".into()))?;
+    Ok((user, v.get("device_id").and_then(Value::as_str).map(str::to_owned)))
 }
 
 /// What one token request said.

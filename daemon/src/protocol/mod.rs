@@ -1,6 +1,7 @@
 //! The QR login protocol engine, behind a small trait so the D-Bus layer never sees a protocol
 //! type. The engine runs one task per flow; the D-Bus layer feeds it commands and reads events.
 
+pub mod delegation;
 pub mod device_grant;
 pub mod engine;
 pub mod link;
@@ -26,12 +27,16 @@ pub enum FlowKind {
     Grant = 1,
     /// The daemon is the new device and gets signed in.
     Login = 2,
+    /// The daemon provisions a new device of a local program's own (no QR code, no peer).
+    Delegation = 3,
 }
 
 /// Wire generation. Values are the D-Bus `Protocol` property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum WireProtocol {
+    /// No wire protocol: a delegation has no other device to talk to.
+    None = 0,
     /// MSC4108 as of 2024: ETag rendezvous, ECIES, `MATRIX\x02` QR codes.
     V2024 = 1,
     /// MSC4108 + MSC4388: sequence-token rendezvous, HPKE.
@@ -80,13 +85,20 @@ pub enum FlowEvent {
     WaitingForCheckCode,
     /// `ShowingCheckCode`: we scanned; show this two-digit code so the user types it there.
     ShowCheckCode(Secret<u8>),
-    /// `WaitingForApproval` (grant): the new device asks to sign in; the user must consent.
-    WaitingForApproval { verification_uri: Secret<String>, peer_device_id: Option<String> },
+    /// `WaitingForApproval` (grant, delegation): the new device asks to sign in; the user must
+    /// consent. A delegation also has the user code the consent page may ask for.
+    WaitingForApproval {
+        verification_uri: Secret<String>,
+        peer_device_id: Option<String>,
+        user_code: Option<Secret<String>>,
+    },
     /// `WaitingForToken`: grant: consent given, the new device is getting its token; login:
     /// waiting for the user to approve us on the other device (the user code may be shown).
     WaitingForToken { user_code: Option<Secret<String>> },
     /// `SyncingSecrets`: cross-signing and backup secrets are being sent or imported.
     SyncingSecrets,
+    /// `SyncingSecrets` (delegation): the session document for `TakeSession` (JSON).
+    SessionReady(Secret<Vec<u8>>),
 }
 
 /// What the user or the D-Bus owner asks of a running flow.
@@ -94,17 +106,21 @@ pub enum FlowEvent {
 pub enum FlowCommand {
     CheckCode(u8),
     Approve,
+    /// Delegation: the owner took the session (`TakeSession`).
+    SessionTaken,
     Cancel,
 }
 
 /// How a flow ended. Exactly one per flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowOutcome {
-    /// `homeserver_found`: how a login found its homeserver (`net::resolve::Found`).
+    /// `homeserver_found`: how a login found its homeserver (`net::resolve::Found`); `trust`: how
+    /// a delegated device got verified (`delegation::Trust`).
     Success {
         user_id: String,
         device_id: String,
         homeserver_found: Option<&'static str>,
+        trust: Option<&'static str>,
     },
     Cancelled,
     Failed(LinkError),
@@ -214,6 +230,27 @@ pub trait SecretsSource: Send + Sync {
     async fn secrets_bundle(&self) -> Result<matrix_sdk_base::crypto::types::SecretsBundle>;
 }
 
+/// Parameters of a delegation flow.
+#[derive(Debug)]
+pub struct DelegationRequest {
+    /// Shown to the user and registered with the OAuth server.
+    pub client_name: String,
+    pub device_display_name: String,
+    /// Hand the private cross-signing keys and the backup key over (else the daemon signs).
+    pub share_secrets: bool,
+    pub timeout: Duration,
+    /// From the session being ready to it being taken and, without shared secrets, to the new
+    /// device's keys being on the homeserver.
+    pub keys_timeout: Duration,
+}
+
+/// Where a delegation flow keeps what it delegated: the account layer implements it.
+#[async_trait]
+pub trait DelegationRecords: Send + Sync {
+    async fn remember(&self, record: delegation::Record) -> Result<()>;
+    async fn forget(&self, device_id: &str) -> Result<()>;
+}
+
 /// A QR login protocol engine. Starting checks what can be checked at once (the QR code, the
 /// secrets to share, the rendezvous server) so a caller gets those errors from `Start*` itself.
 #[async_trait]
@@ -227,6 +264,14 @@ pub trait Engine: Send + Sync {
     ) -> Result<FlowHandle>;
     /// Starts a flow where the daemon signs in as a new device.
     async fn start_login(&self, target: Arc<dyn LoginTarget>, request: LoginRequest) -> Result<FlowHandle>;
+    /// Starts a flow where `client` (signed in) provisions a new device for a local program.
+    async fn start_delegation(
+        &self,
+        client: Client,
+        secrets: Arc<dyn SecretsSource>,
+        records: Arc<dyn DelegationRecords>,
+        request: DelegationRequest,
+    ) -> Result<FlowHandle>;
     /// At shutdown, after the flows ended: waits (at most `limit`) for the clean-up they left
     /// behind (rendezvous sessions to delete). `false` when some was left undone.
     async fn settle(&self, limit: Duration) -> bool;

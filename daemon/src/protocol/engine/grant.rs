@@ -59,6 +59,7 @@ impl GrantFlow {
         ui.emit(FlowEvent::WaitingForApproval {
             verification_uri: Secret(request.consent_page.into()),
             peer_device_id: Some(device_id.clone()),
+            user_code: None,
         });
         // The D-Bus layer opens the verification URI on `Approve`, before this returns. Meanwhile
         // we keep an eye on the session: the new device may give up while our user decides.

@@ -9,7 +9,7 @@ use matrix_sdk::{
 
 use super::*;
 use crate::{
-    net::{self, JSON_LIMIT},
+    net,
     protocol::{
         device_grant::{self, GrantError},
         wire::{messages::HomeserverRef, policy},
@@ -172,29 +172,11 @@ fn protocol_message(grant: &Grant) -> LoginMessage {
 /// `GET /account/whoami` with the fresh token: who we are. A device other than the one we asked
 /// for is logged (and ours kept): the scope names it.
 async fn whoami(http: &reqwest::Client, homeserver: &Url, token: &str, device_id: &str) -> Flow<OwnedUserId> {
-    let url = homeserver
-        .join("_matrix/client/v3/account/whoami")
-        .map_err(|_| LinkError::Failed("bad homeserver URL".into()))?;
-    let r = http
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|_| LinkError::Network("asking the homeserver who we are failed".into()))?;
-    if !r.status().is_success() {
-        return Err(LinkError::Network(format!("whoami answered HTTP {}", r.status().as_u16())).into());
-    }
-    let (_, v) = net::read_json(r, JSON_LIMIT).await.map_err(|e| match e {
-        net::BodyError::TooLarge(_) => LinkError::ProtocolError(format!("whoami answer: {e}")),
-        net::BodyError::Network => LinkError::Network("whoami answer lost".into()),
-    })?;
-    if v.get("device_id").and_then(Value::as_str).is_some_and(|d| d != device_id) {
+    let (user, device) = device_grant::whoami(http, homeserver, token).await?;
+    if device.is_some_and(|d| d != device_id) {
         warn!("the homeserver reports another device ID than the one requested");
     }
-    v.get("user_id")
-        .and_then(Value::as_str)
-        .and_then(|u| OwnedUserId::try_from(u).ok())
-        .ok_or_else(|| LinkError::ProtocolError("whoami answer has no user ID".into()).into())
+    Ok(user)
 }
 
 /// Best effort: the device works without a display name.

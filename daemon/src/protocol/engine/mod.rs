@@ -41,8 +41,9 @@ use self::{
     login::{LoginFlow, LoginStart},
 };
 use super::{
-    Engine, FlowCommand, FlowEvent, FlowHandle, FlowOutcome, FlowPort, GenerationChoice, GrantRequest,
-    LoginRequest, LoginTarget, Secret, SecretsSource, WireProtocol,
+    DelegationRecords, DelegationRequest, Engine, FlowCommand, FlowEvent, FlowHandle, FlowOutcome, FlowPort,
+    GenerationChoice, GrantRequest, LoginRequest, LoginTarget, Secret, SecretsSource, WireProtocol,
+    delegation::Delegator,
     device_grant::{self, GrantError},
     link::{self, Link, Pace, Rendezvous, channel_error, delete_later, rendezvous_error},
     rendezvous::{Session2024, SessionLatest},
@@ -150,7 +151,7 @@ fn refused(r: Refusal) -> Stop {
     }
 }
 
-fn grant_error(e: GrantError) -> LinkError {
+pub(crate) fn grant_error(e: GrantError) -> LinkError {
     match e {
         GrantError::NoOAuth => LinkError::Unsupported("the homeserver does not use OAuth 2.0 sign-in".into()),
         GrantError::NoDeviceGrant => {
@@ -215,7 +216,7 @@ impl Ui {
 }
 
 /// Splits `Cancel` (which must interrupt any step) from the commands a step waits for.
-fn split_commands(
+pub(crate) fn split_commands(
     mut from_dbus: mpsc::UnboundedReceiver<FlowCommand>,
 ) -> (mpsc::UnboundedReceiver<FlowCommand>, watch::Receiver<bool>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -417,6 +418,7 @@ impl Engine for OwnEngine {
                     user_id,
                     device_id,
                     homeserver_found: None,
+                    trust: None,
                 });
                 info!(outcome = outcome_name(&end), "grant flow ended");
                 let _ = outcome.send(end);
@@ -445,6 +447,21 @@ impl Engine for OwnEngine {
             }
         }
     }
+    async fn start_delegation(
+        &self,
+        client: Client,
+        secrets: Arc<dyn SecretsSource>,
+        records: Arc<dyn DelegationRecords>,
+        request: DelegationRequest,
+    ) -> Result<FlowHandle> {
+        let delegator = Delegator {
+            http: self.http.clone(),
+            allow_http: self.allow_http,
+            client_uri: self.oauth.client_uri.clone(),
+        };
+        delegator.start(client, secrets, records, request).await
+    }
+
     async fn settle(&self, limit: Duration) -> bool {
         link::wait_pending_deletes(limit).await
     }
@@ -510,6 +527,7 @@ impl OwnEngine {
                     user_id,
                     device_id,
                     homeserver_found: Some(found),
+                    trust: None,
                 });
                 if !matches!(end, FlowOutcome::Success { .. }) {
                     target.abandon().await;
