@@ -14,9 +14,16 @@
 //! let signed_in = flow.result().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! A light client (a bot, a terminal or GTK client) gets a Matrix device of its own from the
+//! signed-in daemon with [`Linkd::delegate`]; with the `matrix-sdk` feature,
+//! `DelegatedSession::into_client` turns it into a ready `matrix_sdk::Client`. See [`delegation`].
 
+pub mod delegation;
 pub mod proxy;
 pub mod qr;
+#[cfg(feature = "matrix-sdk")]
+mod sdk;
 
 use std::collections::HashMap;
 
@@ -28,7 +35,10 @@ use zbus::{
     zvariant::{OwnedObjectPath, OwnedValue, Value},
 };
 
-pub use crate::proxy::{FlowProxy, ManagerProxy};
+pub use crate::{
+    delegation::{DelegateOptions, DelegatedSession, Delegation, Revoked},
+    proxy::{FlowProxy, ManagerProxy},
+};
 
 pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
 pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
@@ -47,6 +57,9 @@ pub enum ClientError {
     /// The bus itself failed.
     #[error("D-Bus: {0}")]
     Bus(zbus::Error),
+    /// The Matrix client failed (`DelegatedSession::into_client`, feature `matrix-sdk`).
+    #[error("Matrix client: {0}")]
+    Matrix(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("{0}")]
     Other(String),
 }
@@ -141,6 +154,29 @@ impl From<u32> for State {
     }
 }
 
+/// The Flow's `Kind`. Unknown values read as `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowKind {
+    Unknown,
+    /// The daemon lets a new device in (`StartGrant`).
+    Grant,
+    /// The daemon signs in (`StartLogin`).
+    Login,
+    /// The daemon provisions a device for a local program (`StartDelegation`).
+    Delegation,
+}
+
+impl From<u32> for FlowKind {
+    fn from(v: u32) -> Self {
+        match v {
+            1 => FlowKind::Grant,
+            2 => FlowKind::Login,
+            3 => FlowKind::Delegation,
+            _ => FlowKind::Unknown,
+        }
+    }
+}
+
 /// A snapshot of the daemon's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -188,6 +224,9 @@ pub struct SignedIn {
     /// A login: how the daemon found the homeserver (`url`, `well-known`, `server-name`,
     /// `rendezvous-server`); empty for a grant.
     pub homeserver_found: String,
+    /// A delegation: `secrets-shared` (the client holds the keys and signed its own device) or
+    /// `signed-by-daemon` (the daemon signed the device); empty otherwise.
+    pub trust: String,
 }
 
 /// What a flow reports to its owner.
@@ -348,6 +387,11 @@ impl Flow {
         self.last_state
     }
 
+    /// What the flow does (`Kind`).
+    pub async fn kind(&self) -> Result<FlowKind> {
+        Ok(self.proxy.kind().await?.into())
+    }
+
     /// The next state change, or `None` once `Response` arrived.
     pub async fn next_event(&mut self) -> Result<Option<FlowEvent>> {
         if self.response.is_some() {
@@ -400,6 +444,7 @@ impl Flow {
                 user_id: string_of(&results, "user_id"),
                 device_id: string_of(&results, "device_id"),
                 homeserver_found: string_of(&results, "homeserver_found"),
+                trust: string_of(&results, "trust"),
             }),
             1 => Err(ClientError::Cancelled),
             _ => Err(ClientError::Daemon {

@@ -1,10 +1,14 @@
 //! `matrix-link`: command-line client of matrix-linkd.
 
+mod cli {
+    pub mod delegate;
+}
+
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use matrix_linkd_client::{
-    ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SessionState, State, qr,
+    ClientError, DelegateOptions, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SessionState, State, qr,
 };
 
 /// Sign devices in to Matrix with a QR code, through the matrix-linkd daemon.
@@ -49,6 +53,38 @@ enum Command {
         /// Wire generation when the daemon shows the QR code: auto, 2024 or latest.
         #[arg(long, value_name = "GENERATION")]
         protocol: Option<String>,
+    },
+    /// Get a new device of the daemon's account for a local program (a bot, a light client), with
+    /// your consent; its session is written to FILE (mode 0600).
+    Delegate {
+        /// The program's name, shown to you and registered with the OAuth server.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Display name of the new device (default: NAME).
+        #[arg(long, value_name = "NAME")]
+        display_name: Option<String>,
+        /// Put the cross-signing and backup keys in the session, for the program to sign its own
+        /// device. Without this, the daemon signs the device once the program uploaded its keys.
+        #[arg(long)]
+        share_secrets: bool,
+        /// Approve here, which opens the consent page in the browser, instead of from the
+        /// daemon's notification.
+        #[arg(long)]
+        approve: bool,
+        /// Do not show the daemon's desktop notifications for this flow (needs --approve).
+        #[arg(long, requires = "approve")]
+        no_notify: bool,
+        /// Where to write the session JSON (a new or regular file; never a terminal or stdout).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// List the devices the daemon delegated to local programs.
+    Delegations,
+    /// End the session of a delegated device.
+    Revoke {
+        /// The device ID, as `delegations` lists it.
+        #[arg(value_name = "DEVICE")]
+        device: String,
     },
     /// Revoke the daemon's device and forget its session.
     SignOut,
@@ -135,6 +171,22 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let flow = linkd.start_grant(options).await?;
             drive(flow, yes).await
         }
+        Command::Delegate { name, display_name, share_secrets, approve, no_notify, output } => {
+            let options = DelegateOptions {
+                client_name: name,
+                device_display_name: display_name,
+                share_secrets,
+                approve,
+                notify: no_notify.then_some(false),
+                // The program that uses the session is another process: the flow must outlive this
+                // one until the device keys are uploaded.
+                detached: true,
+                ..Default::default()
+            };
+            cli::delegate::delegate(&linkd, options, &output).await
+        }
+        Command::Delegations => cli::delegate::list(&linkd).await,
+        Command::Revoke { device } => cli::delegate::revoke(&linkd, &device).await,
         Command::SignOut => {
             linkd.sign_out().await?;
             println!("signed out");

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use zbus::{
     proxy,
-    zvariant::{OwnedObjectPath, OwnedValue, Value},
+    zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value},
 };
 
 /// `io.github.matrix_linkd.Linkd1.Manager`.
@@ -16,6 +16,11 @@ use zbus::{
 pub trait Manager {
     fn start_grant(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
     fn start_login(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn start_delegation(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// `(device_id, client_name, device_display_name, created)`, `created` in seconds since the epoch.
+    fn list_delegations(&self) -> zbus::Result<Vec<(String, String, String, u64)>>;
+    /// `"revoked"` or `"account-page"`.
+    fn revoke_delegation(&self, device_id: &str) -> zbus::Result<String>;
     fn sign_out(&self) -> zbus::Result<()>;
 
     #[zbus(property)]
@@ -40,6 +45,8 @@ pub trait Flow {
     fn cancel(&self) -> zbus::Result<()>;
     fn get_qr_code(&self, format: &str) -> zbus::Result<Vec<u8>>;
     fn wait(&self) -> zbus::Result<(u32, HashMap<String, OwnedValue>)>;
+    /// Delegation flows, in `SyncingSecrets`, once: a sealed memfd holding the session JSON.
+    fn take_session(&self) -> zbus::Result<OwnedFd>;
 
     #[zbus(signal)]
     fn response(&self, response: u32, results: HashMap<String, OwnedValue>) -> zbus::Result<()>;
