@@ -33,12 +33,12 @@ test-unit:
 	$(CARGO) test --workspace --lib --bins
 
 test-integration:
-	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop
+	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop --test concurrency
 
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here;
 # the interop cells again against a stack whose server name has no `.well-known`.
 test-stack:
-	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest
+	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation
 	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js
 
 # A second stack like many real deployments: the server name `localhost`, no `.well-known`.

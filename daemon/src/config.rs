@@ -27,9 +27,26 @@ pub struct Config {
     /// Verbosity of the daemon's own log lines. Dependencies never log above `info`.
     pub log_level: LogLevel,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub desktop: Desktop,
     pub security: Security,
     pub oauth: OAuthClient,
+}
+
+/// How many flows may run at once. Grants and delegations run side by side; a login is alone.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Grant and delegation flows running at once, over all callers.
+    pub max_flows: usize,
+    /// Flows one connection may have running at once (beyond: `Busy`).
+    pub max_flows_per_caller: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_flows: 8, max_flows_per_caller: 2 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -119,6 +136,7 @@ impl Default for Config {
             device_display_name: "matrix-linkd".to_owned(),
             log_level: LogLevel::Info,
             timeouts: Timeouts::default(),
+            limits: Limits::default(),
             desktop: Desktop::default(),
             security: Security::default(),
             oauth: OAuthClient::default(),
@@ -229,6 +247,18 @@ impl Config {
             return Err(invalid(
                 "timeouts.device_creation",
                 format!("{} is not between 1 and 600 seconds", self.timeouts.device_creation),
+            ));
+        }
+        if !(1..=256).contains(&self.limits.max_flows) {
+            return Err(invalid(
+                "limits.max_flows",
+                format!("{} is not between 1 and 256", self.limits.max_flows),
+            ));
+        }
+        if !(1..=self.limits.max_flows).contains(&self.limits.max_flows_per_caller) {
+            return Err(invalid(
+                "limits.max_flows_per_caller",
+                format!("{} is not between 1 and `limits.max_flows`", self.limits.max_flows_per_caller),
             ));
         }
         if !(5..=3600).contains(&self.timeouts.delegation_keys) {

@@ -119,19 +119,24 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
         "InvalidQrCode"
     );
 
-    // CheckCode / Approve before their state; a second flow while one runs.
+    // CheckCode / Approve before their state; a second flow while one runs (the per-caller limit
+    // is 2), a third, sign-out.
     let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     assert_eq!(error_short_name(flow.check_code(42).await), "InvalidState");
     assert_eq!(error_short_name(flow.approve().await), "InvalidState");
     assert_eq!(error_short_name(flow.qr_code("bmp").await), "InvalidArgs");
+    let mut second = linkd.start_grant(quiet_grant()).await?;
+    wait_state(&mut second, State::QrReady).await?;
     assert_eq!(
         error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
         "Busy"
     );
     assert_eq!(error_short_name(linkd.sign_out().await), "Busy");
     flow.cancel().await?;
+    second.cancel().await?;
     assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
+    assert!(matches!(second.result().await, Err(ClientError::Cancelled)));
 
     // Malformed options.
     let manager = linkd.manager();

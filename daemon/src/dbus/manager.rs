@@ -169,7 +169,7 @@ impl Manager {
         self.ctx.account.settled().await;
         let client = self.ctx.account.client().await?;
         let generation = self.generation(&opts)?;
-        let _slot = self.ctx.reserve(&common.path)?;
+        let _slot = self.ctx.reserve(&common.path, &common.caller.unique_name, FlowKind::Grant)?;
         let timeouts = &self.ctx.config.timeouts;
         let secrets: Arc<dyn SecretsSource> = self.ctx.account.clone();
         let handle = self
@@ -229,7 +229,7 @@ impl Manager {
         settings.client_name = Some(client_name.clone());
         self.ctx.account.settled().await;
         let client = self.ctx.account.client().await?;
-        let _slot = self.ctx.reserve(&common.path)?;
+        let _slot = self.ctx.reserve(&common.path, &common.caller.unique_name, FlowKind::Delegation)?;
         let timeouts = &self.ctx.config.timeouts;
         let handle = self
             .ctx
@@ -331,11 +331,12 @@ impl Manager {
             .unwrap_or_else(|| self.ctx.config.device_display_name.clone());
         let settings = self.settings(FlowKind::Login, &common, false, false)?;
         let generation = self.generation(&opts)?;
+        // Busy first: while grants run, the answer is that a login must wait, not who is signed in.
+        let _slot = self.ctx.reserve(&common.path, &common.caller.unique_name, FlowKind::Login)?;
         self.ctx.account.settled().await;
         if self.ctx.account.info().state == SessionState::SignedIn {
             return Err(LinkError::AlreadySignedIn);
         }
-        let _slot = self.ctx.reserve(&common.path)?;
         let target: Arc<dyn LoginTarget> = self.ctx.account.clone();
         let handle = self
             .ctx
@@ -455,7 +456,7 @@ impl Manager {
     ) -> Result<(), Error> {
         let caller = caller::identify(conn, &hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
-        if self.ctx.active().is_some() {
+        if !self.ctx.active().is_empty() {
             return Err(LinkError::Busy("a flow is running; cancel it first".into()).into());
         }
         self.end_delegations().await;

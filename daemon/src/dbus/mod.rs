@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use zbus::{
     Connection, connection,
     fdo::{DBusProxy, RequestNameFlags, RequestNameReply},
+    names::OwnedUniqueName,
     zvariant::OwnedObjectPath,
 };
 
@@ -25,7 +26,7 @@ use crate::{
     account::Account,
     config::Config,
     error::{LinkError, Result},
-    protocol::Engine,
+    protocol::{Engine, FlowKind},
 };
 
 pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
@@ -37,8 +38,16 @@ pub struct Context {
     pub config: Arc<Config>,
     pub account: Arc<Account>,
     pub engine: Arc<dyn Engine>,
-    /// The one live flow: the rendezvous, the keyring and the session are one of a kind.
-    active: Mutex<Option<OwnedObjectPath>>,
+    /// The live flows: grants and delegations side by side (each has its own rendezvous,
+    /// notification and consent), a login alone (it replaces the session everything else uses).
+    active: Mutex<Vec<Running>>,
+}
+
+/// One live flow, as the limits see it.
+struct Running {
+    path: OwnedObjectPath,
+    caller: OwnedUniqueName,
+    kind: FlowKind,
 }
 
 /// A reserved flow slot, released on drop unless kept.
@@ -64,27 +73,42 @@ impl Drop for Slot<'_> {
 
 impl Context {
     pub fn new(config: Arc<Config>, account: Arc<Account>, engine: Arc<dyn Engine>) -> Arc<Self> {
-        Arc::new(Self { config, account, engine, active: Mutex::new(None) })
+        Arc::new(Self { config, account, engine, active: Mutex::new(Vec::new()) })
     }
 
-    pub fn active(&self) -> Option<OwnedObjectPath> {
-        self.active.lock().expect("active lock").clone()
+    /// The paths of the live flows.
+    pub fn active(&self) -> Vec<OwnedObjectPath> {
+        self.active.lock().expect("active lock").iter().map(|r| r.path.clone()).collect()
     }
 
-    fn reserve(&self, path: &OwnedObjectPath) -> Result<Slot<'_>> {
+    /// Takes a slot for a new flow of `kind` by `caller`, within `limits`.
+    fn reserve(&self, path: &OwnedObjectPath, caller: &OwnedUniqueName, kind: FlowKind) -> Result<Slot<'_>> {
+        let limits = &self.config.limits;
         let mut active = self.active.lock().expect("active lock");
-        if active.is_some() {
-            return Err(LinkError::Busy("another flow is running".into()));
+        if active.iter().any(|r| r.path == *path) {
+            return Err(LinkError::InvalidArgs("a flow with this `handle_token` is running".into()));
         }
-        *active = Some(path.clone());
+        if kind == FlowKind::Login && !active.is_empty() {
+            return Err(LinkError::Busy("other flows are running; a login must run alone".into()));
+        }
+        if active.iter().any(|r| r.kind == FlowKind::Login) {
+            return Err(LinkError::Busy("a login is running".into()));
+        }
+        if active.len() >= limits.max_flows {
+            return Err(LinkError::Busy(format!("{} flows are running (`limits.max_flows`)", active.len())));
+        }
+        if active.iter().filter(|r| r.caller == *caller).count() >= limits.max_flows_per_caller {
+            return Err(LinkError::Busy(format!(
+                "this caller already runs {} flows (`limits.max_flows_per_caller`)",
+                limits.max_flows_per_caller
+            )));
+        }
+        active.push(Running { path: path.clone(), caller: caller.clone(), kind });
         Ok(Slot { ctx: self, path: path.clone(), kept: false })
     }
 
     fn release(&self, path: &OwnedObjectPath) {
-        let mut active = self.active.lock().expect("active lock");
-        if active.as_ref() == Some(path) {
-            *active = None;
-        }
+        self.active.lock().expect("active lock").retain(|r| r.path != *path);
     }
 }
 
@@ -127,18 +151,18 @@ pub async fn name_lost(conn: &Connection) -> &'static str {
     "the session bus went away"
 }
 
-/// Cancels the live flow (the peer is told where the engine can), waits for it to end, then for
-/// the clean-up it left (rendezvous sessions to delete), all within `limit`.
+/// Cancels the live flows (each peer is told where the engine can), waits for them to end, then
+/// for the clean-up they left (rendezvous sessions to delete), all within `limit`.
 pub async fn shutdown(conn: &Connection, ctx: &Context, limit: Duration) {
     let deadline = Instant::now() + limit;
-    if let Some(path) = ctx.active() {
+    for path in ctx.active() {
         if let Ok(iface) = conn.object_server().interface::<_, flow::Flow>(&path).await {
             let _ = iface.get().await.do_cancel();
         }
-        // Telling the other device may wait a moment for its pending write (see `Link::tell`).
-        while ctx.active().is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    }
+    // Telling the other device may wait a moment for its pending write (see `Link::tell`).
+    while !ctx.active().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !ctx.engine.settle(deadline.saturating_duration_since(Instant::now())).await {
         warn!("some rendezvous sessions could not be deleted before the shutdown limit");
