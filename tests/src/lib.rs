@@ -2,6 +2,7 @@
 //! `matrix-linkd` binary, and helpers to drive it. Nothing here touches the caller's own session
 //! bus, keyring or home directory, and nothing mutates the test process's environment.
 
+pub mod balancer;
 pub mod homeserver;
 pub mod hostile;
 pub mod jspeer;
