@@ -12,9 +12,16 @@ PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 DATADIR ?= $(PREFIX)/share
 SYSTEMD_USER_DIR ?= $(PREFIX)/lib/systemd/user
+MANDIR ?= $(DATADIR)/man
+BASH_COMPLETION_DIR ?= $(DATADIR)/bash-completion/completions
+ZSH_COMPLETION_DIR ?= $(DATADIR)/zsh/vendor-completions
+FISH_COMPLETION_DIR ?= $(DATADIR)/fish/vendor_completions.d
+# Man pages and shell completions, generated from the clap definitions (xtask).
+DIST := target/dist
+APP_ID := io.github.matrix_linkd.LinkDevice
 TARGET := target/debug
 
-.PHONY: all deps build test test-unit test-integration test-stack lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
+.PHONY: dist-docs deb deb-deps deb-assets test-package all deps build test test-unit test-integration test-stack test-gtk lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
 
 all: build
 
@@ -27,19 +34,25 @@ build:
 
 # Unit tests, a short fuzz run of the parsers, the real daemon on private buses (mock homeserver),
 # then end to end over the real stack.
-test: deps build test-unit fuzz-short test-integration test-stack
+test: deps build test-unit fuzz-short test-integration test-package test-stack test-gtk
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
 
 test-integration:
-	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop --test concurrency
+	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop --test concurrency --test delegation --test recipes
 
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here;
 # the interop cells again against a stack whose server name has no `.well-known`.
 test-stack:
 	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation
 	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js
+
+# The GTK app (matrix-link-gtk) under Xvfb, driven through AT-SPI over the real stack: a whole
+# login (scanning the other device's QR code from the screen) and a whole grant; screenshots of each
+# step in target/gtk-artefacts/.
+test-gtk:
+	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test gtk_app
 
 # A second stack like many real deployments: the server name `localhost`, no `.well-known`.
 LOCALHOST_STACK := STACK_NAME=localhost SYNAPSE_PORT=48008 OAUTH_PORT=48080 SERVER_NAME=localhost SERVE_WELLKNOWN=false
@@ -84,10 +97,50 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-install:
-	$(CARGO) build --release -p matrix-linkd -p matrix-linkd-client
+# The man pages and completions of the three programs into $(DIST)/man and $(DIST)/completions.
+dist-docs:
+	$(CARGO) run -q -p matrix-linkd-xtask -- dist-docs $(DIST)
+
+# The Debian package (cargo-deb; metadata in daemon/Cargo.toml): target/debian/matrix-linkd_*.deb.
+CARGO_DEB_VERSION := 3.8.0
+DEB_PACKAGES := -p matrix-linkd -p matrix-linkd-client -p matrix-link-gtk
+
+deb-deps:
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
+
+# What the package holds besides the binaries: docs, completions, the systemd and D-Bus files.
+deb-assets: dist-docs
+	mkdir -p $(DIST)/systemd
+	sed 's|@bindir@|/usr/bin|g' systemd/io.github.matrix_linkd.Linkd1.service.in > $(DIST)/systemd/io.github.matrix_linkd.Linkd1.service
+	sed 's|@bindir@|/usr/bin|g' systemd/matrix-linkd.service.in > $(DIST)/systemd/matrix-linkd.service
+
+deb: deb-deps deb-assets
+	$(CARGO) build --release $(DEB_PACKAGES)
+	$(CARGO) deb -p matrix-linkd --no-build
+	lintian --info target/debian/matrix-linkd_*.deb || true
+
+# The package test: a package of the debug build (no release build), installed with dpkg on this
+# machine (root), D-Bus activation of the installed service, the unit, man pages, desktop and
+# metainfo files checked, then removed and purged leaving nothing behind.
+test-package: deps deb-deps deb-assets
+	$(CARGO) build $(DEB_PACKAGES)
+	rm -rf target/debian-test
+	$(CARGO) deb -p matrix-linkd --no-build --profile dev --no-strip --no-dbgsym -o target/debian-test/
+	packaging/test-package.sh target/debian-test/matrix-linkd_*.deb
+
+install: dist-docs
+	$(CARGO) build --release -p matrix-linkd -p matrix-linkd-client -p matrix-link-gtk
 	install -Dm755 target/release/matrix-linkd $(DESTDIR)$(BINDIR)/matrix-linkd
 	install -Dm755 target/release/matrix-link $(DESTDIR)$(BINDIR)/matrix-link
+	install -Dm755 target/release/matrix-link-gtk $(DESTDIR)$(BINDIR)/matrix-link-gtk
+	install -Dm644 gtk/data/$(APP_ID).desktop $(DESTDIR)$(DATADIR)/applications/$(APP_ID).desktop
+	install -Dm644 gtk/data/$(APP_ID).svg $(DESTDIR)$(DATADIR)/icons/hicolor/scalable/apps/$(APP_ID).svg
+	install -Dm644 gtk/data/$(APP_ID).metainfo.xml $(DESTDIR)$(DATADIR)/metainfo/$(APP_ID).metainfo.xml
+	install -Dm644 -t $(DESTDIR)$(MANDIR)/man1 $(DIST)/man/*.1
+	install -Dm644 -t $(DESTDIR)$(MANDIR)/man8 $(DIST)/man/*.8
+	install -Dm644 -t $(DESTDIR)$(BASH_COMPLETION_DIR) $(DIST)/completions/bash/*
+	install -Dm644 -t $(DESTDIR)$(ZSH_COMPLETION_DIR) $(DIST)/completions/zsh/*
+	install -Dm644 -t $(DESTDIR)$(FISH_COMPLETION_DIR) $(DIST)/completions/fish/*
 	install -Dm644 dbus/io.github.matrix_linkd.Linkd1.Manager.xml $(DESTDIR)$(DATADIR)/dbus-1/interfaces/io.github.matrix_linkd.Linkd1.Manager.xml
 	install -Dm644 dbus/io.github.matrix_linkd.Linkd1.Flow.xml $(DESTDIR)$(DATADIR)/dbus-1/interfaces/io.github.matrix_linkd.Linkd1.Flow.xml
 	install -d $(DESTDIR)$(DATADIR)/dbus-1/services $(DESTDIR)$(SYSTEMD_USER_DIR)
@@ -96,7 +149,13 @@ install:
 	install -Dm644 config/config.toml $(DESTDIR)$(DATADIR)/doc/matrix-linkd/config.toml
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/matrix-linkd $(DESTDIR)$(BINDIR)/matrix-link
+	rm -f $(DESTDIR)$(BINDIR)/matrix-linkd $(DESTDIR)$(BINDIR)/matrix-link $(DESTDIR)$(BINDIR)/matrix-link-gtk
+	rm -f $(DESTDIR)$(DATADIR)/applications/$(APP_ID).desktop $(DESTDIR)$(DATADIR)/icons/hicolor/scalable/apps/$(APP_ID).svg
+	rm -f $(DESTDIR)$(DATADIR)/metainfo/$(APP_ID).metainfo.xml
+	rm -f $(DESTDIR)$(MANDIR)/man8/matrix-linkd.8 $(DESTDIR)$(MANDIR)/man1/matrix-link.1 $(DESTDIR)$(MANDIR)/man1/matrix-link-*.1
+	rm -f $(DESTDIR)$(BASH_COMPLETION_DIR)/{matrix-link,matrix-linkd,matrix-link-gtk}
+	rm -f $(DESTDIR)$(ZSH_COMPLETION_DIR)/{_matrix-link,_matrix-linkd,_matrix-link-gtk}
+	rm -f $(DESTDIR)$(FISH_COMPLETION_DIR)/{matrix-link,matrix-linkd,matrix-link-gtk}.fish
 	rm -f $(DESTDIR)$(DATADIR)/dbus-1/interfaces/io.github.matrix_linkd.Linkd1.{Manager,Flow}.xml
 	rm -f $(DESTDIR)$(DATADIR)/dbus-1/services/io.github.matrix_linkd.Linkd1.service
 	rm -f $(DESTDIR)$(SYSTEMD_USER_DIR)/matrix-linkd.service

@@ -4,7 +4,15 @@
 //   - Matrix device scopes (urn:matrix:client:device:<id> and the MSC2967 unstable form),
 //   - MAS-format token introspection at POST /oauth2/introspect (Bearer shared secret),
 //   - user and device provisioning through Synapse's /_synapse/mas API,
-//   - lenient registration (no response_types for device-code-only clients, as MAS accepts).
+//   - lenient registration (no response_types for device-code-only clients, as MAS accepts),
+//   - session end as MAS does it: revoking either token of a session (RFC 7009) ends the whole
+//     session and deletes its Matrix device in Synapse (/_synapse/mas/delete_device); a refresh
+//     revokes the access token it replaces; a rotated (consumed) refresh token presented again is
+//     refused with invalid_grant, and its revocation is a no-op, neither ending the session
+//     (oidc-provider would revoke the grant),
+//   - MSC4191 account management: `account_management_actions_supported` and a minimal /account
+//     page (POST /account with action=org.matrix.session_end, device_id and login plays the user
+//     confirming the end of that device's session).
 // MAS itself is not installable from any registry this project can reach; see README.
 //
 // Environment: OAUTH_PORT (18080), SYNAPSE_URL (http://127.0.0.1:18008), MAS_SECRET,
@@ -29,9 +37,21 @@ const provider = new Provider(ISSUER, {
   },
   scopes: new Set(['openid', 'offline_access', 'urn:matrix:client:api:*', 'urn:matrix:org.matrix.msc2967.client:api:*']),
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // MAS: revoking the access token ends the session too (oidc-provider's default keeps the grant
+  // when only an access token is revoked, though it still drops every token of the grant).
+  revokeGrantPolicy: () => true,
   discovery: {
     account_management_uri: `${ISSUER}account`,
-    account_management_actions_supported: ['org.matrix.profile', 'org.matrix.devices_list'],
+    // MSC4191: the stable action names and the earlier ones, which clients still send.
+    account_management_actions_supported: [
+      'org.matrix.profile',
+      'org.matrix.devices_list',
+      'org.matrix.sessions_list',
+      'org.matrix.session_view',
+      'org.matrix.session_end',
+      'org.matrix.device_view',
+      'org.matrix.device_delete',
+    ],
   },
   ttl: {
     DeviceCode: Number(process.env.DEVICE_CODE_TTL || 600),
@@ -86,9 +106,57 @@ function provision(localpart, deviceId) {
   return device;
 }
 
+// Sessions: which account and Matrix device each grant (an OAuth 2.0 session) stands for, and the
+// access tokens it has issued (jti = the opaque token value).
+const grants = new Map(); // grantId -> { accountId, deviceId, accessTokens: Set<jti> }
+function track(token) {
+  if (!token.grantId || !token.accountId) return undefined;
+  let g = grants.get(token.grantId);
+  if (!g) {
+    g = { accountId: token.accountId, deviceId: deviceOf(token.scope), accessTokens: new Set() };
+    grants.set(token.grantId, g);
+  }
+  if (!g.deviceId) g.deviceId = deviceOf(token.scope);
+  return g;
+}
+
+// Session end: delete the session's device in Synapse, as MAS does; Synapse then answers 404 for
+// the device and treats the session's tokens as inactive at once (its introspection cache checks
+// that the device still exists).
+async function deleteDevice(localpart, deviceId, why) {
+  console.log(`session end (${why}): deleting device ${deviceId} of ${localpart}`);
+  provisioned.delete(`device:${localpart}/${deviceId}`);
+  try {
+    await synapse('delete_device', { localpart, device_id: deviceId });
+  } catch (e) {
+    console.error(`delete_device ${deviceId} failed:`, e.message);
+  }
+}
+async function endSession(grantId, why) {
+  const g = grants.get(grantId);
+  grants.delete(grantId);
+  if (g?.deviceId) await deleteDevice(g.accountId, g.deviceId, why);
+}
+
 provider.on('access_token.saved', (token) => {
+  track(token)?.accessTokens.add(token.jti);
   provision(token.accountId, deviceOf(token.scope)).catch((e) => console.error('provisioning failed:', e.message));
 });
+provider.on('refresh_token.saved', (token) => { track(token); });
+provider.on('access_token.destroyed', (token) => { grants.get(token.grantId)?.accessTokens.delete(token.jti); });
+// A refresh consumes the old refresh token before the new access token is saved: like MAS, revoke
+// the access tokens issued so far (quietly: this is no session end).
+provider.on('refresh_token.consumed', (token) => {
+  const g = grants.get(token.grantId);
+  if (!g) return;
+  for (const jti of g.accessTokens) {
+    provider.AccessToken.adapter.destroy(jti).catch((e) => console.error('revoking a replaced access token:', e.message));
+  }
+  g.accessTokens.clear();
+});
+// Every revocation ends the grant (revokeGrantPolicy above), so this covers RFC 7009 revocation of
+// access and refresh tokens as well as oidc-provider's own revocations (device code replay).
+provider.on('grant.revoked', (ctx, grantId) => { endSession(grantId, `grant revoked at ${ctx.oidc?.route ?? '?'}`); });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
 function readBody(req) {
@@ -106,6 +174,53 @@ function json(res, status, body) {
 }
 
 const callback = provider.callback();
+
+const escapeHtml = (v) => String(v).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+// MSC4191 account management page. Shows the requested action and device (neither is secret) and a
+// confirmation form; never echoes any other parameter.
+function accountPage(res, q) {
+  const action = q.get('action') || '';
+  const deviceId = q.get('device_id') || '';
+  const known = /^[a-z0-9_.]{1,64}$/.test(action) ? action : '';
+  res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(`<!DOCTYPE html>
+<html><head><title>Account</title></head><body>
+<h1>Account management</h1>
+${known ? `<p>Action: <code>${escapeHtml(known)}</code></p>` : '<p>Your account.</p>'}
+${deviceId ? `<p>Device: <code>${escapeHtml(deviceId.slice(0, 255))}</code></p>` : ''}
+${known === 'org.matrix.session_end' || known === 'org.matrix.device_delete' ? `<form method="post" action="/account">
+<input type="hidden" name="action" value="org.matrix.session_end">
+<input type="hidden" name="device_id" value="${escapeHtml(deviceId.slice(0, 255))}">
+<label>Login <input name="login"></label>
+<button type="submit">Sign out this device</button></form>` : ''}
+</body></html>
+`);
+}
+
+// The user confirms the end of a device's session on the account page (test stack: the login named
+// in the form is taken as the signed-in user). Ends every session of that device.
+async function accountAction(res, form) {
+  const action = form.get('action');
+  const deviceId = form.get('device_id') || '';
+  const login = form.get('login') || '';
+  if (!['org.matrix.session_end', 'org.matrix.device_delete'].includes(action) || !deviceId || !login) {
+    return json(res, 400, { error: 'invalid_request' });
+  }
+  for (const [grantId, g] of [...grants]) {
+    if (g.accountId !== login || g.deviceId !== deviceId) continue;
+    grants.delete(grantId);
+    await Promise.all([
+      provider.AccessToken.revokeByGrantId(grantId),
+      provider.RefreshToken.revokeByGrantId(grantId),
+      provider.DeviceCode.revokeByGrantId(grantId),
+      provider.Grant.adapter.destroy(grantId),
+    ]);
+  }
+  await deleteDevice(login, deviceId, 'account page');
+  res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+  res.end('<!DOCTYPE html><html><body><h1>Device signed out</h1></body></html>\n');
+}
 
 async function introspect(req, res, body) {
   if (req.headers.authorization !== `Bearer ${SECRET}`) return json(res, 401, { error: 'invalid_client' });
@@ -142,9 +257,30 @@ const server = http.createServer(async (req, res) => {
       return await introspect(req, res, await readBody(req));
     }
     if (req.method === 'GET' && url.pathname === '/health') return json(res, 200, { ok: true });
+    if (req.method === 'GET' && url.pathname === '/account') return accountPage(res, url.searchParams);
+    if (req.method === 'POST' && url.pathname === '/account') {
+      return await accountAction(res, new URLSearchParams(await readBody(req)));
+    }
     if (req.method === 'POST' && ctype.startsWith('application/x-www-form-urlencoded')) {
       const raw = await readBody(req);
       const params = new URLSearchParams(raw);
+      if (url.pathname === '/token' && params.get('grant_type') === 'refresh_token') {
+        // MAS refuses a refresh token that was already rotated but keeps the session;
+        // oidc-provider would revoke the whole grant.
+        const rt = await provider.RefreshToken.find(params.get('refresh_token') || '', { ignoreExpiration: true });
+        if (rt?.consumed) {
+          return json(res, 400, { error: 'invalid_grant', error_description: 'refresh token already used' });
+        }
+      }
+      if (url.pathname === '/token/revocation') {
+        // MAS: revoking a refresh token that was already rotated does nothing (200, as for any
+        // unknown token); oidc-provider would end the session.
+        const rt = await provider.RefreshToken.find(params.get('token') || '', { ignoreExpiration: true });
+        if (rt?.consumed) {
+          res.writeHead(200);
+          return res.end();
+        }
+      }
       const scopes = instance(provider).configuration.scopes;
       for (const s of (params.get('scope') || '').split(' ')) {
         if (DEVICE_SCOPE.test(s)) scopes.add(s);

@@ -42,6 +42,8 @@ struct TokenPlan {
     queue: Mutex<VecDeque<TokenAnswer>>,
     /// access token -> user
     users: Mutex<HashMap<String, OwnedUserId>>,
+    /// access token -> device, for tokens planned for a known device (else `WHOAMI`)
+    devices: Mutex<HashMap<String, String>>,
     issued: Mutex<Vec<String>>,
 }
 
@@ -78,9 +80,10 @@ impl Respond for WhoAmI {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default()
             .to_owned();
+        let device = self.0.devices.lock().unwrap().get(&token).cloned().unwrap_or_else(|| "WHOAMI".into());
         match self.0.users.lock().unwrap().get(&token) {
             Some(user) => {
-                ResponseTemplate::new(200).set_body_json(json!({"user_id": user, "device_id": "WHOAMI"}))
+                ResponseTemplate::new(200).set_body_json(json!({"user_id": user, "device_id": device}))
             }
             None => ResponseTemplate::new(401)
                 .set_body_json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "unknown token"})),
@@ -116,7 +119,7 @@ impl Respond for DeviceAuthorization {
 /// `GET /devices/{id}`: 404 the first time an ID is asked for (before consent), 200 after.
 #[derive(Default)]
 struct Devices {
-    seen: Mutex<HashMap<String, u32>>,
+    seen: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Respond for Devices {
@@ -127,8 +130,8 @@ impl Respond for Devices {
         }
         let mut seen = self.seen.lock().unwrap();
         let n = seen.entry(id.clone()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
+        *n = n.saturating_add(1);
+        if *n == 1 || *n == u32::MAX {
             ResponseTemplate::new(404)
                 .set_body_json(json!({"errcode": "M_NOT_FOUND", "error": "no such device"}))
         } else {
@@ -261,6 +264,7 @@ pub struct MockHomeserver {
     rendezvous: Rendezvous,
     user_codes: Arc<Mutex<Vec<String>>>,
     extreme_numbers: Arc<AtomicBool>,
+    devices: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl MockHomeserver {
@@ -273,6 +277,7 @@ impl MockHomeserver {
         server.oauth().mock_registration().ok().mount().await;
         server.oauth().mock_revocation().ok().mount().await;
         let tokens = Arc::new(TokenPlan::default());
+        let devices = Arc::new(Mutex::new(HashMap::new()));
         let user_codes = Arc::new(Mutex::new(Vec::new()));
         let extreme_numbers = Arc::new(AtomicBool::new(false));
         Mock::given(method("POST"))
@@ -296,7 +301,7 @@ impl MockHomeserver {
             .mount(server.server())
             .await;
         Mock::given(path_regex(r"^/_matrix/client/v3/devices/.+"))
-            .respond_with(Devices::default())
+            .respond_with(Devices { seen: devices.clone() })
             .mount(server.server())
             .await;
         let rendezvous = Rendezvous { base: base.clone(), ..Default::default() };
@@ -309,7 +314,31 @@ impl MockHomeserver {
             .respond_with(rendezvous.clone())
             .mount(server.server())
             .await;
-        Self { server, tokens, token_counter: AtomicU64::new(0), rendezvous, user_codes, extreme_numbers }
+        Self {
+            server,
+            tokens,
+            token_counter: AtomicU64::new(0),
+            rendezvous,
+            user_codes,
+            extreme_numbers,
+            devices,
+        }
+    }
+
+    /// From now on `GET /devices/{id}` finds `id` (as if the device had been created).
+    pub fn device_exists(&self, id: &str) {
+        *self.devices.lock().unwrap().entry(id.to_owned()).or_insert(0) = 1;
+    }
+
+    /// From now on `GET /devices/{id}` does not find `id` (as if its session had ended).
+    pub fn device_gone(&self, id: &str) {
+        self.devices.lock().unwrap().insert(id.to_owned(), u32::MAX - 1);
+    }
+
+    /// Requests the mock received whose path contains `part`.
+    pub async fn requests_to(&self, part: &str) -> Vec<wiremock::Request> {
+        let all = self.server.server().received_requests().await.unwrap_or_default();
+        all.into_iter().filter(|r| r.url.path().contains(part)).collect()
     }
 
     pub fn uri(&self) -> String {
@@ -336,6 +365,13 @@ impl MockHomeserver {
             .lock()
             .unwrap()
             .push_back(TokenAnswer::Tokens { access: token.clone(), refresh: format!("REFRESH_{token}") });
+        token
+    }
+
+    /// [`Self::plan_login`] for a token whose `whoami` names `device`.
+    pub fn plan_login_as(&self, device: &str) -> String {
+        let token = self.plan_login();
+        self.tokens.devices.lock().unwrap().insert(token.clone(), device.to_owned());
         token
     }
 

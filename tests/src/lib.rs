@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod homeserver;
 pub mod hostile;
 pub mod jspeer;
+pub mod light;
 pub mod peers;
 pub mod stack;
 

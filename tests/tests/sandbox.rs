@@ -113,6 +113,33 @@ async fn fake_flatpak_is_refused_unless_allow_listed() -> Result<()> {
     Ok(())
 }
 
+/// An allow-listed sandboxed app may ask for a device of its own, but the user sees who asks: the
+/// client registered with the OAuth server (and named in the notification) is the app ID, whatever
+/// `client_name` the app passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_flatpak_delegates_under_its_app_id() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&allow_list_config(&hs))?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    matrix_linkd_tests::sign_in_daemon(&session, &hs, &alice).await?;
+    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let mut cmd = flatpak.caller(&session);
+    cmd.args(["--method", "StartDelegation", "--option", "client_name=Your Bank", "--hold", "3"]);
+    ensure!(answer(&mut cmd)?.starts_with("OK "), "the allow-listed app is served");
+    let names: Vec<String> = hs
+        .requests_to("registration")
+        .await
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .filter_map(|v| v["client_name"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(names.contains(&APP_ID.to_owned()), "registered as the app ID: {names:?}");
+    ensure!(!names.iter().any(|n| n == "Your Bank"), "the app's own name is not used: {names:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flatpak_info_without_an_app_name_is_refused() -> Result<()> {
     let hs = MockHomeserver::start().await;

@@ -191,13 +191,14 @@ impl Run {
         let _ = self.events.send(ev);
     }
 
-    /// Waits for one command; `Cancel` never reaches here (it ends the flow from outside).
+    /// Waits for one command. `Cancel` never reaches here: it closes the channel and ends the flow
+    /// from outside (`start`'s `select!`), so a closed channel waits for that to happen.
     async fn wait_for(&mut self, wanted: fn(&FlowCommand) -> bool) -> Result<()> {
         loop {
             match self.commands.recv().await {
                 Some(cmd) if wanted(&cmd) => return Ok(()),
                 Some(other) => debug!(?other, "ignored in this state"),
-                None => return Err(LinkError::InvalidState("the flow has ended".into())),
+                None => std::future::pending::<()>().await,
             }
         }
     }
@@ -403,26 +404,25 @@ pub async fn end_session(
     Ok(Some(Ended::AccountPage(page)))
 }
 
-/// A token of the delegated session that the server still honours: the access token as handed
-/// over, or new ones for the refresh token (a program that rotated it made ours useless).
+/// A token of the delegated session that the server still honours. The refresh token is the
+/// honest test: the OAuth server answers it at once (`invalid_grant` once the program rotated it),
+/// while a homeserver may keep accepting an access token it cached (Synapse: for minutes). Only a
+/// session without a refresh token is judged by its access token.
 async fn valid_tokens(
     http: &reqwest::Client,
     homeserver: &Url,
     m: &Metadata,
     record: &Record,
 ) -> Option<Tokens> {
-    let held = Tokens {
-        access_token: record.access_token.clone(),
-        refresh_token: record.refresh_token.clone(),
-        expires_in: None,
-    };
-    if let Ok((_, Some(device))) = device_grant::whoami(http, homeserver, &record.access_token).await
-        && device == record.device_id
-    {
-        return Some(held);
+    if let Some(refresh) = record.refresh_token.as_deref() {
+        return device_grant::refresh(http, m, &record.client_id, refresh).await.ok();
     }
-    let refresh = record.refresh_token.as_deref()?;
-    device_grant::refresh(http, m, &record.client_id, refresh).await.ok()
+    match device_grant::whoami(http, homeserver, &record.access_token).await {
+        Ok((_, Some(device))) if device == record.device_id => {
+            Some(Tokens { access_token: record.access_token.clone(), refresh_token: None, expires_in: None })
+        }
+        _ => None,
+    }
 }
 
 /// Whether the homeserver forgot `device_id`, waiting a little for a session end to reach it.

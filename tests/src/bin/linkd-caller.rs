@@ -1,9 +1,11 @@
-//! A bare D-Bus caller for the sandbox tests: calls `Manager.StartGrant` (or `StartLogin`) with
-//! empty options and prints the D-Bus error name, or `OK <flow path>`, on stdout. The tests run it
-//! inside fake sandboxes (a chroot with a `/.flatpak-info`, a Flatpak-named cgroup) or as a
-//! non-dumpable process.
+//! A bare D-Bus caller for the sandbox tests: calls `Manager.StartGrant` (or another `Start*`) with
+//! the given string options and prints the D-Bus error name, or `OK <flow path>`, on stdout, then
+//! stays on the bus for `--hold` seconds (its flow lives as long). The tests run it inside fake
+//! sandboxes (a chroot with a `/.flatpak-info`, a Flatpak-named cgroup) or as a non-dumpable
+//! process.
 //!
-//! `linkd-caller --address <bus address> [--method StartGrant|StartLogin] [--non-dumpable]`
+//! `linkd-caller --address <bus address> [--method StartGrant|StartLogin|StartDelegation]
+//!  [--option key=value]... [--hold SECS] [--non-dumpable]`
 
 use std::{collections::HashMap, process::ExitCode};
 
@@ -16,6 +18,8 @@ const MANAGER_IFACE: &str = "io.github.matrix_linkd.Linkd1.Manager";
 struct Args {
     address: String,
     method: String,
+    options: Vec<(String, String)>,
+    hold: u64,
     non_dumpable: bool,
 }
 
@@ -23,18 +27,28 @@ fn args() -> Result<Args> {
     let mut address = std::env::var("DBUS_SESSION_BUS_ADDRESS").ok();
     let mut method = "StartGrant".to_owned();
     let mut non_dumpable = false;
+    let mut options = Vec::new();
+    let mut hold = 0;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--address" => address = Some(it.next().context("--address needs a value")?),
             "--method" => method = it.next().context("--method needs a value")?,
             "--non-dumpable" => non_dumpable = true,
+            "--option" => {
+                let pair = it.next().context("--option needs key=value")?;
+                let (k, v) = pair.split_once('=').context("--option needs key=value")?;
+                options.push((k.to_owned(), v.to_owned()));
+            }
+            "--hold" => hold = it.next().context("--hold needs seconds")?.parse()?,
             other => bail!("unknown argument `{other}`"),
         }
     }
     Ok(Args {
         address: address.context("no --address and no DBUS_SESSION_BUS_ADDRESS")?,
         method,
+        options,
+        hold,
         non_dumpable,
     })
 }
@@ -47,18 +61,25 @@ async fn run() -> Result<String> {
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     }
     let conn = zbus::connection::Builder::address(args.address.as_str())?.build().await?;
-    let options: HashMap<&str, Value<'_>> = HashMap::new();
+    let options: HashMap<&str, Value<'_>> =
+        args.options.iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();
     let reply = conn
         .call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_IFACE), args.method.as_str(), &(options,))
         .await;
-    Ok(match reply {
+    let line = match reply {
         Ok(msg) => format!("OK {}", msg.body().deserialize::<OwnedObjectPath>()?.as_str()),
         Err(zbus::Error::MethodError(name, text, _)) => {
             eprintln!("{name}: {}", text.unwrap_or_default());
             name.to_string()
         }
         Err(e) => return Err(e.into()),
-    })
+    };
+    if args.hold > 0 {
+        println!("{line}");
+        tokio::time::sleep(std::time::Duration::from_secs(args.hold)).await;
+        return Ok(String::new());
+    }
+    Ok(line)
 }
 
 #[tokio::main(flavor = "current_thread")]
