@@ -205,3 +205,33 @@ async fn delegation_needs_a_session_and_sane_options() -> Result<()> {
     }
     Ok(())
 }
+
+/// `SignOut` first ends the delegated sessions the daemon can still end (here: its refresh token
+/// is still good), then signs the daemon out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_ends_the_delegated_sessions_first() -> Result<()> {
+    let s = signed_in_setup(60).await?;
+    let linkd = s.session.client().await?;
+    let mut flow = at_consent(&linkd, true).await?;
+    let device_id = flow.proxy().peer_device_id().await?;
+    s.hs.plan_login_as(&device_id);
+    flow.approve().await?;
+    wait_state(&mut flow, State::SyncingSecrets).await?;
+    flow.take_session().await?;
+    flow.result().await?;
+    // What the OAuth server answers to the daemon's refresh with the held refresh token.
+    let refreshed = s.hs.plan_login_as(&device_id);
+    linkd.sign_out().await?;
+    let revoked: Vec<String> =
+        s.hs.requests_to("revoke")
+            .await
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect();
+    ensure!(
+        revoked.iter().any(|b| b.contains(&format!("token={refreshed}"))),
+        "the delegated session was revoked"
+    );
+    ensure!(linkd.manager().session_state().await? == 1, "then the daemon signed out");
+    Ok(())
+}
