@@ -44,6 +44,8 @@ struct TokenPlan {
     users: Mutex<HashMap<String, OwnedUserId>>,
     /// access token -> device, for tokens planned for a known device (else `WHOAMI`)
     devices: Mutex<HashMap<String, String>>,
+    /// The device of the latest device authorization: tokens handed out go to it.
+    next_device: Mutex<Option<String>>,
     issued: Mutex<Vec<String>>,
 }
 
@@ -57,6 +59,9 @@ impl Respond for Token {
             Some(TokenAnswer::Error(e)) => ResponseTemplate::new(400).set_body_json(json!({ "error": e })),
             Some(TokenAnswer::Tokens { access, refresh }) => {
                 self.0.issued.lock().unwrap().push(access.clone());
+                if let Some(device) = self.0.next_device.lock().unwrap().clone() {
+                    self.0.devices.lock().unwrap().entry(access.clone()).or_insert(device);
+                }
                 ResponseTemplate::new(200).set_body_json(json!({
                     "access_token": access,
                     "refresh_token": refresh,
@@ -98,10 +103,19 @@ struct DeviceAuthorization {
     counter: AtomicU64,
     codes: Arc<Mutex<Vec<String>>>,
     extreme: Arc<AtomicBool>,
+    tokens: Arc<TokenPlan>,
 }
 
 impl Respond for DeviceAuthorization {
-    fn respond(&self, _req: &Request) -> ResponseTemplate {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        // The device the scope asks for: tokens issued next are that device's (`whoami`).
+        let body = String::from_utf8_lossy(&req.body).into_owned();
+        let scope = url::form_urlencoded::parse(body.as_bytes()).find(|(k, _)| k == "scope").map(|(_, v)| v);
+        if let Some(device) =
+            scope.as_deref().and_then(|s| s.split(' ').find_map(|p| p.rsplit_once(":device:")))
+        {
+            *self.tokens.next_device.lock().unwrap() = Some(device.1.to_owned());
+        }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let user_code = format!("UC{:04}{}", n, &random_hex(3).to_uppercase());
         self.codes.lock().unwrap().push(user_code.clone());
@@ -287,6 +301,7 @@ impl MockHomeserver {
                 counter: AtomicU64::new(0),
                 codes: user_codes.clone(),
                 extreme: extreme_numbers.clone(),
+                tokens: tokens.clone(),
             })
             .mount(server.server())
             .await;

@@ -8,6 +8,7 @@ pub mod hostile;
 pub mod jspeer;
 pub mod light;
 pub mod peers;
+pub mod python;
 pub mod stack;
 
 use std::{

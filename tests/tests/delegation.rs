@@ -90,6 +90,8 @@ async fn the_session_is_handed_over_once_to_the_owner_only() -> Result<()> {
     let listed = linkd.list_delegations().await?;
     ensure!(listed.iter().any(|d| d.device_id == device_id && d.client_name == "Test bot"), "{listed:?}");
     let before = revocations(&s.hs).await;
+    // The held refresh token still works: the OAuth server answers the daemon's refresh.
+    s.hs.plan_login_as(&device_id);
     let revoke = tokio::spawn({
         let linkd = s.session.client().await?;
         let id = device_id.clone();
@@ -233,5 +235,36 @@ async fn sign_out_ends_the_delegated_sessions_first() -> Result<()> {
         "the delegated session was revoked"
     );
     ensure!(linkd.manager().session_state().await? == 1, "then the daemon signed out");
+    Ok(())
+}
+
+/// `examples/python/delegate.py` (dbus-fast from PyPI, which passes file descriptors) takes a
+/// delegated session: the file is private, the script prints no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_takes_a_session() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = signed_in_setup(60).await?;
+    let python = matrix_linkd_tests::python::dbus_fast_python()?;
+    let token = s.hs.plan_login();
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("session.json");
+    let script = matrix_linkd_tests::workspace_root().join("examples/python/delegate.py");
+    let run = s
+        .session
+        .command(&python)
+        .arg(&script)
+        .args(["--name", "Py bot", "--approve", "--share-secrets"])
+        .arg(&out)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    ensure!(run.status.success(), "delegate.py failed: {stdout} {stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    assert_eq!(doc["access_token"], token.as_str());
+    ensure!(doc["secrets"]["cross_signing"]["master_key"].is_string(), "secrets shared");
+    let device_id = doc["device_id"].as_str().unwrap_or_default();
+    ensure!(stdout.contains(device_id) && !device_id.is_empty(), "prints the device ID: {stdout}");
+    ensure!(!stdout.contains(&token) && !stderr.contains(&token), "no token printed");
+    assert_eq!(std::fs::metadata(&out)?.permissions().mode() & 0o777, 0o600);
     Ok(())
 }
