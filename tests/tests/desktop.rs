@@ -294,11 +294,14 @@ async fn cancelled_flows_leak_no_connections_or_fds() -> Result<()> {
         }
     }
 
-    // Clean-up may lag the Response a little.
+    // Clean-up may lag the Response a little. The HTTP clients keep a few idle keep-alive
+    // connections to the homeserver (how many depends on timing: seen 36 -> 40 under load); a
+    // leak per flow would show as 20 or more.
+    const SLACK: usize = FLOWS / 4;
     let deadline = Instant::now() + Duration::from_secs(5);
     let (fds_after, connections_after) = loop {
         let now = (open_fds(pid)?, s.session.bus_connections_of(pid).await?);
-        if (now.0 <= fds_before + 2 && now.1 == connections_before) || Instant::now() > deadline {
+        if (now.0 <= fds_before + SLACK && now.1 == connections_before) || Instant::now() > deadline {
             break now;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -308,7 +311,7 @@ async fn cancelled_flows_leak_no_connections_or_fds() -> Result<()> {
          bus connections {connections_before} -> {connections_after}"
     );
     assert!(
-        fds_after <= fds_before + 2 && connections_after == connections_before,
+        fds_after <= fds_before + SLACK && connections_after == connections_before,
         "the daemon leaks: fds {fds_before} -> {fds_after}, bus connections {connections_before} -> \
          {connections_after} after {FLOWS} cancelled flows"
     );

@@ -524,3 +524,67 @@ async fn no_token_or_key_on_the_bus_or_in_the_trace_log() -> Result<()> {
     }
     assert_intact(&mut session, &stack.user_id(&login)).await
 }
+
+// -------------------------------------------------------------------------------------------------
+// The example light client of `examples/light-client`
+
+/// The example, run as a user would (`--approve`): the daemon opens the consent page (here a
+/// stand-in portal hands the URI to the test, which consents as the user), the example gets its
+/// device, syncs and sends an end-to-end encrypted message that the account's other device reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_light_client_example_sends_an_encrypted_message() -> Result<()> {
+    use matrix_sdk::{deserialized_responses::TimelineEventKind, room::MessagesOptions};
+    let settings = DaemonSettings { open_uri: true, ..Default::default() };
+    let DelegatingDaemon { stack, login, phone, session } = delegating_daemon("dex", &settings).await?;
+    let portal = FakeOpenUri::default();
+    let _portal = zbus::connection::Builder::address(session.bus_address.as_str())?
+        .serve_at("/org/freedesktop/portal/desktop", portal.clone())?
+        .name("org.freedesktop.portal.Desktop")?
+        .build()
+        .await?;
+    let room = encrypted_room(&phone).await?;
+    let text = format!("hello from the example {}", Stack::new_login("x"));
+    let example = matrix_linkd_tests::bin_dir().join("matrix-linkd-example-light-client");
+    let child = tokio::process::Command::from(session.command(&example))
+        .args(["--room", room.as_str(), "--text", &text, "--approve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let uri = loop {
+        if let Some(u) = portal.opened.lock().unwrap().first().cloned() {
+            break u;
+        }
+        ensure!(Instant::now() < deadline, "the consent page was not opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stack.approve_uri(&uri, &login, false)?;
+    let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output()).await??;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "the example failed: {stdout}\n{stderr}");
+
+    // The phone reads the example's message, decrypted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        phone.sync_once(matrix_sdk::config::SyncSettings::default().timeout(Duration::from_secs(1))).await?;
+        if let Some(r) = phone.get_room(&room) {
+            let messages = r.messages(MessagesOptions::backward()).await?;
+            let found = messages.chunk.iter().any(|e| {
+                matches!(e.kind, TimelineEventKind::Decrypted(_))
+                    && e.raw()
+                        .get_field::<serde_json::Value>("content")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|c| c["body"] == text.as_str())
+            });
+            if found {
+                break;
+            }
+        }
+        ensure!(Instant::now() < deadline, "the phone never decrypted the example's message");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(!stdout.contains("access_token") && !stderr.contains("syt_"), "the example prints no token");
+    Ok(())
+}
