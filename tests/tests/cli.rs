@@ -117,3 +117,37 @@ async fn the_cli_redraws_a_replaced_qr_code() -> Result<()> {
     child.kill().await?;
     Ok(())
 }
+
+/// `matrix-link delegate` writes the session to a private file and prints no token;
+/// `delegations` lists the device; `revoke` of another device names the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_list_and_revoke() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = signed_in_setup(60).await?;
+    let token = s.hs.plan_login();
+    let dir = tempfile::tempdir()?;
+    let out_file = dir.path().join("session.json");
+    let out = cli(&s.session)
+        .args(["delegate", "--name", "CLI bot", "--approve", "--share-secrets", "--output"])
+        .arg(&out_file)
+        .output()?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    assert!(!stdout.contains(&token) && !stderr.contains(&token), "no token printed");
+    assert_eq!(std::fs::metadata(&out_file)?.permissions().mode() & 0o777, 0o600);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file)?)?;
+    assert_eq!(doc["access_token"], token.as_str());
+    let device_id = doc["device_id"].as_str().ok_or_else(|| anyhow!("no device_id"))?.to_owned();
+    assert!(stdout.contains(&device_id), "{stdout}");
+
+    s.hs.device_exists(&device_id);
+    let out = cli(&s.session).arg("delegations").output()?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && listed.contains(&device_id) && listed.contains("CLI bot"), "{listed}");
+    let out = cli(&s.session).args(["revoke", "NOTOURS"]).output()?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("DeviceNotFound"),
+        "{out:?}"
+    );
+    Ok(())
+}
