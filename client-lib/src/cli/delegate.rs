@@ -11,7 +11,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use matrix_linkd_client::{ClientError, DelegateOptions, DelegatedSession, FlowEvent, Linkd, Revoked, State};
+use crate::{ClientError, DelegateOptions, DelegatedSession, FlowEvent, Linkd, Revoked, State};
 use zeroize::Zeroizing;
 
 /// `delegate`: a new device for a local program; the session goes to `output` (mode 0600).
@@ -28,9 +28,12 @@ pub async fn delegate(linkd: &Linkd, options: DelegateOptions, output: &Path) ->
         }
     };
     let mut state = Some(flow.state());
+    // The state read at the start may arrive again as an event: act on each state once.
+    let mut seen = Vec::new();
     let session = loop {
-        match state.take() {
-            Some(State::WaitingForApproval) => {
+        match state.take().filter(|s| !seen.contains(s)) {
+            Some(s @ State::WaitingForApproval) => {
+                seen.push(s);
                 let host = host_of(&flow.verification_uri().await.unwrap_or_default());
                 if approve {
                     println!("Opening the consent page on {host}…");
@@ -39,7 +42,10 @@ pub async fn delegate(linkd: &Linkd, options: DelegateOptions, output: &Path) ->
                     println!("waiting for your consent: approve the notification or open {host}");
                 }
             }
-            Some(State::WaitingForToken) => println!("Waiting for the consent page to be confirmed…"),
+            Some(s @ State::WaitingForToken) => {
+                seen.push(s);
+                println!("Waiting for the consent page to be confirmed…");
+            }
             Some(State::SyncingSecrets) => break flow.take_session().await,
             _ => {}
         }
