@@ -109,7 +109,7 @@ impl Account {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             store_dir: data_dir.join("store"),
-            secrets: SecretStore,
+            secrets: SecretStore::default(),
             info: watch::Sender::new(SessionInfo { state: SessionState::Unknown, ..Default::default() }),
             client: Mutex::new(None),
             pending_key: Mutex::new(None),
@@ -243,16 +243,30 @@ impl Account {
         })
     }
 
+    /// Publishes the session at once; the homeserver's protocols (two requests) follow in
+    /// `Capabilities` when probed.
     async fn publish_signed_in(&self, client: &Client) {
-        let capabilities = probe_capabilities(client).await;
+        let device_id = client.device_id().map(|d| d.to_string()).unwrap_or_default();
         self.info.send_modify(|i| {
             *i = SessionInfo {
                 state: SessionState::SignedIn,
                 user_id: client.user_id().map(|u| u.to_string()).unwrap_or_default(),
-                device_id: client.device_id().map(|d| d.to_string()).unwrap_or_default(),
+                device_id: device_id.clone(),
                 homeserver: client.homeserver().to_string(),
-                capabilities,
+                capabilities: SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             }
+        });
+        let (weak, client) = (self.me.clone(), client.clone());
+        tokio::spawn(async move {
+            let capabilities = probe_capabilities(&client).await;
+            let Some(account) = weak.upgrade() else { return };
+            account.info.send_if_modified(|i| {
+                let same = i.state == SessionState::SignedIn && i.device_id == device_id;
+                if same {
+                    i.capabilities = capabilities;
+                }
+                same
+            });
         });
     }
 
@@ -485,10 +499,13 @@ fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| LinkError::SecretStorage("the kept store key is malformed".into()))
 }
 
+/// What a signed-in daemon can do whatever its homeserver offers.
+const SIGNED_IN_CAPABILITIES: [&str; 2] = ["grant", "delegate"];
+
 /// What the daemon can do against the signed-in homeserver, for the `Capabilities` property.
 async fn probe_capabilities(client: &Client) -> Vec<String> {
     use crate::protocol::{engine::offers_2024, rendezvous};
-    let mut caps = vec!["grant".to_owned(), "delegate".to_owned()];
+    let mut caps: Vec<String> = SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
     let http = crate::net::client();
     let homeserver = client.homeserver();
     let token = client.access_token();

@@ -1,9 +1,11 @@
 //! The daemon's items in the Secret Service (`org.freedesktop.secrets`): the OAuth session and the
-//! key of the encrypted matrix-sdk store. Nothing here is ever written anywhere else.
+//! key of the encrypted matrix-sdk store, and the delegated devices. Nothing here is ever written
+//! anywhere else.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use secret_service::{EncryptionType, SecretService};
+use tokio::sync::Mutex;
 
 use crate::error::{LinkError, Result};
 
@@ -77,104 +79,151 @@ async fn with_timeout<T>(fut: impl std::future::Future<Output = Result<T>>) -> R
         .map_err(|_| LinkError::SecretStorage("the Secret Service did not answer in time".into()))?
 }
 
-/// Access to our items. Connects per operation: the daemon touches the keyring rarely.
-#[derive(Debug, Clone, Default)]
-pub struct SecretStore;
+/// Access to our items over one long-lived Secret Service session (a D-Bus connection and an
+/// encrypted session with the service), made on first use. The session is made again once when an
+/// operation fails on it: the service may have restarted, or a call may have left it unusable.
+#[derive(Clone, Default)]
+pub struct SecretStore {
+    service: Arc<Mutex<Option<SecretService<'static>>>>,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretStore")
+    }
+}
+
+/// One operation on the service; it borrows the session for as long as it runs.
+type Op<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 impl SecretStore {
     async fn connect() -> Result<SecretService<'static>> {
         SecretService::connect(EncryptionType::Dh).await.map_err(storage_error)
     }
 
+    /// Runs `op` on the kept session (made first if there is none). A failure on a session made
+    /// earlier is tried once more on a fresh one; a failure on a fresh one is the answer.
+    async fn with<T>(&self, op: impl for<'a> Fn(&'a SecretService<'static>) -> Op<'a, T>) -> Result<T> {
+        with_timeout(async {
+            let mut slot = self.service.lock().await;
+            let mut fresh = false;
+            loop {
+                if slot.is_none() {
+                    *slot = Some(Self::connect().await?);
+                    fresh = true;
+                }
+                let service = slot.as_ref().expect("connected above");
+                match op(service).await {
+                    Err(_) if !fresh => *slot = None,
+                    done => return done,
+                }
+            }
+        })
+        .await
+    }
+
     /// The secret of `kind`, or `None` when there is no such item.
     pub async fn load(&self, kind: ItemKind) -> Result<Option<Vec<u8>>> {
-        with_timeout(async {
-            let ss = Self::connect().await?;
-            let found = ss.search_items(attributes(kind)).await.map_err(storage_error)?;
-            if let Some(item) = found.unlocked.first() {
-                return item.get_secret().await.map(Some).map_err(storage_error);
-            }
-            if !found.locked.is_empty() {
-                return Err(LinkError::SecretStorage("the keyring is locked".into()));
-            }
-            Ok(None)
+        self.with(|ss| {
+            Box::pin(async move {
+                let found = ss.search_items(attributes(kind)).await.map_err(storage_error)?;
+                if let Some(item) = found.unlocked.first() {
+                    return item.get_secret().await.map(Some).map_err(storage_error);
+                }
+                if !found.locked.is_empty() {
+                    return Err(LinkError::SecretStorage("the keyring is locked".into()));
+                }
+                Ok(None)
+            })
         })
         .await
     }
 
     /// Stores (or replaces) the secret of `kind` in the default collection, which must be unlocked.
     pub async fn save(&self, kind: ItemKind, secret: &[u8]) -> Result<()> {
-        with_timeout(async {
-            let ss = Self::connect().await?;
-            let collection = ss.get_default_collection().await.map_err(storage_error)?;
-            if collection.is_locked().await.map_err(storage_error)? {
-                return Err(LinkError::SecretStorage("the keyring is locked".into()));
-            }
-            collection
-                .create_item(kind.label(), attributes(kind), secret, true, "application/octet-stream")
-                .await
-                .map_err(storage_error)?;
-            Ok(())
-        })
-        .await
+        self.create(kind, None, secret, "application/octet-stream").await
     }
 
     /// Deletes every item of `kind`.
     pub async fn delete(&self, kind: ItemKind) -> Result<()> {
-        self.delete_matching(attributes(kind)).await
+        self.delete_matching(kind, None).await
     }
 
     /// Stores (or replaces) the item of `kind` tagged `tag`.
     pub async fn save_tagged(&self, kind: ItemKind, tag: &str, secret: &[u8]) -> Result<()> {
-        with_timeout(async {
-            let ss = Self::connect().await?;
-            let collection = ss.get_default_collection().await.map_err(storage_error)?;
-            if collection.is_locked().await.map_err(storage_error)? {
-                return Err(LinkError::SecretStorage("the keyring is locked".into()));
-            }
-            collection
-                .create_item(kind.label(), tagged(kind, tag), secret, true, "application/json")
-                .await
-                .map_err(storage_error)?;
-            Ok(())
-        })
-        .await
+        self.create(kind, Some(tag), secret, "application/json").await
     }
 
     /// Every item of `kind`: its tag and its secret.
     pub async fn load_tagged(&self, kind: ItemKind) -> Result<Vec<(String, Vec<u8>)>> {
-        with_timeout(async {
-            let ss = Self::connect().await?;
-            let found = ss.search_items(attributes(kind)).await.map_err(storage_error)?;
-            if !found.locked.is_empty() {
-                return Err(LinkError::SecretStorage("the keyring is locked".into()));
-            }
-            let mut out = Vec::with_capacity(found.unlocked.len());
-            for item in found.unlocked {
-                let tag = item.get_attributes().await.map_err(storage_error)?.remove(TAG).unwrap_or_default();
-                out.push((tag, item.get_secret().await.map_err(storage_error)?));
-            }
-            Ok(out)
+        self.with(|ss| {
+            Box::pin(async move {
+                let found = ss.search_items(attributes(kind)).await.map_err(storage_error)?;
+                if !found.locked.is_empty() {
+                    return Err(LinkError::SecretStorage("the keyring is locked".into()));
+                }
+                let mut out = Vec::with_capacity(found.unlocked.len());
+                for item in found.unlocked {
+                    let tag =
+                        item.get_attributes().await.map_err(storage_error)?.remove(TAG).unwrap_or_default();
+                    out.push((tag, item.get_secret().await.map_err(storage_error)?));
+                }
+                Ok(out)
+            })
         })
         .await
     }
 
     /// Deletes the item of `kind` tagged `tag`.
     pub async fn delete_tagged(&self, kind: ItemKind, tag: &str) -> Result<()> {
-        self.delete_matching(tagged(kind, tag)).await
+        self.delete_matching(kind, Some(tag)).await
     }
 
-    async fn delete_matching(&self, attributes: HashMap<&str, &str>) -> Result<()> {
-        with_timeout(async {
-            let ss = Self::connect().await?;
-            let found = ss.search_items(attributes).await.map_err(storage_error)?;
-            if !found.locked.is_empty() {
-                return Err(LinkError::SecretStorage("the keyring is locked".into()));
-            }
-            for item in found.unlocked {
-                item.delete().await.map_err(storage_error)?;
-            }
-            Ok(())
+    async fn create(
+        &self,
+        kind: ItemKind,
+        tag: Option<&str>,
+        secret: &[u8],
+        content_type: &'static str,
+    ) -> Result<()> {
+        self.with(|ss| {
+            let (tag, secret) = (tag.map(str::to_owned), secret.to_vec());
+            Box::pin(async move {
+                let collection = ss.get_default_collection().await.map_err(storage_error)?;
+                if collection.is_locked().await.map_err(storage_error)? {
+                    return Err(LinkError::SecretStorage("the keyring is locked".into()));
+                }
+                let attributes = match &tag {
+                    Some(tag) => tagged(kind, tag),
+                    None => attributes(kind),
+                };
+                collection
+                    .create_item(kind.label(), attributes, &secret, true, content_type)
+                    .await
+                    .map_err(storage_error)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_matching(&self, kind: ItemKind, tag: Option<&str>) -> Result<()> {
+        self.with(|ss| {
+            let tag = tag.map(str::to_owned);
+            Box::pin(async move {
+                let attributes = match &tag {
+                    Some(tag) => tagged(kind, tag),
+                    None => attributes(kind),
+                };
+                let found = ss.search_items(attributes).await.map_err(storage_error)?;
+                if !found.locked.is_empty() {
+                    return Err(LinkError::SecretStorage("the keyring is locked".into()));
+                }
+                for item in found.unlocked {
+                    item.delete().await.map_err(storage_error)?;
+                }
+                Ok(())
+            })
         })
         .await
     }

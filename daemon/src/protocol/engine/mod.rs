@@ -15,6 +15,7 @@
 //!
 //! The shared core is here; each role has a file of its own (`grant`, `login`).
 
+mod cache;
 mod grant;
 mod handshake;
 mod login;
@@ -68,11 +69,21 @@ pub struct OwnEngine {
     client_ids: Arc<Mutex<HashMap<String, String>>>,
     /// Plain http to hosts other than this machine (`security.allow_insecure_http`, tests only).
     allow_http: bool,
+    /// Recent answers by homeserver: its OAuth issuer, the generation `auto` picks there.
+    issuers: cache::Recent<Url>,
+    generations: cache::Recent<Generation>,
 }
 
 impl OwnEngine {
     pub fn new(oauth: &OAuthClient, allow_http: bool) -> Self {
-        Self { oauth: oauth.clone(), http: net::client(), client_ids: Default::default(), allow_http }
+        Self {
+            oauth: oauth.clone(),
+            http: net::client(),
+            client_ids: Default::default(),
+            allow_http,
+            issuers: Default::default(),
+            generations: Default::default(),
+        }
     }
 }
 
@@ -375,18 +386,26 @@ impl Engine for OwnEngine {
         let homeserver = client.homeserver();
         let token = client.access_token();
         // The consent page the new device names must be on the account's OAuth server.
-        let issuer = device_grant::server_metadata(&self.http, &homeserver, self.allow_http)
-            .await
-            .map_err(grant_error)?
-            .issuer;
+        let issuer = self
+            .issuers
+            .get_or(homeserver.as_str(), async || {
+                let metadata = device_grant::server_metadata(&self.http, &homeserver, self.allow_http).await;
+                metadata.map(|m| m.issuer).map_err(grant_error)
+            })
+            .await?;
         let (start, opening) = match scanned {
             Some(qr) => {
                 let generation = qr_generation(&qr);
                 (GrantStart::Scanned(qr), Opening { generation, created: None })
             }
             None => {
-                let generation =
-                    choose_generation(&self.http, request.generation, &homeserver, token.as_deref()).await?;
+                let key = format!("{:?} {homeserver}", request.generation);
+                let generation = self
+                    .generations
+                    .get_or(&key, async || {
+                        choose_generation(&self.http, request.generation, &homeserver, token.as_deref()).await
+                    })
+                    .await?;
                 let maker = QrMaker {
                     http: self.http.clone(),
                     generation,
