@@ -117,7 +117,7 @@ deb-assets: dist-docs
 deb: deb-deps deb-assets
 	$(CARGO) build --release $(DEB_PACKAGES)
 	$(CARGO) deb -p matrix-linkd --no-build
-	lintian --info target/debian/matrix-linkd_*.deb || true
+	lintian --fail-on error --info target/debian/matrix-linkd_*.deb
 
 # The package test: a package of the debug build (no release build), installed with dpkg on this
 # machine (root), D-Bus activation of the installed service, the unit, man pages, desktop and
@@ -125,7 +125,8 @@ deb: deb-deps deb-assets
 test-package: deps deb-deps deb-assets
 	$(CARGO) build $(DEB_PACKAGES)
 	rm -rf target/debian-test
-	$(CARGO) deb -p matrix-linkd --no-build --profile dev --no-strip --no-dbgsym -o target/debian-test/
+	$(CARGO) deb -p matrix-linkd --no-build --profile dev --no-strip --no-dbgsym --fast -o target/debian-test/
+	lintian --fail-on error --suppress-tags unstripped-binary-or-object target/debian-test/matrix-linkd_*.deb
 	packaging/test-package.sh target/debian-test/matrix-linkd_*.deb
 
 install: dist-docs

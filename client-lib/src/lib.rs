@@ -19,6 +19,7 @@
 //! signed-in daemon with [`Linkd::delegate`]; with the `matrix-sdk` feature,
 //! `DelegatedSession::into_client` turns it into a ready `matrix_sdk::Client`. See [`delegation`].
 
+pub mod cli;
 pub mod delegation;
 pub mod proxy;
 pub mod qr;

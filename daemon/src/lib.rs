@@ -4,6 +4,7 @@
 //! Layers, one direction of dependency: [`dbus`] → [`protocol`] / [`account`] → matrix-sdk.
 
 pub mod account;
+pub mod cli;
 pub mod config;
 pub mod dbus;
 pub mod desktop;

@@ -1,32 +1,16 @@
 //! `matrix-linkd`: the daemon binary.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use matrix_linkd::{
     account::{Account, InstanceLock},
-    config::{self, Config, LogLevel, Source},
+    cli::Args,
+    config::{self, Config, Source},
     dbus::{self, Context},
     protocol::{Engine, engine::OwnEngine},
 };
 use tracing::{error, info};
-
-/// Keeps one signed-in Matrix session and serves QR login flows on the session bus
-/// (io.github.matrix_linkd.Linkd1).
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (default: $XDG_CONFIG_HOME/matrix-linkd/config.toml, then $XDG_CONFIG_DIRS).
-    #[arg(long, value_name = "FILE", env = "MATRIX_LINKD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log level of the daemon's own lines (error, warn, info, debug, trace); overrides the config.
-    /// Dependencies never log above `info`, and no level logs a secret.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<LogLevel>,
-    /// Check the configuration and exit.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
