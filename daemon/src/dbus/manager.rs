@@ -60,6 +60,15 @@ impl Opts<'_> {
             Some(_) => Err(Self::wrong(key, "b")),
         }
     }
+    /// A name shown to people: 1 to 64 printable characters.
+    fn name(&self, key: &str) -> Result<Option<String>> {
+        match self.string(key)? {
+            Some(name) if !delegation::valid_client_name(&name) => {
+                Err(LinkError::InvalidArgs(format!("`{key}` must be 1 to 64 printable characters")))
+            }
+            name => Ok(name),
+        }
+    }
     fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self.0.get(key) {
             None => Ok(None),
@@ -205,26 +214,12 @@ impl Manager {
         let notify = opts.boolean("notify", true)?;
         let open_uri = opts.boolean("open_uri", true)? && self.ctx.config.desktop.open_uri;
         let share_secrets = opts.boolean("share_secrets", false)?;
-        let client_name = match (&common.caller.sandbox_app, opts.string("client_name")?) {
-            // The user must see who asks: an allow-listed app is named by its app ID.
-            (Some(app), _) => app.clone(),
-            (None, Some(name)) if delegation::valid_client_name(&name) => name,
-            (None, Some(_)) => {
-                return Err(LinkError::InvalidArgs(
-                    "`client_name` must be 1 to 64 printable characters".into(),
-                ));
-            }
-            (None, None) => "Matrix client".to_owned(),
+        // The user must see who asks: an allow-listed sandboxed app is named by its app ID.
+        let client_name = match &common.caller.sandbox_app {
+            Some(app) => app.clone(),
+            None => opts.name("client_name")?.unwrap_or_else(|| "Matrix client".to_owned()),
         };
-        let device_display_name = match opts.string("device_display_name")? {
-            Some(name) if delegation::valid_client_name(&name) => name,
-            Some(_) => {
-                return Err(LinkError::InvalidArgs(
-                    "`device_display_name` must be 1 to 64 printable characters".into(),
-                ));
-            }
-            None => client_name.clone(),
-        };
+        let device_display_name = opts.name("device_display_name")?.unwrap_or_else(|| client_name.clone());
         let mut settings = self.settings(FlowKind::Delegation, &common, notify, open_uri)?;
         settings.client_name = Some(client_name.clone());
         self.ctx.account.settled().await;
