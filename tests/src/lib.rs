@@ -8,6 +8,7 @@ pub mod hostile;
 pub mod jspeer;
 pub mod light;
 pub mod peers;
+pub mod portal;
 pub mod python;
 pub mod stack;
 
@@ -496,18 +497,23 @@ impl Drop for Notifications {
     }
 }
 
+/// An Xvfb X server of `geometry` (`WxHxDEPTH`) and its display name (`:N`), once it accepts
+/// clients: Xvfb writes the display number to the -displayfd descriptor then.
+pub fn start_xvfb(geometry: &str) -> Result<(Child, String)> {
+    let mut xvfb = Command::new("Xvfb")
+        .args(["-displayfd", "1", "-screen", "0", geometry, "-nolisten", "tcp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("Xvfb (apt-get install xvfb)")?;
+    let mut display = String::new();
+    BufReader::new(xvfb.stdout.take().expect("piped")).read_line(&mut display)?;
+    Ok((xvfb, format!(":{}", display.trim())))
+}
+
 impl Session {
     pub fn start_notifications(&self) -> Result<Notifications> {
-        // Xvfb writes the display number to the -displayfd descriptor once it accepts clients.
-        let mut xvfb = Command::new("Xvfb")
-            .args(["-displayfd", "1", "-screen", "0", "800x600x24", "-nolisten", "tcp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("Xvfb (apt-get install xvfb)")?;
-        let mut display = String::new();
-        BufReader::new(xvfb.stdout.take().expect("piped")).read_line(&mut display)?;
-        let display = format!(":{}", display.trim());
+        let (mut xvfb, display) = start_xvfb("800x600x24")?;
         let dir = self.dir.path().join("dunst");
         std::fs::create_dir_all(&dir)?;
         let script = dir.join("menu.sh");

@@ -1,43 +1,14 @@
 //! Desktop glue with real parts: dunst (under Xvfb) as the notification server, and a portal
 //! stand-in that records OpenURI calls. The daemon must work the same without either.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use matrix_linkd_client::{GrantOptions, State};
 use matrix_linkd_tests::{
-    Notifications, Session, grant_scanned_by, open_fds, peers, signed_in_setup, wait_state,
+    Notifications, Session, grant_scanned_by, open_fds, peers, portal::OpenUriPortal, signed_in_setup,
+    wait_state,
 };
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
-
-/// Records the URIs it is asked to open, like xdg-desktop-portal's OpenURI would open them.
-#[derive(Clone, Default)]
-struct FakeOpenUri {
-    opened: Arc<Mutex<Vec<String>>>,
-}
-
-#[zbus::interface(name = "org.freedesktop.portal.OpenURI")]
-impl FakeOpenUri {
-    #[zbus(name = "OpenURI")]
-    fn open_uri(
-        &self,
-        _parent_window: &str,
-        uri: &str,
-        _options: HashMap<String, OwnedValue>,
-    ) -> OwnedObjectPath {
-        self.opened.lock().unwrap().push(uri.to_owned());
-        OwnedObjectPath::try_from("/org/freedesktop/portal/desktop/request/1_1/t").unwrap()
-    }
-
-    #[zbus(property, name = "version")]
-    fn version(&self) -> u32 {
-        4
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> Result<()> {
@@ -50,12 +21,7 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
     let d = s.session.start_daemon(&[]).await?;
     s.session.wait_session_state(3, Duration::from_secs(20)).await?;
     let notifications = s.session.start_notifications()?;
-    let portal = FakeOpenUri::default();
-    let _portal_conn = zbus::connection::Builder::address(s.session.bus_address.as_str())?
-        .serve_at("/org/freedesktop/portal/desktop", portal.clone())?
-        .name("org.freedesktop.portal.Desktop")?
-        .build()
-        .await?;
+    let (portal, _portal_conn) = OpenUriPortal::serve(&s.session).await?;
 
     let monitor_log = s.session.dir.path().join("notify-monitor.log");
     let mut monitor = s
@@ -99,11 +65,11 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
 
     // The portal opened the consent page; the notifications named no secret.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while portal.opened.lock().unwrap().is_empty() {
+    while portal.opened().is_empty() {
         assert!(Instant::now() < deadline, "the portal was not asked to open the URI");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(portal.opened.lock().unwrap().as_slice(), std::slice::from_ref(&uri));
+    assert_eq!(portal.opened().as_slice(), std::slice::from_ref(&uri));
     let deadline = Instant::now() + Duration::from_secs(10);
     let notified = loop {
         let log = std::fs::read_to_string(&monitor_log)?;

@@ -12,7 +12,6 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,10 +24,10 @@ use matrix_linkd_tests::{
         delegating_daemon_on, device_status, encrypted_room, message_bodies, quiet_delegation,
         secret_strings, send_text, token_works, wait_backed_up, wait_device_gone,
     },
+    portal::OpenUriPortal,
     stack::{Stack, assert_seen_verified},
     wait_state,
 };
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 const ERROR_PREFIX: &str = "io.github.matrix_linkd.Linkd1.Error.";
 
@@ -367,56 +366,6 @@ async fn list_then_revoke_with_a_held_token() -> Result<()> {
     assert_intact(&mut session, &stack.user_id(&login)).await
 }
 
-/// Records the URIs it is asked to open, as xdg-desktop-portal's OpenURI would open them, and
-/// answers the request as the portal does (`Request.Response` 0 on the request's object), so that
-/// the daemon does not wait for an answer and fall back to xdg-open.
-#[derive(Clone, Default)]
-struct FakeOpenUri {
-    opened: Arc<Mutex<Vec<String>>>,
-}
-
-#[zbus::interface(name = "org.freedesktop.portal.OpenURI")]
-impl FakeOpenUri {
-    #[zbus(name = "OpenURI")]
-    fn open_uri(
-        &self,
-        _parent_window: &str,
-        uri: &str,
-        options: HashMap<String, OwnedValue>,
-        #[zbus(header)] hdr: zbus::message::Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
-    ) -> OwnedObjectPath {
-        self.opened.lock().unwrap().push(uri.to_owned());
-        let sender = hdr.sender().map(|s| s.trim_start_matches(':').replace('.', "_")).unwrap_or_default();
-        let token =
-            options.get("handle_token").and_then(|v| <&str>::try_from(&**v).ok()).unwrap_or("t").to_owned();
-        let path =
-            OwnedObjectPath::try_from(format!("/org/freedesktop/portal/desktop/request/{sender}/{token}"))
-                .expect("request path");
-        let conn = conn.clone();
-        let reply_path = path.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let results: HashMap<String, OwnedValue> = HashMap::new();
-            let _ = conn
-                .emit_signal(
-                    None::<()>,
-                    &reply_path,
-                    "org.freedesktop.portal.Request",
-                    "Response",
-                    &(0u32, results),
-                )
-                .await;
-        });
-        path
-    }
-
-    #[zbus(property, name = "version")]
-    fn version(&self) -> u32 {
-        4
-    }
-}
-
 /// The client refreshed its tokens once (rotation): the daemon's copies are dead, so it opens the
 /// account page for that device (MSC4191 session_end); the device stays until the user confirms
 /// there.
@@ -424,12 +373,7 @@ impl FakeOpenUri {
 async fn revoke_after_the_client_rotated_its_tokens_opens_the_account_page() -> Result<()> {
     let settings = DaemonSettings { open_uri: true, ..Default::default() };
     let DelegatingDaemon { stack, login, phone, mut session } = delegating_daemon("dap", &settings).await?;
-    let portal = FakeOpenUri::default();
-    let _portal = zbus::connection::Builder::address(session.bus_address.as_str())?
-        .serve_at("/org/freedesktop/portal/desktop", portal.clone())?
-        .name("org.freedesktop.portal.Desktop")?
-        .build()
-        .await?;
+    let (portal, _portal) = OpenUriPortal::serve(&session).await?;
     let linkd = session.client().await?;
     let (flow, taken) = delegate(&stack, &linkd, &login, quiet_delegation(true)).await?;
     tokio::time::timeout(Duration::from_secs(30), flow.result()).await??;
@@ -437,12 +381,12 @@ async fn revoke_after_the_client_rotated_its_tokens_opens_the_account_page() -> 
     let light = LightClient::start(taken).await?;
     light.refresh_once().await?;
     light.client.whoami().await.map_err(|e| anyhow!("the refreshed session does not work: {e}"))?;
-    assert!(portal.opened.lock().unwrap().is_empty(), "something was opened already");
+    assert!(portal.opened().is_empty(), "something was opened already");
 
     assert_eq!(linkd.revoke_delegation(&device_id).await?, Revoked::AccountPage);
     let deadline = Instant::now() + Duration::from_secs(15);
     let opened = loop {
-        if let Some(u) = portal.opened.lock().unwrap().first().cloned() {
+        if let Some(u) = portal.opened().first().cloned() {
             break u;
         }
         assert!(Instant::now() < deadline, "the account page was not opened");
@@ -536,12 +480,7 @@ async fn the_light_client_example_sends_an_encrypted_message() -> Result<()> {
     use matrix_sdk::{deserialized_responses::TimelineEventKind, room::MessagesOptions};
     let settings = DaemonSettings { open_uri: true, ..Default::default() };
     let DelegatingDaemon { stack, login, phone, session } = delegating_daemon("dex", &settings).await?;
-    let portal = FakeOpenUri::default();
-    let _portal = zbus::connection::Builder::address(session.bus_address.as_str())?
-        .serve_at("/org/freedesktop/portal/desktop", portal.clone())?
-        .name("org.freedesktop.portal.Desktop")?
-        .build()
-        .await?;
+    let (portal, _portal) = OpenUriPortal::serve(&session).await?;
     let room = encrypted_room(&phone).await?;
     let text = format!("hello from the example {}", Stack::new_login("x"));
     let example = matrix_linkd_tests::bin_dir().join("matrix-linkd-example-light-client");
@@ -553,7 +492,7 @@ async fn the_light_client_example_sends_an_encrypted_message() -> Result<()> {
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let uri = loop {
-        if let Some(u) = portal.opened.lock().unwrap().first().cloned() {
+        if let Some(u) = portal.opened().first().cloned() {
             break u;
         }
         ensure!(Instant::now() < deadline, "the consent page was not opened");

@@ -63,7 +63,7 @@ impl Opts<'_> {
     /// A name shown to people: 1 to 64 printable characters.
     fn name(&self, key: &str) -> Result<Option<String>> {
         match self.string(key)? {
-            Some(name) if !delegation::valid_client_name(&name) => {
+            Some(name) if !delegation::valid_name(&name) => {
                 Err(LinkError::InvalidArgs(format!("`{key}` must be 1 to 64 printable characters")))
             }
             name => Ok(name),
@@ -426,7 +426,7 @@ impl Manager {
         let caller = caller::identify(conn, &hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
         let device_id = device_id.get()?;
-        if !delegation::valid_client_name(&device_id) {
+        if !delegation::valid_name(&device_id) {
             return Err(
                 LinkError::InvalidArgs("`device_id` must be 1 to 64 printable characters".into()).into()
             );

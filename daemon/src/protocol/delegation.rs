@@ -448,8 +448,9 @@ pub async fn device_known(client: &Client, device_id: &str) -> Option<bool> {
     }
 }
 
-/// The `client_name` a caller may choose: 1 to 64 printable characters, no control characters.
-pub fn valid_client_name(name: &str) -> bool {
+/// A name a caller may choose (`client_name`, `device_display_name`) or give (a device ID): 1 to
+/// 64 characters, no control characters, not blank.
+pub fn valid_name(name: &str) -> bool {
     let n = name.chars().count();
     (1..=64).contains(&n) && !name.chars().any(char::is_control) && !name.trim().is_empty()
 }
@@ -475,9 +476,9 @@ mod tests {
 
     #[test]
     fn client_names_are_bounded_and_printable() {
-        assert!(valid_client_name("Fractal") && valid_client_name(&"x".repeat(64)));
-        assert!(!valid_client_name("") && !valid_client_name("   ") && !valid_client_name(&"x".repeat(65)));
-        assert!(!valid_client_name("a\nb") && !valid_client_name("a\u{7}"));
+        assert!(valid_name("Fractal") && valid_name(&"x".repeat(64)));
+        assert!(!valid_name("") && !valid_name("   ") && !valid_name(&"x".repeat(65)));
+        assert!(!valid_name("a\nb") && !valid_name("a\u{7}"));
         assert_eq!(Trust::SignedByDaemon.as_str(), "signed-by-daemon");
     }
 

@@ -3,7 +3,6 @@
 //! screenshots of each step under `target/gtk-artefacts/`.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -26,16 +25,9 @@ pub struct Desktop {
 impl Desktop {
     pub fn start(session: &Session, artefacts: &Path) -> Result<Self> {
         std::fs::create_dir_all(artefacts)?;
-        let mut xvfb = Command::new("Xvfb")
-            .args(["-displayfd", "1", "-screen", "0", "1200x860x24", "-nolisten", "tcp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("Xvfb (apt-get install xvfb)")?;
-        let mut display = String::new();
-        BufReader::new(xvfb.stdout.take().expect("piped")).read_line(&mut display)?;
+        let (xvfb, display) = matrix_linkd_tests::start_xvfb("1200x860x24")?;
         let mut desktop = Desktop {
-            display: format!(":{}", display.trim()),
+            display,
             artefacts: artefacts.to_owned(),
             xvfb,
             a11y: None,
