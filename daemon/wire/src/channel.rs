@@ -1,6 +1,7 @@
-//! The secure channel, both generations (protocol.md §6): 2024 = ECIES over vodozemac 0.11.1 (no
-//! AAD), latest = HPKE with the AAD of `aad.rs`, our own implementation of vodozemac 0.11.1's
-//! channel (`hpke.rs`).
+//! The secure channel, both generations (protocol.md §6): 2024 = ECIES over vodozemac 0.10.0, the
+//! one matrix-sdk 0.18 builds on (no AAD; the same bytes as vodozemac 0.11.1's, tested below),
+//! latest = HPKE with the AAD of `aad.rs`, our own implementation of vodozemac 0.11.1's channel
+//! (`hpke.rs`).
 //!
 //! G (the device that generated the QR code) holds the QR key and answers; S (the scanner)
 //! initiates. After the handshake S shows the check code and G's user types it in; G must not act on
@@ -18,7 +19,6 @@ use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD as B64};
 use vodozemac::{
     Curve25519PublicKey,
     ecies::{self, Ecies, EstablishedEcies},
-    hpke::DigitMode,
 };
 
 use crate::hpke;
@@ -186,7 +186,7 @@ impl Channel {
     /// The two-digit code: 00–99 for 2024, 10–99 for the latest generation.
     pub fn check_code(&self) -> u8 {
         match self {
-            Channel::V2024(e) => e.check_code().to_digit(DigitMode::AllowLeadingZero),
+            Channel::V2024(e) => check_code_digits(*e.check_code().as_bytes(), Generation::V2024),
             Channel::Latest(h) => check_code_digits(h.check_code(), Generation::Latest),
         }
     }
@@ -220,8 +220,8 @@ impl Channel {
     }
 }
 
-/// The digits of a check code (protocol.md §7): 2024 `b0 % 10, b1 % 10` (00–99); latest
-/// `(b0 % 9) + 1, b1 % 10` (10–99).
+/// The digits of a check code (protocol.md §7): 2024 `b0 % 10, b1 % 10` (00–99, vodozemac's
+/// `DigitMode::AllowLeadingZero`); latest `(b0 % 9) + 1, b1 % 10` (10–99, `NoLeadingZero`).
 pub fn check_code_digits(bytes: [u8; 2], generation: Generation) -> u8 {
     let first = match generation {
         Generation::V2024 => bytes[0] % 10,
@@ -328,13 +328,13 @@ mod tests {
     /// context and the check code come out as published.
     #[test]
     fn deterministic_handshake_vector() {
-        use ::hpke::{
+        use hpke_latest::{
             Deserializable, Kem as _, OpModeR, Serializable, aead::ChaCha20Poly1305, kdf::HkdfSha256,
             kem::X25519HkdfSha256,
         };
         type Kem = X25519HkdfSha256;
         let gs = hex::decode("d88a5ca19ead8b3e74ab3bd0e9f783f1bb66b7d543873a7a424f5e78c33cb491").unwrap();
-        let sk = <Kem as ::hpke::Kem>::PrivateKey::from_bytes(&gs).unwrap();
+        let sk = <Kem as hpke_latest::Kem>::PrivateKey::from_bytes(&gs).unwrap();
         let gp = Kem::sk_to_pk(&sk).to_bytes();
         assert_eq!(b64(&gp), "GxyZBjD1bQO0tpTht1xk8LSLUMQ8SCYjU2cUpCUnrUo");
         let initiate = base64::engine::general_purpose::STANDARD_NO_PAD
@@ -342,8 +342,8 @@ mod tests {
             .unwrap();
         let (sp, ct) = initiate.split_at(32);
         assert_eq!(b64(sp), "YTkEpTi8b0sYsxo2Jz3Iv/Qyj5jZWGFBWktyujuP5kY");
-        let enc = <Kem as ::hpke::Kem>::EncappedKey::from_bytes(sp).unwrap();
-        let mut ctx = ::hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
+        let enc = <Kem as hpke_latest::Kem>::EncappedKey::from_bytes(sp).unwrap();
+        let mut ctx = hpke_latest::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
             &OpModeR::Base,
             &sk,
             &enc,
@@ -375,12 +375,66 @@ mod tests {
             .unwrap();
         assert_eq!(ctx.open(&success, &a("SEQ3")).unwrap(), br#"{"type":"m.login.success"}"#);
         // vodozemac's message framing decodes the published LoginInitiate and LoginOk.
-        assert!(vodozemac::hpke::InitialMessage::decode("YTkEpTi8b0sYsxo2Jz3Iv/Qyj5jZWGFBWktyujuP5kbFyDqaTvLwtCVrPp1U3BJCfPnWNecaBL9P1TlYHRav6nR4zE+81oTLWJT5ye8").is_ok());
-        let ok = vodozemac::hpke::InitialResponse::decode(
+        assert!(vodozemac_latest::hpke::InitialMessage::decode("YTkEpTi8b0sYsxo2Jz3Iv/Qyj5jZWGFBWktyujuP5kbFyDqaTvLwtCVrPp1U3BJCfPnWNecaBL9P1TlYHRav6nR4zE+81oTLWJT5ye8").is_ok());
+        let ok = vodozemac_latest::hpke::InitialResponse::decode(
             "hgLQpkulZhU+o5TbRKZt0Q4ejla+woQeOMb/evxFuPwrrqTrGPq5t0X3DAL/XUwWuSA5sfE4wwRMhHpMchMEA2QlWkHL6RA",
         )
         .unwrap();
         assert_eq!(&ok.to_bytes()[..32], rn.as_slice());
+    }
+
+    /// The 2024 channel on vodozemac 0.10.0 against vodozemac 0.11.1's ECIES in both roles: the
+    /// handshake completes, the check codes agree (bytes, and the digits with a leading zero),
+    /// messages go both ways.
+    #[test]
+    fn v2024_interoperates_with_vodozemac_latest_in_both_roles() {
+        use vodozemac_latest::{
+            Curve25519PublicKey as LatestKey,
+            ecies::{DigitMode, Ecies as LatestEcies, InitialMessage, Message},
+        };
+        // Our G, vodozemac 0.11.1's S.
+        let g = Generator::new(Generation::V2024);
+        let theirs = LatestEcies::new()
+            .establish_outbound_channel(LatestKey::from_bytes(g.public_key()), INITIATE)
+            .unwrap();
+        let (mut ours, ok) = g.accept(&theirs.message.encode(), &[], &[]).unwrap();
+        let mut theirs = theirs.ecies;
+        assert_eq!(theirs.decrypt(&Message::decode(&ok).unwrap()).unwrap(), OK);
+        assert_eq!(theirs.check_code().as_bytes(), &ours.check_code_bytes());
+        assert_eq!(theirs.check_code().to_digit(DigitMode::AllowLeadingZero), ours.check_code());
+        for i in 0..3 {
+            let msg = format!("s{i}");
+            assert_eq!(ours.open(&theirs.encrypt(msg.as_bytes()).encode(), &[]).unwrap(), msg.as_bytes());
+            let sealed = ours.seal(msg.as_bytes(), &[]);
+            assert_eq!(theirs.decrypt(&Message::decode(&sealed).unwrap()).unwrap(), msg.as_bytes());
+        }
+
+        // vodozemac 0.11.1's G, our S.
+        let theirs = LatestEcies::new();
+        let (pending, initiate) =
+            Initiated::start(Generation::V2024, &theirs.public_key().to_bytes(), &[]).unwrap();
+        let r = theirs.establish_inbound_channel(&InitialMessage::decode(&initiate).unwrap()).unwrap();
+        assert_eq!(r.message, INITIATE);
+        let mut theirs = r.ecies;
+        let mut ours = pending.confirm(&theirs.encrypt(OK).encode(), &[]).unwrap();
+        assert_eq!(theirs.check_code().as_bytes(), &ours.check_code_bytes());
+        assert_eq!(theirs.check_code().to_digit(DigitMode::AllowLeadingZero), ours.check_code());
+        for i in 0..3 {
+            let msg = format!("g{i}");
+            let sealed = ours.seal(msg.as_bytes(), &[]);
+            assert_eq!(theirs.decrypt(&Message::decode(&sealed).unwrap()).unwrap(), msg.as_bytes());
+            assert_eq!(ours.open(&theirs.encrypt(msg.as_bytes()).encode(), &[]).unwrap(), msg.as_bytes());
+        }
+    }
+
+    /// The 2024 digits are vodozemac 0.10.0's own `CheckCode::to_digit` (leading zero allowed).
+    #[test]
+    fn v2024_digits_are_vodozemacs() {
+        for _ in 0..20 {
+            let (g, _) = handshake(Generation::V2024);
+            let Channel::V2024(e) = &g else { unreachable!() };
+            assert_eq!(g.check_code(), e.check_code().to_digit());
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! matrix-linkd-wire: the wire formats of Matrix sign-in with QR code (MSC4108 over MSC4388), in
 //! both generations, as small pure modules tested against the vectors of protocol.md §15:
 //! the QR code, the `m.login.*` messages, the latest generation's AAD, the secure channels (ECIES
-//! for 2024 over vodozemac 0.11.1; HPKE for the latest, vodozemac 0.11.1's construction on the same
-//! `hpke` crate, in `hpke`), and the checks every value from across the boundary passes (`policy`).
+//! for 2024 over vodozemac 0.10.0, the one matrix-sdk 0.18 builds on; HPKE for the latest,
+//! vodozemac 0.11.1's construction on `hpke` 0.13, matrix-sdk's RustCrypto generation, in `hpke`),
+//! and the checks every value from across the boundary passes (`policy`).
 //!
 //! Latest generation: the daemon sends LoginOk under vodozemac's response label
 //! `MATRIX_QR_CODE_LOGIN_RESPONSE` (every vodozemac-based peer, matrix-sdk and Element X among

@@ -1,12 +1,15 @@
 //! The latest generation's channel against the published vectors (protocol.md §15.4), against an
-//! independent construction of each message with the `hpke` and `hkdf` crates (the test plays the
-//! other device exactly as §6.2.2 writes it), and against vodozemac 0.11.1 itself in both roles.
+//! independent construction of each message with the `hpke` crate of the newer RustCrypto generation
+//! (0.14.1, the one vodozemac 0.11.1 builds on, whose `danger::streaming_enc` builds the response
+//! contexts that `hpke.rs` writes out by hand) and the `hkdf` crate (the test plays the other device
+//! exactly as §6.2.2 writes it), and against vodozemac 0.11.1 itself in both roles.
 //!
 //! The daemon passes the candidate AADs in the order of `Rendezvous::poll`: the normalised base URL
 //! (`…matrix.org/`) first, then the QR code's form without the slash (`…matrix.org`), which is the
 //! one the published vectors use.
 
-use ::hpke::{
+use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD};
+use hpke_latest::{
     Deserializable as _, OpModeR, OpModeS, Serializable as _,
     aead::{AeadCtxR, AeadCtxS, ChaCha20Poly1305},
     danger::streaming_enc::{
@@ -15,8 +18,7 @@ use ::hpke::{
     kdf::HkdfSha256,
     kem::X25519HkdfSha256,
 };
-use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD};
-use vodozemac::{
+use vodozemac_latest::{
     Curve25519PublicKey,
     hpke::{
         BidirectionalCreationResult, DigitMode, HpkeRecipientChannel, HpkeSenderChannel, InitialMessage,
@@ -73,7 +75,7 @@ fn known_rn() -> [u8; 32] {
 
 fn random_rn() -> [u8; 32] {
     let mut rn = [0u8; 32];
-    getrandom::fill(&mut rn).unwrap();
+    rand_core::TryRngCore::try_fill_bytes(&mut rand_core::OsRng, &mut rn).unwrap();
     rn
 }
 
@@ -84,19 +86,19 @@ fn random_rn() -> [u8; 32] {
 fn their_g_open(initiate: &str, aad: &[u8]) -> (AeadCtxR<A, F, K>, [u8; 32], Vec<u8>) {
     let bytes = unb64(initiate);
     let (sp, ct) = bytes.split_at(32);
-    let sk = <K as ::hpke::Kem>::PrivateKey::from_bytes(&gs()).unwrap();
-    let enc = <K as ::hpke::Kem>::EncappedKey::from_bytes(sp).unwrap();
+    let sk = <K as hpke_latest::Kem>::PrivateKey::from_bytes(&gs()).unwrap();
+    let enc = <K as hpke_latest::Kem>::EncappedKey::from_bytes(sp).unwrap();
     let mut ctx =
-        ::hpke::setup_receiver::<A, F, K>(&OpModeR::Base, &sk, &enc, b"MATRIX_QR_CODE_LOGIN").unwrap();
+        hpke_latest::setup_receiver::<A, F, K>(&OpModeR::Base, &sk, &enc, b"MATRIX_QR_CODE_LOGIN").unwrap();
     let plain = ctx.open(ct, aad).unwrap();
     (ctx, sp.try_into().unwrap(), plain)
 }
 
 /// S: SetupBaseS to `gp` and LoginInitiate sealed with `aad`. Returns ctxS, Sp and the payload.
 fn their_s_initiate(gp: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> (AeadCtxS<A, F, K>, [u8; 32], String) {
-    let pk = <K as ::hpke::Kem>::PublicKey::from_bytes(gp).unwrap();
+    let pk = <K as hpke_latest::Kem>::PublicKey::from_bytes(gp).unwrap();
     let (enc, mut ctx) =
-        ::hpke::setup_sender::<A, F, K>(&OpModeS::Base, &pk, b"MATRIX_QR_CODE_LOGIN").unwrap();
+        hpke_latest::setup_sender::<A, F, K>(&OpModeS::Base, &pk, b"MATRIX_QR_CODE_LOGIN").unwrap();
     let sp: [u8; 32] = enc.to_bytes().0;
     let ct = ctx.seal(plaintext, aad).unwrap();
     (ctx, sp, b64(&[sp.as_slice(), &ct].concat()))
