@@ -79,7 +79,25 @@ async fn grant_showing_qr() -> Result<()> {
     let (hs, session, _) = signed_out_setup(120).await?;
     let alice = hs.existing_device("ALICEDEV").await;
     sign_in_daemon(&session, &hs, &alice).await?;
+    grant_to_a_new_device(&hs, &session).await
+}
 
+/// Every grant shares the secrets from one crypto store, opened at the first grant and kept: the
+/// second grant does not open the store again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_share_secrets_from_one_open_store() -> Result<()> {
+    let (hs, session, daemon) = signed_out_setup(120).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    sign_in_daemon(&session, &hs, &alice).await?;
+    grant_to_a_new_device(&hs, &session).await?;
+    grant_to_a_new_device(&hs, &session).await?;
+    let opened = session.log(daemon).matches("crypto store opened for sharing secrets").count();
+    assert_eq!(opened, 1, "the crypto store was opened {opened} times for two grants");
+    Ok(())
+}
+
+/// One grant with the daemon showing the QR code; a new device scans it and ends verified.
+async fn grant_to_a_new_device(hs: &MockHomeserver, session: &Session) -> Result<()> {
     let linkd = session.client().await?;
     let mut flow =
         linkd.start_grant(GrantOptions { open_uri: false, notify: false, ..Default::default() }).await?;

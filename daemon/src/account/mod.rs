@@ -19,6 +19,7 @@ use matrix_sdk::{
     ruma::{OwnedDeviceId, OwnedUserId},
     store::RoomLoadSettings,
 };
+use matrix_sdk_base::crypto::OlmMachine;
 use rand::RngCore;
 pub use secrets::{APPLICATION, ItemKind, SecretStore};
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,9 @@ pub struct Account {
     /// The store key of a login in progress, already kept in the keyring.
     pending_key: Mutex<Option<[u8; 32]>>,
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The crypto store opened once for the secrets every grant shares (see `secrets_bundle`),
+    /// dropped whenever the session changes.
+    exporter: Mutex<Option<OlmMachine>>,
 }
 
 impl Account {
@@ -114,6 +118,7 @@ impl Account {
             client: Mutex::new(None),
             pending_key: Mutex::new(None),
             watcher: std::sync::Mutex::new(None),
+            exporter: Mutex::new(None),
         })
     }
 
@@ -155,6 +160,7 @@ impl Account {
         match self.restore_inner().await {
             Ok(Some(client)) => {
                 info!("session restored");
+                self.exporter.lock().await.take();
                 *slot = Some(client.clone());
                 drop(slot);
                 self.publish_signed_in(&client).await;
@@ -346,6 +352,7 @@ impl Account {
         self.secrets.delete(ItemKind::StoreKey).await?;
         self.secrets.delete(ItemKind::Delegation).await?;
         *slot = None;
+        self.exporter.lock().await.take();
         wipe_dir(&self.store_dir).await;
         self.set_state(SessionState::SignedOut);
         Ok(())
@@ -387,6 +394,7 @@ impl LoginTarget for Account {
         self.pending_key.lock().await.take();
         let stored = StoredSession::from_client(&client)?;
         self.save_session(&stored).await?;
+        self.exporter.lock().await.take();
         *self.client.lock().await = Some(client.clone());
         self.watch_session(&client);
         self.publish_signed_in(&client).await;
@@ -405,28 +413,39 @@ impl LoginTarget for Account {
 
 #[async_trait]
 impl crate::protocol::SecretsSource for Account {
+    /// The private cross-signing keys and the backup key, for a grant. matrix-sdk 0.18 keeps the
+    /// signed-in client's `OlmMachine` to itself, so the store is opened a second time, once: the
+    /// machine is kept and every later grant reads from it (the cross-signing keys are held in
+    /// memory, the backup key is read from the store on each export). The signed-in client's own
+    /// view is asked first: if it no longer holds every private cross-signing key (an identity
+    /// reset seen since), nothing is shared.
     async fn secrets_bundle(&self) -> Result<matrix_sdk_base::crypto::types::SecretsBundle> {
-        let key =
-            self.secrets.load(ItemKind::StoreKey).await?.ok_or_else(|| {
-                LinkError::SecretStorage("the store key is missing from the keyring".into())
-            })?;
-        export_secrets_bundle(&self.store_dir, &store_key(&key)?).await?.ok_or_else(|| {
+        let missing = || {
             LinkError::MissingSecrets(
                 "this device does not hold the private cross-signing keys to share".into(),
             )
-        })
+        };
+        let client = self.client.lock().await.clone().ok_or(LinkError::NotSignedIn)?;
+        if !client.encryption().cross_signing_status().await.is_some_and(|s| s.is_complete()) {
+            return Err(missing());
+        }
+        let mut slot = self.exporter.lock().await;
+        if slot.is_none() {
+            let key = self.secrets.load(ItemKind::StoreKey).await?.ok_or_else(|| {
+                LinkError::SecretStorage("the store key is missing from the keyring".into())
+            })?;
+            *slot = Some(open_exporter(&self.store_dir, &store_key(&key)?).await?.ok_or_else(missing)?);
+        }
+        let machine = slot.as_ref().expect("just filled");
+        machine.store().export_secrets_bundle().await.map_err(|_| missing())
     }
 }
 
-/// The secrets bundle (private cross-signing keys, backup key) of the store at `store_dir`,
-/// opened with its `key`, for the existing device's side of the own engine. matrix-sdk 0.18 only
-/// exports from a store opened with a passphrase, and ours is opened with a raw key. `None` when
-/// the store holds no account.
-pub async fn export_secrets_bundle(
-    store_dir: &Path,
-    key: &[u8; 32],
-) -> Result<Option<matrix_sdk_base::crypto::types::SecretsBundle>> {
-    use matrix_sdk_base::crypto::{OlmMachine, store::CryptoStore as _};
+/// An `OlmMachine` over the store at `store_dir`, opened with its `key`, for exporting the secrets
+/// bundle: matrix-sdk 0.18 only exports from a store opened with a passphrase, and ours is opened
+/// with a raw key. `None` when the store holds no account.
+async fn open_exporter(store_dir: &Path, key: &[u8; 32]) -> Result<Option<OlmMachine>> {
+    use matrix_sdk_base::crypto::store::CryptoStore as _;
     let store =
         matrix_sdk::SqliteCryptoStore::open_with_config(&SqliteStoreConfig::new(store_dir).key(Some(key)))
             .await
@@ -439,6 +458,17 @@ pub async fn export_secrets_bundle(
     let machine = OlmMachine::with_store(&account.user_id, &account.device_id, store, None)
         .await
         .map_err(|_| LinkError::Failed("cannot load the crypto store".into()))?;
+    debug!("crypto store opened for sharing secrets");
+    Ok(Some(machine))
+}
+
+/// The secrets bundle (private cross-signing keys, backup key) of the store at `store_dir`,
+/// opened with its `key`. `None` when the store holds no account.
+pub async fn export_secrets_bundle(
+    store_dir: &Path,
+    key: &[u8; 32],
+) -> Result<Option<matrix_sdk_base::crypto::types::SecretsBundle>> {
+    let Some(machine) = open_exporter(store_dir, key).await? else { return Ok(None) };
     let bundle = machine.store().export_secrets_bundle().await.map_err(|_| {
         LinkError::MissingSecrets("this device does not hold the private cross-signing keys to share".into())
     })?;
