@@ -127,6 +127,87 @@ async fn closing_the_notification_leaves_the_choice_to_the_owner() -> Result<()>
     Ok(())
 }
 
+/// Two grants wait for consent at once: each approval notification names its own new device, and
+/// an Approve picked on one notification lets in that flow's device only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_grants_each_notification_approves_its_own_device() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let notifications = s.session.start_notifications()?;
+    let monitor_log = s.session.dir.path().join("notify-monitor.log");
+    let mut monitor = s
+        .session
+        .command("dbus-monitor")
+        .args(["--session", "interface='org.freedesktop.Notifications',member='Notify'"])
+        .stdout(std::fs::File::create(&monitor_log)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (first, first_peer) = grant_at_consent(&s).await?;
+    let (second, second_peer) = grant_at_consent(&s).await?;
+    let ids = [first.proxy().peer_device_id().await?, second.proxy().peer_device_id().await?];
+    assert_ne!(ids[0], ids[1]);
+    wait_displayed(&s.session, 2).await;
+    s.hs.plan_login();
+    s.hs.plan_login();
+
+    // Each approval notification names one device, its own.
+    let log = std::fs::read_to_string(&monitor_log)?;
+    let bodies: Vec<&str> =
+        log.lines().filter(|l| l.contains("asks") || l.contains("wants to sign in")).collect();
+    for id in &ids {
+        let naming: Vec<_> = bodies.iter().filter(|b| b.contains(id.as_str())).collect();
+        assert_eq!(naming.len(), 1, "device {id} is named by {} notifications: {bodies:?}", naming.len());
+        assert!(!ids.iter().all(|i| naming[0].contains(i.as_str())), "one notification names both devices");
+    }
+
+    // The user picks Approve on one notification: one flow goes on, the other still waits.
+    notifications.pick_in_menu(Some("#Approve ("))?;
+    s.session.dunstctl(&["context"])?;
+    let (mut flows, mut peers) = (vec![first, second], vec![first_peer, second_peer]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let approved = loop {
+        let mut states = Vec::new();
+        for f in &flows {
+            states.push(f.proxy().state().await.unwrap_or(0));
+        }
+        if let Some(i) = states.iter().position(|&st| st != 5) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(flows[1 - i].proxy().state().await?, 5, "one Approve decided both flows");
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no flow was approved from its notification");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (flow, peer) = (flows.remove(approved), peers.remove(approved));
+    tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // Then the other from its own notification, the only one left with an Approve.
+    wait_displayed_at_most(&s.session, 1).await;
+    notifications.pick_in_menu(Some("#Approve ("))?;
+    s.session.dunstctl(&["context"])?;
+    let (flow, peer) = (flows.remove(0), peers.remove(0));
+    tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
+    peer.finish().await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    monitor.kill().ok();
+    monitor.wait().ok();
+    assert!(s.session.daemon_running(s.daemon));
+    Ok(())
+}
+
+/// Waits until dunst displays no more than `n` approval notifications.
+async fn wait_displayed_at_most(session: &Session, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = session.dunstctl(&["count", "displayed"]).unwrap_or_default();
+        if shown.trim().parse::<usize>().is_ok_and(|c| c <= n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "dunst still displays {} notifications", shown.trim());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A grant (notifications on, no URI opened) whose new device waits for our user's consent.
 async fn grant_at_consent(
     s: &matrix_linkd_tests::SignedInSetup,
