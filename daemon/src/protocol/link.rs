@@ -31,9 +31,8 @@ pub enum Pace {
     Now,
     /// The other device only has to compute: look soon and often, then back off.
     Machine,
-    /// A person acts first: look every second at most, as matrix-sdk does all the time, so the
-    /// other device's answer is seen within a second of the person acting (earlier looks a little
-    /// more often, for quick people).
+    /// A person acts first: a look after half a second, then one every second, as matrix-sdk
+    /// looks all the time: the other device's answer is seen within a second of the person acting.
     Human,
     /// Nothing is due from the other device (our own user decides); we only watch for it giving
     /// up.
@@ -46,7 +45,7 @@ impl Pace {
         match self {
             Pace::Now => &[0, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
             Pace::Machine => &[30, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
-            Pace::Human => &[250, 500, 750, 1000],
+            Pace::Human => &[500, 1000],
             Pace::Watch => &[1000, 2000, 3000],
         }
     }
