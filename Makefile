@@ -2,7 +2,8 @@
 #
 #   make demo    the daemon on a private bus against the local homeserver stack, a full link end to end
 #   make test    every test: unit, the real daemon on a private bus, and end-to-end over the real stack
-#   make bench   benchmark figures (full flow, requests, idle cost) against matrix-sdk's own flow
+#   make bench   figures of the release daemon (flows with a modelled person, concurrency, start-up,
+#                idle cost, size) against matrix-sdk's own flow
 #   make lint    rustfmt and clippy, as CI runs them
 #   make install PREFIX=/usr/local DESTDIR=...
 
@@ -61,9 +62,21 @@ LOCALHOST_STACK := STACK_NAME=localhost SYNAPSE_PORT=48008 OAUTH_PORT=48080 SERV
 demo: deps build
 	STACK_NAME=demo SYNAPSE_PORT=19008 OAUTH_PORT=19080 stack/with-stack.sh $(TARGET)/linkd-demo
 
-# Figures (not a test): full-flow time by phase, rendezvous requests, idle cost; see BENCHMARKS.md.
-bench: deps build
-	stack/with-stack.sh $(TARGET)/linkd-bench
+# Figures (not a test) for the release daemon, against matrix-sdk's own flow in the same run, with
+# a modelled person (BENCH_HUMAN_DELAY, default 2 s, before each human step); see BENCHMARKS.md.
+# The daemon and the CLI are built as `make install` builds them, each on its own, so that Cargo's
+# feature unification does not give them the tests crate's matrix-sdk features (`testing`, ...).
+# The driver (matrix-sdk baseline peers, test helpers) uses the cheaper `bench` profile (workspace
+# Cargo.toml), whose output Cargo puts in target/release too. A stack of its own (ports 19108/19180),
+# so that no other run's requests are counted. BENCH_RUNS, BENCH_IDLE_SECS, BENCH_STARTS and
+# BENCH_FLOWS tune it.
+BENCH_STACK := STACK_NAME=bench SYNAPSE_PORT=19108 OAUTH_PORT=19180
+
+bench: deps
+	$(CARGO) build --release -p matrix-linkd --bin matrix-linkd
+	$(CARGO) build --release -p matrix-linkd-client --bin matrix-link
+	$(CARGO) build --profile bench -p matrix-linkd-bench
+	$(BENCH_STACK) stack/with-stack.sh env LINKD_DAEMON_BIN=$(abspath target/release/matrix-linkd) target/release/linkd-bench
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the QR parser, the message decoder and the channel decoders.
 # The toolchain is stable; RUSTC_BOOTSTRAP lets cargo-fuzz pass its sanitizer flags.

@@ -1,0 +1,112 @@
+//! Reaction per hop, from both daemons' debug logs: the other side's rendezvous write -> our next
+//! write, less the time our own user took in between.
+
+use crate::common::percentile;
+
+/// What one hop waited for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// A machine reply: our read was paced for one.
+    Machine,
+    /// Our read was paced for a person (the scan, the check code, consent on the other side).
+    Human,
+    /// Our write is `m.login.success`: the new device waited for the OAuth server's token, which
+    /// comes one `interval` after the first token request when the person consents after it.
+    Token,
+}
+
+pub struct Hop {
+    pub ms: f64,
+    pub waited: Waited,
+}
+
+/// Seconds of the day from a log line's RFC 3339 timestamp.
+fn stamp(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let (h, m, s) = (
+        t.get(0..2)?.parse::<f64>().ok()?,
+        t.get(3..5)?.parse::<f64>().ok()?,
+        t.get(6..)?.parse::<f64>().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+enum Ev {
+    Write { token: bool },
+    Read { human: bool },
+    UserWait(f64),
+}
+
+fn events(log: &str, side: usize) -> Vec<(f64, usize, Ev)> {
+    log.lines()
+        .filter_map(|l| {
+            let t = stamp(l)?;
+            let ev = if l.contains("rendezvous write") {
+                Ev::Write { token: l.contains("m.login.success") }
+            } else if l.contains("rendezvous read") {
+                Ev::Read { human: l.contains("pace=Human") }
+            } else if l.contains("user answered") {
+                let ms = l.split("waited_ms=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok()?;
+                Ev::UserWait(ms / 1000.0)
+            } else {
+                return None;
+            };
+            Some((t, side, ev))
+        })
+        .collect()
+}
+
+/// Reactions per hop from both daemons' logs: each write, less the other side's previous write and
+/// the time our own user took in between.
+pub fn hops(log_a: &str, log_b: &str) -> Vec<Hop> {
+    let mut all = events(log_a, 0);
+    all.extend(events(log_b, 1));
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut last_write: [Option<f64>; 2] = [None, None];
+    let mut waited = [0.0f64; 2];
+    let mut human = [false; 2];
+    let mut out = Vec::new();
+    for (t, side, ev) in all {
+        match ev {
+            Ev::Write { token } => {
+                let other = last_write[1 - side];
+                let mine = last_write[side];
+                if let Some(o) = other
+                    && mine.is_none_or(|m| m < o)
+                {
+                    let waited_for = if token {
+                        Waited::Token
+                    } else if human[side] {
+                        Waited::Human
+                    } else {
+                        Waited::Machine
+                    };
+                    out.push(Hop { ms: (t - o - waited[side]) * 1000.0, waited: waited_for });
+                }
+                last_write[side] = Some(t);
+                waited[side] = 0.0;
+                human[side] = false;
+            }
+            Ev::Read { human: h } => human[side] = h,
+            Ev::UserWait(s) => waited[side] += s,
+        }
+    }
+    out
+}
+
+/// `| engine | machine hops | p50 | p99 | human-paced hops | p50 | p99 | token hops | p50 |`
+pub fn row(name: &str, hops: &[Hop]) -> String {
+    let of = |w: Waited| hops.iter().filter(|h| h.waited == w).map(|h| h.ms).collect::<Vec<f64>>();
+    let (m, h, t) = (of(Waited::Machine), of(Waited::Human), of(Waited::Token));
+    format!(
+        "| {name} | {} | {:.0} ms | {:.0} ms | {} | {:.0} ms | {:.0} ms | {} | {:.0} ms |",
+        m.len(),
+        percentile(m.clone(), 0.5),
+        percentile(m, 0.99),
+        h.len(),
+        percentile(h.clone(), 0.5),
+        percentile(h, 0.99),
+        t.len(),
+        percentile(t, 0.5),
+    )
+}
