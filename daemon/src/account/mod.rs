@@ -231,10 +231,7 @@ impl Account {
     async fn build_client(&self, homeserver: Url, key: &[u8; 32]) -> Result<Client> {
         create_private_dir(&self.store_dir).await?;
         let builder = Client::builder()
-            .sqlite_store_with_config_and_cache_path(
-                store_config(&self.store_dir, key),
-                None::<&Path>,
-            )
+            .sqlite_store_with_config_and_cache_path(store_config(&self.store_dir, key), None::<&Path>)
             .handle_refresh_tokens()
             .homeserver_url(homeserver);
         builder.build().await.map_err(|e| {
@@ -453,10 +450,9 @@ fn store_config(store_dir: &Path, key: &[u8; 32]) -> SqliteStoreConfig {
 /// with a raw key. `None` when the store holds no account.
 async fn open_exporter(store_dir: &Path, key: &[u8; 32]) -> Result<Option<OlmMachine>> {
     use matrix_sdk_base::crypto::store::CryptoStore as _;
-    let store =
-        matrix_sdk::SqliteCryptoStore::open_with_config(&store_config(store_dir, key))
-            .await
-            .map_err(|_| LinkError::Failed("cannot open the encrypted store".into()))?;
+    let store = matrix_sdk::SqliteCryptoStore::open_with_config(&store_config(store_dir, key))
+        .await
+        .map_err(|_| LinkError::Failed("cannot open the encrypted store".into()))?;
     let Some(account) =
         store.load_account().await.map_err(|_| LinkError::Failed("cannot read the store".into()))?
     else {
