@@ -4,20 +4,30 @@ use std::path::Path;
 
 use crate::{ClientError, Result};
 
-/// The raw bytes of the first QR code found in the image at `path`.
+/// The raw bytes of a QR code in the image at `path` (see [`decode_luma`]).
 pub fn decode_image(path: &Path) -> Result<Vec<u8>> {
     let img = image::open(path)
         .map_err(|e| ClientError::Other(format!("{}: cannot read the image: {e}", path.display())))?
         .to_luma8();
+    decode_luma(img).map_err(|e| ClientError::Other(format!("{}: {e}", path.display())))
+}
+
+/// The raw bytes of the first QR code in `img` that decodes; every code found is tried. The error
+/// says whether a code was found at all.
+pub fn decode_luma(img: image::GrayImage) -> std::result::Result<Vec<u8>, String> {
     let mut prepared = rqrr::PreparedImage::prepare(img);
-    let grids = prepared.detect_grids();
-    let grid = grids
-        .first()
-        .ok_or_else(|| ClientError::Other(format!("{}: no QR code found in the image", path.display())))?;
-    let mut bytes = Vec::new();
-    grid.decode_to(&mut bytes)
-        .map_err(|e| ClientError::Other(format!("{}: the QR code cannot be decoded: {e}", path.display())))?;
-    Ok(bytes)
+    let mut last_error = None;
+    for grid in prepared.detect_grids() {
+        let mut bytes = Vec::new();
+        match grid.decode_to(&mut bytes) {
+            Ok(_) => return Ok(bytes),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => format!("A QR code was found but cannot be decoded: {e}"),
+        None => "No QR code was found in the image.".to_owned(),
+    })
 }
 
 /// Bytes from hex (spaces and colons allowed).

@@ -18,24 +18,7 @@ const PORTAL_PATH: &str = "/org/freedesktop/portal/desktop";
 /// The raw bytes of the first QR code in a PNG image.
 pub fn decode_png(png: &[u8]) -> Result<Vec<u8>, String> {
     let img = image::load_from_memory(png).map_err(|e| format!("The image cannot be read: {e}"))?.to_luma8();
-    decode_luma(img)
-}
-
-fn decode_luma(img: image::GrayImage) -> Result<Vec<u8>, String> {
-    let mut prepared = rqrr::PreparedImage::prepare(img);
-    let grids = prepared.detect_grids();
-    let mut last_error = None;
-    for grid in grids {
-        let mut bytes = Vec::new();
-        match grid.decode_to(&mut bytes) {
-            Ok(_) => return Ok(bytes),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(match last_error {
-        Some(e) => format!("A QR code was found but cannot be decoded: {e}"),
-        None => "No QR code was found in the image.".to_owned(),
-    })
+    matrix_linkd_client::qr::decode_luma(img)
 }
 
 /// Asks the Screenshot portal for a picture of the screen (non-interactive) and decodes the QR
