@@ -133,15 +133,7 @@ async fn closing_the_notification_leaves_the_choice_to_the_owner() -> Result<()>
 async fn two_grants_each_notification_approves_its_own_device() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let notifications = s.session.start_notifications()?;
-    let monitor_log = s.session.dir.path().join("notify-monitor.log");
-    let mut monitor = s
-        .session
-        .command("dbus-monitor")
-        .args(["--session", "interface='org.freedesktop.Notifications',member='Notify'"])
-        .stdout(std::fs::File::create(&monitor_log)?)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let monitor = s.session.monitor_notifications().await?;
     let (first, first_peer) = grant_at_consent(&s).await?;
     let (second, second_peer) = grant_at_consent(&s).await?;
     let ids = [first.proxy().peer_device_id().await?, second.proxy().peer_device_id().await?];
@@ -151,9 +143,10 @@ async fn two_grants_each_notification_approves_its_own_device() -> Result<()> {
     s.hs.plan_login();
 
     // Each approval notification names one device, its own.
-    let log = std::fs::read_to_string(&monitor_log)?;
+    let shown = monitor.notifications();
     let bodies: Vec<&str> =
-        log.lines().filter(|l| l.contains("asks") || l.contains("wants to sign in")).collect();
+        shown.iter().filter(|n| n.summary == "Sign in a new device?").map(|n| n.body.as_str()).collect();
+    assert_eq!(bodies.len(), 2, "not two approval notifications: {bodies:?}");
     for id in &ids {
         let naming: Vec<_> = bodies.iter().filter(|b| b.contains(id.as_str())).collect();
         assert_eq!(naming.len(), 1, "device {id} is named by {} notifications: {bodies:?}", naming.len());
@@ -189,8 +182,6 @@ async fn two_grants_each_notification_approves_its_own_device() -> Result<()> {
     let (flow, peer) = (flows.remove(0), peers.remove(0));
     tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
     peer.finish().await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-    monitor.kill().ok();
-    monitor.wait().ok();
     assert!(s.session.daemon_running(s.daemon));
     Ok(())
 }
