@@ -744,7 +744,35 @@ impl Session {
     }
 }
 
-/// How many file descriptors process `pid` has open.
-pub fn open_fds(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+/// What process `pid` has open, one entry per file descriptor: the path of a file, or its kind
+/// (`socket`, `pipe`, `anon_inode:[eventfd]`, …) with the inode number left out, sorted.
+pub fn open_fds(pid: u32) -> Result<Vec<String>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        // A descriptor closed between the listing and the read is not open.
+        let Ok(target) = std::fs::read_link(entry?.path()) else { continue };
+        let target = target.display().to_string();
+        fds.push(match target.split_once(":[") {
+            Some((kind, _)) if kind == "socket" || kind == "pipe" => kind.to_owned(),
+            _ => target,
+        });
+    }
+    fds.sort();
+    Ok(fds)
+}
+
+/// The entries of `after` that `before` does not hold (as many times as they are extra).
+pub fn fds_added(before: &[String], after: &[String]) -> Vec<String> {
+    let mut left = before.to_vec();
+    after
+        .iter()
+        .filter(|fd| match left.iter().position(|b| b == *fd) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
 }
