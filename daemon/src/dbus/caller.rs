@@ -486,6 +486,13 @@ mod tests {
     fn a_live_caller_is_read() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
+        // `spawn` returns after the fork; under load the child may not have run `exec` yet, and
+        // until then its name is this test thread's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let pidfd = open_pidfd(pid).unwrap();
         let read = Process::read(&pidfd, pid);
         child.kill().ok();
