@@ -43,6 +43,7 @@ pub use crate::{
 
 pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
 pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
+pub const MANAGER_INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Manager";
 pub const FLOW_INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Flow";
 pub const ERROR_PREFIX: &str = "io.github.matrix_linkd.Linkd1.Error.";
 
@@ -274,6 +275,24 @@ impl Linkd {
             homeserver: self.manager.homeserver().await?,
             capabilities: self.manager.capabilities().await?,
         })
+    }
+
+    /// Yields whenever what [`Linkd::status`] reads may have changed: the Manager's properties
+    /// changed (`PropertiesChanged` from the daemon's own connection: the bus routes the signals
+    /// of the name's owner only), or the daemon came onto or left the bus. Each item is only a
+    /// prompt: read [`Linkd::status`] again, the signal's values are not trusted.
+    pub async fn status_changes(&self) -> Result<futures_util::stream::BoxStream<'static, ()>> {
+        let properties = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination(BUS_NAME)?
+            .path(MANAGER_PATH)?
+            .build()
+            .await?;
+        let changed = properties.receive_properties_changed().await?.filter_map(|signal| async move {
+            signal.args().ok().filter(|a| a.interface_name.as_str() == MANAGER_INTERFACE).map(|_| ())
+        });
+        let dbus = zbus::fdo::DBusProxy::new(&self.conn).await?;
+        let owner = dbus.receive_name_owner_changed_with_args(&[(0, BUS_NAME)]).await?.map(|_| ());
+        Ok(futures_util::stream::select(changed, owner).boxed())
     }
 
     pub async fn sign_out(&self) -> Result<()> {

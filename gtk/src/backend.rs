@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use async_channel::{Receiver, Sender};
+use futures_util::StreamExt;
 use matrix_linkd_client::{
     ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SignedIn, State, Status,
 };
@@ -115,7 +116,15 @@ async fn run(cmds: Receiver<Cmd>, events: Sender<Event>) {
     while let Ok(cmd) = cmds.recv().await {
         if linkd.is_none() {
             match Linkd::connect().await {
-                Ok(l) => linkd = Some(l),
+                Ok(l) => {
+                    // Subscribed before the first read, so that no change falls between them.
+                    match l.status_changes().await {
+                        Ok(changes) => drop(tokio::spawn(follow_status(l.clone(), changes, events.clone()))),
+                        // The page is still right after each action; it only misses outside changes.
+                        Err(e) => eprintln!("matrix-link-gtk: cannot follow the service's status: {e}"),
+                    }
+                    linkd = Some(l)
+                }
                 Err(e) => {
                     let err = ErrInfo::from(e);
                     let ev = match cmd {
@@ -187,6 +196,21 @@ async fn run(cmds: Receiver<Cmd>, events: Sender<Event>) {
                     let _ = events.send(Event::Scanned(result)).await;
                 });
             }
+        }
+    }
+}
+
+/// Keeps the status page current: the status is read again whenever the daemon's session
+/// changes (signed out or in by another program, restored) or the daemon leaves or comes back.
+async fn follow_status(
+    linkd: Linkd,
+    mut changes: futures_util::stream::BoxStream<'static, ()>,
+    events: Sender<Event>,
+) {
+    while changes.next().await.is_some() {
+        let status = linkd.status().await.map_err(ErrInfo::from);
+        if events.send(Event::Status(status)).await.is_err() {
+            return;
         }
     }
 }

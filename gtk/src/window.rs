@@ -340,16 +340,8 @@ impl Ui {
     fn handle(&self, ev: Event) {
         let p = &self.pages;
         match ev {
-            Event::Status(s) => {
-                if matches!(&s, Ok(st) if st.state == SessionState::Restoring) {
-                    // The daemon is still reading its session: look again shortly.
-                    let cmd = self.cmd.clone();
-                    glib::timeout_add_local_once(std::time::Duration::from_secs(1), move || {
-                        let _ = cmd.try_send(Cmd::Refresh);
-                    });
-                }
-                self.show_status(s)
-            }
+            // Also sent whenever the daemon's session changes (the backend follows it).
+            Event::Status(s) => self.show_status(s),
             Event::SignedOut(Ok(())) => {
                 self.home();
                 self.toast("Signed out");

@@ -275,3 +275,70 @@ async fn a_second_daemon_with_the_same_home_exits() -> Result<()> {
     assert!(session.daemon_running(d));
     Ok(())
 }
+
+/// `Linkd::status_changes` (what the GTK app's status page follows): a prompt when another
+/// program signs the daemon out, when the daemon leaves the bus and when it comes back; none
+/// for a `PropertiesChanged` forged by another connection on the daemon's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_follow_the_daemon_and_ignore_forged_signals() -> Result<()> {
+    use futures_util::StreamExt;
+    use matrix_linkd_client::{MANAGER_INTERFACE, SessionState};
+    let mut s = matrix_linkd_tests::signed_in_setup(60).await?;
+    let watcher = s.session.client().await?;
+    let mut changes = watcher.status_changes().await?;
+    let next = async |changes: &mut futures_util::stream::BoxStream<'static, ()>, what: &str| {
+        tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no prompt after {what}"))
+            .map(|_| ())
+    };
+    // One change is several signals (a property each): the rest are read off before the next step.
+    let drain = async |changes: &mut futures_util::stream::BoxStream<'static, ()>| {
+        while tokio::time::timeout(Duration::from_millis(300), changes.next()).await.is_ok() {}
+    };
+
+    drain(&mut changes).await;
+
+    // Another program on the bus forges the daemon's signal: the bus does not route it to the
+    // watcher. (A listener that does not match on the sender sees it: the forgery is well formed.)
+    let forger = s.session.connect().await?;
+    let bystander = s.session.connect().await?;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.DBus.Properties")?
+        .member("PropertiesChanged")?
+        .path(MANAGER_PATH)?
+        .build();
+    let mut seen_by_bystander = zbus::MessageStream::for_match_rule(rule, &bystander, None).await?;
+    let forged: std::collections::HashMap<&str, zbus::zvariant::Value<'_>> =
+        [("SessionState", zbus::zvariant::Value::from(1u32))].into();
+    forger
+        .emit_signal(
+            None::<()>,
+            MANAGER_PATH,
+            "org.freedesktop.DBus.Properties",
+            "PropertiesChanged",
+            &(MANAGER_INTERFACE, forged, Vec::<&str>::new()),
+        )
+        .await?;
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen_by_bystander.next()).await?;
+    let seen = seen.ok_or_else(|| anyhow::anyhow!("bystander stream ended"))??;
+    assert_eq!(seen.header().sender().map(|n| n.as_str()), forger.unique_name().map(|n| n.as_str()));
+    let forged = tokio::time::timeout(Duration::from_millis(500), changes.next()).await;
+    assert!(forged.is_err(), "a forged PropertiesChanged prompted a re-read");
+
+    // Another program signs the daemon out.
+    s.session.client().await?.sign_out().await?;
+    next(&mut changes, "SignOut").await?;
+    assert_eq!(watcher.status().await?.state, SessionState::SignedOut);
+    drain(&mut changes).await;
+
+    // The daemon leaves the bus, and comes back.
+    s.session.stop_daemon(s.daemon)?;
+    next(&mut changes, "the daemon stopped").await?;
+    assert!(watcher.status().await.is_err(), "the status still reads with the daemon gone");
+    drain(&mut changes).await;
+    s.session.start_daemon(&[]).await?;
+    next(&mut changes, "the daemon came back").await?;
+    Ok(())
+}

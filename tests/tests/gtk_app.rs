@@ -11,6 +11,7 @@
 //!    and the user consents there; the app says "Device linked".
 //!    Then the other way round: a new js device shows its QR code, the app opens a picture of it
 //!    (GtkFileChooserNative through a FileChooser portal stand-in), shows the check code, approves.
+//!    The daemon stops and starts again: the status page follows it by itself.
 //! 3. Sign out, through the confirmation dialog.
 //! 4. Sign this computer in showing the QR code; nobody scans it, the app shows the replacement
 //!    code by itself after 60 s; Cancel there.
@@ -184,8 +185,23 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
     );
     desk.screenshot("grant-file-done")?;
 
-    // 3. Sign out, confirmed in the dialog.
+    // 2c. The status page follows the daemon by itself: it says so when the service stops, and
+    // shows the restored session when it comes back.
     desk.drive(&session, &["click", "Done"])?;
+    desk.drive(&session, &["wait", "Signed in", "panel"])?;
+    session.stop_daemon(session.daemons_started() - 1)?;
+    let v =
+        desk.drive(&session, &["--timeout", "30", "wait", "The link service is not available", "panel"])?;
+    ensure!(!shows(&v, "push button", "Link a new device"), "grant offered with the service gone: {v}");
+    desk.screenshot("service-gone")?;
+    session.start_daemon(&[]).await?;
+    let v = desk.drive(&session, &["--timeout", "30", "wait", "Signed in", "panel"])?;
+    ensure!(
+        shows(&v, "label", &format!("As {} on {}", stack.user_id(&login), stack.synapse)),
+        "status page after the restart does not say who: {v}"
+    );
+
+    // 3. Sign out, confirmed in the dialog.
     desk.drive(&session, &["click", "Sign out"])?;
     let v = desk.drive(&session, &["wait", "Sign out?"])?;
     ensure!(shows(&v, "push button", "Cancel"), "{v}");
