@@ -76,3 +76,26 @@ async fn twenty_grants_from_ten_connections_within_the_limits() -> Result<()> {
     assert_eq!(hs.open_rendezvous_sessions(), 0, "every rendezvous session was deleted");
     Ok(())
 }
+
+/// A flow's slot is free by the time its owner has the `Response`: a client that starts its next
+/// flow on the answer is not refused `Busy` (one slot, twenty flows in a row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_free_when_the_response_arrives() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    let config = test_config(&hs.uri(), 120) + "[limits]\nmax_flows = 1\nmax_flows_per_caller = 1\n";
+    session.write_config(&config)?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    sign_in_daemon(&session, &hs, &alice).await?;
+    let linkd = session.client().await?;
+    for n in 0..20 {
+        let mut flow =
+            linkd.start_grant(quiet_grant()).await.map_err(|e| anyhow::anyhow!("grant {n}: {e}"))?;
+        wait_state(&mut flow, State::QrReady).await?;
+        flow.cancel().await?;
+        let result = tokio::time::timeout(Duration::from_secs(20), flow.result()).await?;
+        assert!(matches!(result, Err(ClientError::Cancelled)), "{result:?}");
+    }
+    Ok(())
+}

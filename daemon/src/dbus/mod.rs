@@ -7,8 +7,12 @@ pub mod error;
 pub mod flow;
 mod handover;
 pub mod manager;
+mod slots;
 
-use std::sync::{Arc, Mutex};
+pub use slots::Slot;
+use slots::Slots;
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -25,7 +29,7 @@ use zbus::{
 use crate::{
     account::Account,
     config::Config,
-    error::{LinkError, Result},
+    error::Result,
     protocol::{Engine, FlowKind},
 };
 
@@ -40,75 +44,32 @@ pub struct Context {
     pub engine: Arc<dyn Engine>,
     /// The live flows: grants and delegations side by side (each has its own rendezvous,
     /// notification and consent), a login alone (it replaces the session everything else uses).
-    active: Mutex<Vec<Running>>,
-}
-
-/// One live flow, as the limits see it.
-struct Running {
-    path: OwnedObjectPath,
-    caller: OwnedUniqueName,
-    kind: FlowKind,
-}
-
-/// A reserved flow slot, released on drop unless kept.
-pub struct Slot<'a> {
-    ctx: &'a Context,
-    path: OwnedObjectPath,
-    kept: bool,
-}
-
-impl Slot<'_> {
-    pub fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.ctx.release(&self.path);
-        }
-    }
+    slots: Slots,
 }
 
 impl Context {
     pub fn new(config: Arc<Config>, account: Arc<Account>, engine: Arc<dyn Engine>) -> Arc<Self> {
-        Arc::new(Self { config, account, engine, active: Mutex::new(Vec::new()) })
+        Arc::new(Self { config, account, engine, slots: Slots::default() })
     }
 
     /// The paths of the live flows.
     pub fn active(&self) -> Vec<OwnedObjectPath> {
-        self.active.lock().expect("active lock").iter().map(|r| r.path.clone()).collect()
+        self.slots.paths()
     }
 
     /// Takes a slot for a new flow of `kind` by `caller`, within `limits`.
     fn reserve(&self, path: &OwnedObjectPath, caller: &OwnedUniqueName, kind: FlowKind) -> Result<Slot<'_>> {
-        let limits = &self.config.limits;
-        let mut active = self.active.lock().expect("active lock");
-        if active.iter().any(|r| r.path == *path) {
-            return Err(LinkError::InvalidArgs("a flow with this `handle_token` is running".into()));
-        }
-        if kind == FlowKind::Login && !active.is_empty() {
-            return Err(LinkError::Busy("other flows are running; a login must run alone".into()));
-        }
-        if active.iter().any(|r| r.kind == FlowKind::Login) {
-            return Err(LinkError::Busy("a login is running".into()));
-        }
-        if active.len() >= limits.max_flows {
-            return Err(LinkError::Busy(format!("{} flows are running (`limits.max_flows`)", active.len())));
-        }
-        if active.iter().filter(|r| r.caller == *caller).count() >= limits.max_flows_per_caller {
-            return Err(LinkError::Busy(format!(
-                "this caller already runs {} flows (`limits.max_flows_per_caller`)",
-                limits.max_flows_per_caller
-            )));
-        }
-        active.push(Running { path: path.clone(), caller: caller.clone(), kind });
-        Ok(Slot { ctx: self, path: path.clone(), kept: false })
+        self.slots.reserve(&self.config.limits, path, caller, kind)
     }
 
+    /// The flow at `path` has its outcome: its slot counts no more (its path stays taken).
+    fn ended(&self, path: &OwnedObjectPath) {
+        self.slots.ended(path)
+    }
+
+    /// The flow at `path` is gone.
     fn release(&self, path: &OwnedObjectPath) {
-        self.active.lock().expect("active lock").retain(|r| r.path != *path);
+        self.slots.release(path)
     }
 }
 

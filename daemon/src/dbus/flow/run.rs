@@ -263,6 +263,10 @@ async fn finish(
         d.user_code = None;
         d.session = None;
     }
+    // The slot is free before anyone hears of the end: an owner that starts its next flow on the
+    // `Response` (or on `Wait`'s answer) is not refused `Busy`. The path stays taken until the
+    // object is gone.
+    ctx.ended(&flow.shared.path);
     let settings = &flow.shared.settings;
     let unicast = emitter.clone().set_destination(BusName::Unique(settings.starter.as_ref()));
     if let Err(e) = Flow::response(
