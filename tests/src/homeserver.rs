@@ -171,6 +171,8 @@ pub struct Rendezvous {
     expired: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
     ttl: Arc<AtomicU64>,
+    /// The next sessions' lifetime and how many of them are left to live it (then `ttl` again).
+    next_ttls: Arc<Mutex<(u64, u64)>>,
     /// Behind a "load balancer": the daemon's first write of each payload meets a worker that has
     /// not caught up (412), and every `Date` is two hours ahead.
     lagging: Arc<AtomicBool>,
@@ -214,9 +216,16 @@ impl Respond for Rendezvous {
         if req.method == Method::POST {
             st.next_id += 1;
             let id = format!("s{}", st.next_id);
-            let ttl = match self.ttl.load(Ordering::Relaxed) {
-                0 => 60,
-                s => s,
+            let ttl = {
+                let mut next = self.next_ttls.lock().unwrap();
+                match (*next, self.ttl.load(Ordering::Relaxed)) {
+                    ((secs, left @ 1..), _) => {
+                        *next = (secs, left - 1);
+                        secs
+                    }
+                    (_, 0) => 60,
+                    (_, s) => s,
+                }
             };
             let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(ttl);
             st.by_id.insert(id.clone(), (1, req.body.clone(), expires));
@@ -425,6 +434,12 @@ impl MockHomeserver {
     /// Rendezvous sessions created from now on live `secs` seconds.
     pub fn set_rendezvous_ttl(&self, secs: u64) {
         self.rendezvous.ttl.store(secs, Ordering::Relaxed);
+    }
+
+    /// The next `count` rendezvous sessions live `secs` seconds, the ones after them as before:
+    /// unlike `set_rendezvous_ttl`, not raced by the test's own reaction time.
+    pub fn set_next_rendezvous_ttls(&self, secs: u64, count: u64) {
+        *self.rendezvous.next_ttls.lock().unwrap() = (secs, count);
     }
 
     /// From now on the rendezvous sits behind a lagging load balancer: the daemon's first write of

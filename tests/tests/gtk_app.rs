@@ -80,7 +80,7 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
     let qr = js.qr().await?;
     let qr_png = session.dir.path().join("js-qr.png");
     std::fs::write(&qr_png, render(&qr, QrFormat::Png)?)?;
-    let other = desk.show_picture(&session, &qr_png, 660, 80)?;
+    let other = desk.show_qr_picture(&session, &qr_png, &qr, 660, 80)?;
     desk.drive(&session, &["click", "Sign this computer in"])?;
     let v = desk.drive(&session, &["wait", "Scan a QR code on the screen"])?;
     for b in ["Show a QR code", "Open an image of a QR code…", "Paste a QR code from the clipboard", "Back"]
@@ -123,8 +123,7 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
         shows(&v, "image", "QR code") && shows_prefix(&v, "Never scan a code that someone sent you"),
         "{v}"
     );
-    let shot = desk.screenshot("grant-qr")?;
-    let scanned = matrix_linkd_client::qr::decode_image(&shot).context("the QR code on the screen")?;
+    let scanned = desk.screen_qr("grant-qr", |_| true).context("the QR code on the screen")?;
     let mut js = JsPeer::start(&stack, Role::New, Mode::Scan, &login)?;
     js.write("qr.hex", &hex::encode(&scanned))?;
     let code = js.check_code().await?;
@@ -217,7 +216,7 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
     let v =
         desk.drive(&session, &["--timeout", "60", "wait", "Scan this QR code with your signed-in device"])?;
     ensure!(shows(&v, "image", "QR code") && shows(&v, "push button", "Cancel"), "{v}");
-    let first = matrix_linkd_client::qr::decode_image(&desk.screenshot("login-qr")?)?;
+    let first = desk.screen_qr("login-qr", |_| true)?;
     // Nobody scans: Synapse forgets the rendezvous session after 60 s, the daemon replaces the
     // code (QrCodeSerial 2) and the app shows the new one by itself.
     let v = desk.drive(
@@ -225,8 +224,8 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
         &["--timeout", "100", "wait", "The previous code expired unscanned: this is a new one."],
     )?;
     ensure!(shows(&v, "image", "QR code"), "{v}");
-    let second = matrix_linkd_client::qr::decode_image(&desk.screenshot("login-qr-replaced")?)?;
-    ensure!(first != second, "the app still shows the expired QR code");
+    desk.screen_qr("login-qr-replaced", |shown| shown != first)
+        .context("the app still shows the expired QR code")?;
     desk.drive(&session, &["click", "Cancel"])?;
     let v = desk.drive(&session, &["--timeout", "30", "wait", "Signed out", "panel"])?;
     ensure!(shows(&v, "push button", "Sign this computer in"), "not back on the status page: {v}");

@@ -26,23 +26,25 @@ async fn an_unfindable_homeserver_ends_the_login_on_both_sides_within_seconds() 
     let qr = LoginQr::V2024 { intent, key, rendezvous_url, server: Some("localhost:1".into()) }.encode();
     hs.hide_versions().await;
     let linkd = session.client().await?;
-    let started = Instant::now();
     let mut flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     let code = flow.check_code_to_show().await?;
     peer.code_sender().await?.send(code).await?;
-    match tokio::time::timeout(Duration::from_secs(10), flow.result()).await? {
+    // The daemon resolves from here. Waiting for the rendezvous session to expire (60 s) would
+    // take twice the bound; the bound leaves room for a loaded machine.
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(40), flow.result()).await? {
         Err(ClientError::Daemon { name, message }) => {
             assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.Network", "{message}");
             assert!(message.contains("cannot find the homeserver of `localhost:1`"), "{message}");
         }
         other => panic!("expected Network, got {other:?}"),
     }
-    match tokio::time::timeout(Duration::from_secs(10), peer.finish()).await?? {
+    match tokio::time::timeout(Duration::from_secs(40), peer.finish()).await?? {
         Err(QRCodeGrantLoginError::LoginFailure { reason }) => assert_eq!(reason.as_str(), "user_cancelled"),
         other => panic!("the existing device was not told: {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     assert!(session.daemon_running(d));
     assert!(session.kept_session().is_none());
     Ok(())
@@ -74,7 +76,8 @@ async fn the_daemon_leaves_with_its_bus_and_tells_the_other_device() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_qr_code_is_replaced_until_one_is_scanned() -> Result<()> {
     let s = signed_in_setup(60).await?;
-    s.hs.set_rendezvous_ttl(2);
+    // The first two codes expire after 2 s; the third lives long enough for a whole grant.
+    s.hs.set_next_rendezvous_ttls(2, 2);
     let sessions_before = s.hs.rendezvous_sessions_created();
     let linkd = s.session.client().await?;
     let mut flow = linkd.start_grant(quiet_grant()).await?;
@@ -85,8 +88,6 @@ async fn an_expired_qr_code_is_replaced_until_one_is_scanned() -> Result<()> {
             Some(FlowEvent::QrCodeReplaced(serial)) => {
                 assert_eq!(serial as usize, codes.len() + 1);
                 codes.push(flow.qr_code("raw").await?);
-                // The third code lives long enough for a whole grant.
-                s.hs.set_rendezvous_ttl(60);
             }
             // Signals from before `wait_state` saw the state.
             Some(FlowEvent::State(State::Starting | State::QrReady)) => {}
@@ -188,12 +189,14 @@ async fn a_session_deleted_while_the_user_types_the_code_ends_the_flow() -> Resu
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     let gone = Instant::now();
     rv.delete().await;
-    match tokio::time::timeout(Duration::from_secs(10), flow.result()).await? {
+    // The daemon looks at the session every 1, 2, then 3 s while the user types; the bound leaves
+    // room for a loaded machine and is still a quarter of the flow's 60 s timeout.
+    match tokio::time::timeout(Duration::from_secs(20), flow.result()).await? {
         Err(ClientError::Daemon { name, message }) => {
             assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.Expired", "{message}")
         }
         other => panic!("expected Expired, got {other:?}"),
     }
-    assert!(gone.elapsed() < Duration::from_secs(5), "noticed after {:?}", gone.elapsed());
+    assert!(gone.elapsed() < Duration::from_secs(15), "noticed after {:?}", gone.elapsed());
     Ok(())
 }

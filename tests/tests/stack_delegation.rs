@@ -306,7 +306,8 @@ async fn client_never_uploads_its_keys() -> Result<()> {
     let t = Instant::now();
     let message = failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "Expired");
     eprintln!("failed after {:?}: {message}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(20), "the key wait outlived timeouts.delegation_keys");
+    // 10 s of key wait, then the revocations (each bounded); without the limit: the 300 s flow timeout.
+    assert!(t.elapsed() < Duration::from_secs(30), "the key wait outlived timeouts.delegation_keys");
     wait_device_gone(&stack, &phone, &taken.device_id, Duration::from_secs(30)).await?;
     assert!(!token_works(&stack, &taken.access_token).await?, "the revoked token still works");
     assert!(!listed(&session, &taken.device_id).await?);

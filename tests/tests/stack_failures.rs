@@ -107,8 +107,10 @@ async fn an_unscanned_qr_code_is_replaced_every_60_s() -> Result<()> {
         match tokio::time::timeout(Duration::from_secs(90), flow.next_event()).await?? {
             Some(FlowEvent::QrCodeReplaced(serial)) => {
                 let lived = shown.elapsed();
+                // Synapse keeps a session 60 s; the bound leaves room for the test's own lag in
+                // seeing each replacement.
                 assert!(
-                    lived >= Duration::from_secs(55),
+                    lived >= Duration::from_secs(50),
                     "code {} replaced too early: {lived:?}",
                     codes.len()
                 );

@@ -99,9 +99,17 @@ impl Desktop {
         self.app.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Shows a picture in a window of its own at (x, y) (ImageMagick's `display`), as the other
-    /// device's screen would be; returns its index for [`Desktop::close_window`].
-    pub fn show_picture(&mut self, session: &Session, png: &Path, x: u32, y: u32) -> Result<usize> {
+    /// Shows the picture of QR code `qr` in a window of its own at (x, y) (ImageMagick's
+    /// `display`), as the other device's screen would be, and waits until the screen shows it;
+    /// returns its index for [`Desktop::close_window`].
+    pub fn show_qr_picture(
+        &mut self,
+        session: &Session,
+        png: &Path,
+        qr: &[u8],
+        x: u32,
+        y: u32,
+    ) -> Result<usize> {
         let child = self
             .command(session, "display")
             .args(["-geometry", &format!("+{x}+{y}"), "-title", "Other device"])
@@ -111,8 +119,17 @@ impl Desktop {
             .spawn()
             .context("display (apt-get install imagemagick)")?;
         self.windows.push(child);
-        std::thread::sleep(Duration::from_millis(1500));
-        Ok(self.windows.len() - 1)
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let shot = self.artefacts.join("screen-now.png");
+            self.capture(&shot)?;
+            if matrix_linkd_client::qr::decode_image(&shot).is_ok_and(|found| found == qr) {
+                std::fs::remove_file(&shot).ok();
+                return Ok(self.windows.len() - 1);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the picture did not appear on the screen");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Puts a PNG on the clipboard (`xclip` serves it until the desktop ends).
@@ -126,8 +143,19 @@ impl Desktop {
             .spawn()
             .context("xclip (apt-get install xclip)")?;
         self.windows.push(child);
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let targets = self
+                .command(session, "xclip")
+                .args(["-selection", "clipboard", "-t", "TARGETS", "-o"])
+                .stderr(Stdio::null())
+                .output()?;
+            if String::from_utf8_lossy(&targets.stdout).lines().any(|t| t == "image/png") {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "xclip did not take the clipboard");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn close_window(&mut self, n: usize) {
@@ -140,12 +168,36 @@ impl Desktop {
         std::thread::sleep(Duration::from_millis(500));
         self.shots += 1;
         let file = self.artefacts.join(format!("{:02}-{name}.png", self.shots));
-        let st = Command::new("import")
-            .args(["-display", &self.display, "-window", "root"])
-            .arg(&file)
-            .status()?;
-        anyhow::ensure!(st.success(), "import failed");
+        self.capture(&file)?;
         Ok(file)
+    }
+
+    /// The QR code on the screen, once there is one for which `wanted` holds (a page shows its
+    /// new code a moment after its text); the screenshot is saved as `NN-name.png`.
+    pub fn screen_qr(&mut self, name: &str, wanted: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
+        self.shots += 1;
+        let file = self.artefacts.join(format!("{:02}-{name}.png", self.shots));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            self.capture(&file)?;
+            match matrix_linkd_client::qr::decode_image(&file) {
+                Ok(qr) if wanted(&qr) => return Ok(qr),
+                found => anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no wanted QR code on the screen ({:?}): {}",
+                    found.map(|_| "another code"),
+                    file.display()
+                ),
+            }
+        }
+    }
+
+    fn capture(&self, file: &Path) -> Result<()> {
+        let st =
+            Command::new("import").args(["-display", &self.display, "-window", "root"]).arg(file).status()?;
+        anyhow::ensure!(st.success(), "import failed");
+        Ok(())
     }
 
     /// Runs one driver command (see `gtk/tests/atspi_driver.py`); fails if its widget did not
