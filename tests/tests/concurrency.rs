@@ -16,13 +16,7 @@ use matrix_linkd_tests::{
 /// any connection is `Busy`, and so is a login; every flow cancels cleanly and frees its slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_grants_from_ten_connections_within_the_limits() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    let config = test_config(&hs.uri(), 120) + "[limits]\nmax_flows = 20\nmax_flows_per_caller = 2\n";
-    session.write_config(&config)?;
-    session.start_daemon(&[]).await?;
-    let alice = hs.existing_device("ALICEDEV").await;
-    sign_in_daemon(&session, &hs, &alice).await?;
+    let (hs, session) = signed_in_with_limits(20, 2).await?;
 
     let mut callers = Vec::new();
     for _ in 0..10 {
@@ -81,13 +75,7 @@ async fn twenty_grants_from_ten_connections_within_the_limits() -> Result<()> {
 /// flow on the answer is not refused `Busy` (one slot, twenty flows in a row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slot_is_free_when_the_response_arrives() -> Result<()> {
-    let hs = MockHomeserver::start().await;
-    let mut session = Session::start().await?;
-    let config = test_config(&hs.uri(), 120) + "[limits]\nmax_flows = 1\nmax_flows_per_caller = 1\n";
-    session.write_config(&config)?;
-    session.start_daemon(&[]).await?;
-    let alice = hs.existing_device("ALICEDEV").await;
-    sign_in_daemon(&session, &hs, &alice).await?;
+    let (_hs, session) = signed_in_with_limits(1, 1).await?;
     let linkd = session.client().await?;
     for n in 0..20 {
         let mut flow =
@@ -98,4 +86,16 @@ async fn the_slot_is_free_when_the_response_arrives() -> Result<()> {
         assert!(matches!(result, Err(ClientError::Cancelled)), "{result:?}");
     }
     Ok(())
+}
+
+/// A daemon on a private bus, signed in against a mock homeserver, with these `[limits]`.
+async fn signed_in_with_limits(max_flows: usize, per_caller: usize) -> Result<(MockHomeserver, Session)> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    let limits = format!("[limits]\nmax_flows = {max_flows}\nmax_flows_per_caller = {per_caller}\n");
+    session.write_config(&format!("{}{limits}", test_config(&hs.uri(), 120)))?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    sign_in_daemon(&session, &hs, &alice).await?;
+    Ok((hs, session))
 }
