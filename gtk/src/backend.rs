@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use async_channel::{Receiver, Sender};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use matrix_linkd_client::{
     ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SignedIn, State, Status,
 };
@@ -208,6 +208,8 @@ async fn follow_status(
     events: Sender<Event>,
 ) {
     while changes.next().await.is_some() {
+        // One change comes as several signals (a property each): one read for all that are queued.
+        while let Some(Some(())) = changes.next().now_or_never() {}
         let status = linkd.status().await.map_err(ErrInfo::from);
         if events.send(Event::Status(status)).await.is_err() {
             return;
