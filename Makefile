@@ -46,7 +46,7 @@ test-integration:
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here;
 # the interop cells again against a stack whose server name has no `.well-known`.
 test-stack:
-	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation
+	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation --test stack_script
 	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js
 
 # The GTK app (matrix-link-gtk) under Xvfb, driven through AT-SPI over the real stack: a whole
@@ -56,7 +56,9 @@ test-gtk:
 	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test gtk_app
 
 # A second stack like many real deployments: the server name `localhost`, no `.well-known`.
-LOCALHOST_STACK := STACK_NAME=localhost SYNAPSE_PORT=48008 OAUTH_PORT=48080 SERVER_NAME=localhost SERVE_WELLKNOWN=false
+# Every stack port lies below the kernel's ephemeral range (32768-60999): a port in it can be held
+# for a minute by a closed client connection in TIME_WAIT, and the stack would not start.
+LOCALHOST_STACK := STACK_NAME=localhost SYNAPSE_PORT=28208 OAUTH_PORT=28280 SERVER_NAME=localhost SERVE_WELLKNOWN=false
 
 # The main job: a stack of its own (ports 19008/19080), a private bus, the daemon, a full link.
 demo: deps build

@@ -31,6 +31,30 @@ log() { echo "[stack:$NAME] $*" >&2; }
 if [ -f "$DIR/synapse.pid" ] || [ -f "$DIR/oauth.pid" ]; then
   log "already started (run stack/stop.sh${STACK_NAME:+ with STACK_NAME=$NAME} first)"; exit 1
 fi
+# Both ports must be free now and stay free. A port in the kernel's ephemeral range is neither:
+# any client connection may take it, and once closed holds it for a minute (TIME_WAIT), so the
+# stack would start on one run and not the next. Such a port is refused; a taken one is named.
+read -r EPH_LO EPH_HI 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range || { EPH_LO=32768; EPH_HI=60999; }
+for port in "$SYNAPSE_PORT" "$OAUTH_PORT"; do
+  if [ "$port" -ge "$EPH_LO" ] && [ "$port" -le "$EPH_HI" ]; then
+    log "port $port lies in the kernel's ephemeral range ($EPH_LO-$EPH_HI), where any closed connection may hold it for a minute: choose a port below $EPH_LO"
+    exit 1
+  fi
+  if ! why=$("$VENV/bin/python" - "$port" 2>&1 <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Synapse and node bind
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as e:
+    sys.exit(e.strerror)
+PY
+  ); then
+    log "port $port on 127.0.0.1 is taken ($why): stop what holds it or choose another port"
+    exit 1
+  fi
+done
+
 rm -rf "$DIR"; mkdir -p "$DIR/synapse"
 D=$DIR/synapse
 
@@ -105,7 +129,7 @@ ENV
   fi
   for p in synapse oauth; do
     if ! kill -0 "$(cat "$DIR/$p.pid")" 2>/dev/null; then
-      log "$p died"; tail -20 "$DIR/oauth.log" "$D/stdout.log" "$D/homeserver.log" 2>/dev/null >&2 || true
+      log "$p died"; tail -n 20 "$DIR/oauth.log" "$D/stdout.log" "$D/homeserver.log" >&2 2>/dev/null || true
       "$ROOT/stack/stop.sh" || true; exit 1
     fi
   done

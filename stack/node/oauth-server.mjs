@@ -300,5 +300,10 @@ const server = http.createServer(async (req, res) => {
   }
 });
 
+// A port that cannot be had is named, not thrown as an unhandled 'error' event.
+server.on('error', (e) => {
+  console.error(`oauth server: cannot listen on 127.0.0.1:${PORT}: ${e.code || e.message}`);
+  process.exit(1);
+});
 server.listen(PORT, '127.0.0.1', () => console.log(`oauth server on ${ISSUER} (synapse ${SYNAPSE})`));
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

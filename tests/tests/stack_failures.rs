@@ -135,7 +135,7 @@ async fn an_unscanned_qr_code_is_replaced_every_60_s() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_stops_mid_flow() -> Result<()> {
-    let stack = Stack::start("killsyn", 38008, 38080, &[])?;
+    let stack = Stack::start("killsyn", 28108, 28180, &[])?;
     let login = Stack::new_login("ks");
     let phone = stack.existing_device(&login).await?;
     let mut session = daemon_session(&stack, 120).await?;
