@@ -28,34 +28,9 @@
 // "[js-light]". Tokens and keys are never printed: result.json carries no secret either.
 
 import fs from "node:fs";
-import path from "node:path";
+import { T0, elapsed, fetchJson, fileExchange, setupLogging, sleep, waitForPrepared } from "./peer-common.mjs";
 
-const log = (...a) => process.stderr.write(`[js-light] ${a.join(" ")}\n`);
-const VERBOSE = process.argv.includes("--verbose");
-for (const m of ["log", "info", "debug", "warn", "error", "trace"]) {
-    console[m] = (...a) => {
-        if (!VERBOSE && !["warn", "error"].includes(m)) return;
-        if (!VERBOSE && a.some((x) => typeof x === "string" && /RTCTransports|Adding default global/.test(x))) return;
-        process.stderr.write(
-            `[js-light][sdk] ${a.map((x) => (x instanceof Error ? x.stack || String(x) : typeof x === "string" ? x : safeJson(x))).join(" ")}\n`,
-        );
-    };
-}
-function safeJson(x) {
-    try {
-        return JSON.stringify(x);
-    } catch {
-        return String(x);
-    }
-}
-Promise.withResolvers ??= () => {
-    let resolve, reject;
-    const promise = new Promise((res, rej) => {
-        resolve = res;
-        reject = rej;
-    });
-    return { promise, resolve, reject };
-};
+const log = setupLogging("js-light");
 
 // ---------------------------------------------------------------------------------------------------------------
 // Arguments
@@ -93,28 +68,7 @@ const args = { expect: [], refreshOnce: false, timeout: 120, messagesTimeout: 30
     if (!(args.messagesTimeout > 0)) usage("--messages-timeout must be a positive number");
     fs.mkdirSync(args.dir, { recursive: true });
 }
-const T0 = Date.now();
-const elapsed = () => ((Date.now() - T0) / 1000).toFixed(1) + "s";
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function writeAtomic(name, content) {
-    const final = path.join(args.dir, name);
-    const tmp = path.join(args.dir, `.${name}.tmp.${process.pid}`);
-    fs.writeFileSync(tmp, content);
-    fs.renameSync(tmp, final);
-}
-async function waitForFile(name, deadline) {
-    log(`waiting for ${name}`);
-    for (;;) {
-        try {
-            return fs.readFileSync(path.join(args.dir, name), "utf8");
-        } catch (e) {
-            if (e.code !== "ENOENT") throw e;
-        }
-        if (Date.now() > deadline) throw new Error(`${name} was not written in time`);
-        await sleep(100);
-    }
-}
+const { writeAtomic, waitForFile } = fileExchange(args.dir);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Outcome
@@ -146,20 +100,9 @@ setTimeout(() => {
 process.on("unhandledRejection", (e) => log(`unhandled rejection: ${e?.stack || e}`));
 
 const sdk = await import("matrix-js-sdk");
-const { createClient, ClientEvent, Direction } = sdk;
+const { createClient, Direction } = sdk;
 
 // ---------------------------------------------------------------------------------------------------------------
-async function fetchJson(url, opts = {}) {
-    const res = await fetch(url, { ...opts, signal: AbortSignal.timeout(15000) });
-    let body;
-    try {
-        body = await res.json();
-    } catch {
-        body = undefined;
-    }
-    return { res, body };
-}
-
 function readSession() {
     const s = JSON.parse(fs.readFileSync(args.session, "utf8"));
     for (const k of ["homeserver", "user_id", "device_id", "access_token"]) {
@@ -183,20 +126,6 @@ async function refreshOnce(s) {
     state.extra.refreshed = true;
     state.extra.refresh_token_rotated = !!body.refresh_token && body.refresh_token !== s.refresh_token;
     return { ...s, access_token: body.access_token, refresh_token: body.refresh_token ?? s.refresh_token };
-}
-
-function waitForPrepared(client) {
-    return new Promise((resolve) => {
-        const onSync = (st) => {
-            if (st === "PREPARED" || st === "SYNCING") {
-                client.off(ClientEvent.Sync, onSync);
-                resolve();
-            } else if (st === "ERROR") {
-                log("sync state ERROR (retrying)");
-            }
-        };
-        client.on(ClientEvent.Sync, onSync);
-    });
 }
 
 async function ownStatus(client) {

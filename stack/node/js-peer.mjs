@@ -23,39 +23,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { T0, elapsed, fetchJson, fileExchange, setupLogging, sleep, waitForPrepared } from "./peer-common.mjs";
 
 // ---------------------------------------------------------------------------------------------------------------
-// Logging: everything to stderr (the SDK logs through console.* via loglevel).
-const log = (...a) => process.stderr.write(`[js-peer] ${a.join(" ")}\n`);
-// Without --verbose only the SDK's warnings and errors are shown (js-sdk pins every logger to DEBUG, so filter here),
-// minus the noise about Synapse not implementing MSC4143 RTC transports.
-const VERBOSE = process.argv.includes("--verbose");
-for (const m of ["log", "info", "debug", "warn", "error", "trace"]) {
-    console[m] = (...a) => {
-        if (!VERBOSE && !["warn", "error"].includes(m)) return;
-        if (!VERBOSE && a.some((x) => typeof x === "string" && /RTCTransports|Adding default global/.test(x))) return;
-        process.stderr.write(
-            `[js-peer][sdk] ${a.map((x) => (x instanceof Error ? x.stack || String(x) : typeof x === "string" ? x : safeJson(x))).join(" ")}\n`,
-        );
-    };
-}
-function safeJson(x) {
-    try {
-        return JSON.stringify(x);
-    } catch {
-        return String(x);
-    }
-}
-
-// Minimal polyfill (Node 22 has it; harmless otherwise).
-Promise.withResolvers ??= () => {
-    let resolve, reject;
-    const promise = new Promise((res, rej) => {
-        resolve = res;
-        reject = rej;
-    });
-    return { promise, resolve, reject };
-};
+// Logging: everything to stderr, console.* too (peer-common.mjs); set up before the SDK is imported.
+const log = setupLogging("js-peer");
 
 // ---------------------------------------------------------------------------------------------------------------
 // Arguments
@@ -99,34 +71,10 @@ const args = { deny: false, approveSelf: false, timeout: 120, verbose: false };
 }
 
 const APPROVE_SH = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "approve.sh");
-const T0 = Date.now();
-const elapsed = () => ((Date.now() - T0) / 1000).toFixed(1) + "s";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Files in DIR
-function writeAtomic(name, content) {
-    const final = path.join(args.dir, name);
-    const tmp = path.join(args.dir, `.${name}.tmp.${process.pid}`);
-    fs.writeFileSync(tmp, content);
-    fs.renameSync(tmp, final);
-}
-function readIfExists(name) {
-    try {
-        return fs.readFileSync(path.join(args.dir, name), "utf8");
-    } catch (e) {
-        if (e.code === "ENOENT") return undefined;
-        throw e;
-    }
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function waitForFile(name) {
-    log(`waiting for ${name}`);
-    for (;;) {
-        const c = readIfExists(name);
-        if (c !== undefined && c.trim() !== "") return c.trim();
-        await sleep(100);
-    }
-}
+const { writeAtomic, readIfExists, waitForFile } = fileExchange(args.dir);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Outcome: result.json is written exactly once, then the process exits.
@@ -207,7 +155,7 @@ const sdk = await import("matrix-js-sdk");
 const rz = await import("matrix-js-sdk/lib/rendezvous/index.js");
 const RustSdkCryptoJs = await import("@matrix-org/matrix-sdk-crypto-wasm");
 
-const { createClient, ClientEvent, OAuth2, OAuthGrantType } = sdk;
+const { createClient, OAuth2, OAuthGrantType } = sdk;
 const {
     MSC4108SignInWithQR,
     MSC4108SecureChannel,
@@ -278,17 +226,6 @@ const hexToBytes = (hex) => {
 const bytesToHex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 const randomId = (prefix) => prefix + Math.random().toString(36).slice(2, 8).toUpperCase();
 
-async function fetchJson(url, opts = {}) {
-    const res = await fetch(url, { ...opts, signal: AbortSignal.timeout(opts.timeoutMs ?? 15000) });
-    let body;
-    try {
-        body = await res.json();
-    } catch {
-        body = undefined;
-    }
-    return { res, body };
-}
-
 // Run approve.sh ISSUER USER_CODE LOGIN [deny]; its output goes to stderr.
 function runApprove(issuer, userCode, login, deny) {
     return new Promise((resolve, reject) => {
@@ -334,21 +271,6 @@ async function resolveHomeserver(nameOrUrl) {
         log(`could not resolve server name ${nameOrUrl} through .well-known; using --homeserver ${args.homeserver}`);
         return args.homeserver;
     }
-}
-
-function waitForPrepared(client) {
-    return new Promise((resolve, reject) => {
-        const onSync = (st) => {
-            if (st === "PREPARED" || st === "SYNCING") {
-                client.off(ClientEvent.Sync, onSync);
-                resolve();
-            } else if (st === "ERROR") {
-                // the SDK retries; only log
-                log("sync state ERROR (retrying)");
-            }
-        };
-        client.on(ClientEvent.Sync, onSync);
-    });
 }
 
 async function ownStatus(client) {
