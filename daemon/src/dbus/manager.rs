@@ -356,6 +356,14 @@ impl Manager {
     }
 }
 
+/// Logs that a `Start…` call was refused and why; the caller gets the named error.
+fn refused(method: &'static str) -> impl FnOnce(LinkError) -> Error {
+    move |e| {
+        info!(error = %e, "{method} refused");
+        e.into()
+    }
+}
+
 #[interface(name = "io.github.matrix_linkd.Linkd1.Manager")]
 impl Manager {
     /// The daemon (signed in) lets a new device sign in. Returns the flow object.
@@ -367,10 +375,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let options = options.get()?;
-        self.start_grant_inner(conn, &hdr, &options).await.map_err(|e| {
-            info!(error = %e, "StartGrant refused");
-            e.into()
-        })
+        self.start_grant_inner(conn, &hdr, &options).await.map_err(refused("StartGrant"))
     }
 
     /// The daemon signs in as a new device. Returns the flow object.
@@ -382,10 +387,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let options = options.get()?;
-        self.start_login_inner(conn, &hdr, &options).await.map_err(|e| {
-            info!(error = %e, "StartLogin refused");
-            e.into()
-        })
+        self.start_login_inner(conn, &hdr, &options).await.map_err(refused("StartLogin"))
     }
 
     /// A new device of the caller's own, with the user's consent. Returns the flow object.
@@ -397,10 +399,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let options = options.get()?;
-        self.start_delegation_inner(conn, &hdr, &options).await.map_err(|e| {
-            info!(error = %e, "StartDelegation refused");
-            e.into()
-        })
+        self.start_delegation_inner(conn, &hdr, &options).await.map_err(refused("StartDelegation"))
     }
 
     /// The devices this daemon delegated that the homeserver still knows.
