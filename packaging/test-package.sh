@@ -11,7 +11,7 @@ deb=${1:?usage: test-package.sh PACKAGE.deb}
 pkg=$(dpkg-deb -f "$deb" Package)
 work=$(mktemp -d /tmp/linkd-package-XXXXXX)
 passed=0 failed=0
-bus_pid=
+bus_pid= service_pid=
 
 cleanup() {
   [ -n "$bus_pid" ] && kill "$bus_pid" 2>/dev/null
@@ -60,10 +60,13 @@ for f in /usr/bin/matrix-linkd /usr/bin/matrix-link /usr/bin/matrix-link-gtk \
   check "installs $f" has "$f"
 done
 
-# D-Bus activation from the installed service directory, on a private bus of its own.
+# D-Bus activation of the installed service file, on a private bus of its own whose environment
+# (which activated services inherit) is a private home: nothing touches root's own home, config
+# or keyring. The bus can activate our service only, so it starts no keyring that could outlive it.
 check "the activation file runs /usr/bin/matrix-linkd" \
   grep -qx 'Exec=/usr/bin/matrix-linkd' /usr/share/dbus-1/services/io.github.matrix_linkd.Linkd1.service
-mkdir -p "$work"/{home,runtime,bus} && chmod 700 "$work/runtime"
+mkdir -p "$work"/{home,runtime,bus,services} && chmod 700 "$work/runtime"
+cp /usr/share/dbus-1/services/io.github.matrix_linkd.Linkd1.service "$work/services/"
 cat >"$work/bus.conf" <<EOF
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -71,16 +74,17 @@ cat >"$work/bus.conf" <<EOF
   <type>session</type>
   <listen>unix:dir=$work/bus</listen>
   <auth>EXTERNAL</auth>
-  <servicedir>/usr/share/dbus-1/services</servicedir>
+  <servicedir>$work/services</servicedir>
   <policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
 </busconfig>
 EOF
-in_session() {
+# private_env [NAME=VALUE…] COMMAND…: COMMAND with the private home only; in_session: on the bus too.
+private_env() {
   env -i PATH=/usr/bin:/bin HOME="$work/home" XDG_RUNTIME_DIR="$work/runtime" \
-    XDG_CONFIG_HOME="$work/home/.config" XDG_DATA_HOME="$work/home/.local/share" \
-    DBUS_SESSION_BUS_ADDRESS="$address" "$@"
+    XDG_CONFIG_HOME="$work/home/.config" XDG_DATA_HOME="$work/home/.local/share" "$@"
 }
-exec {addr_fd}< <(dbus-daemon --config-file="$work/bus.conf" --nofork --print-address=1 --print-pid=1 2>/dev/null)
+in_session() { private_env DBUS_SESSION_BUS_ADDRESS="$address" "$@"; }
+exec {addr_fd}< <(private_env dbus-daemon --config-file="$work/bus.conf" --nofork --print-address=1 --print-pid=1 2>/dev/null)
 read -r -t 10 address <&"$addr_fd"
 read -r -t 10 bus_pid <&"$addr_fd"
 activated() {
@@ -93,10 +97,28 @@ activated() {
     GetConnectionUnixProcessID s io.github.matrix_linkd.Linkd1 | cut -d' ' -f2) || return 1
   exe=$(readlink "/proc/$pid/exe")
   echo "the service is pid $pid, $exe"
-  kill -TERM "$pid"
+  service_pid=$pid
   [ "$exe" = /usr/bin/matrix-linkd ]
 }
 check "D-Bus activation starts /usr/bin/matrix-linkd; Manager.Version" activated
+private_home() {
+  local home
+  home=$(tr '\0' '\n' <"/proc/$service_pid/environ" | sed -n 's/^HOME=//p')
+  echo "the service's HOME is $home"
+  [ "$home" = "$work/home" ] && [ -e "$work/home/.local/share/matrix-linkd/lock" ]
+}
+[ -n "$service_pid" ] && check "the activated service lives in the bus's private home, not root's" private_home
+# The service stops on SIGTERM, then the bus goes; nothing the bus started may outlive it.
+stopped() {
+  kill -TERM "$service_pid" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$service_pid" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$service_pid" 2>/dev/null || { echo "pid $service_pid still runs"; return 1; }
+  kill "$bus_pid" 2>/dev/null; bus_pid=
+  local left
+  left=$(grep -lsF "DBUS_STARTER_ADDRESS=unix:path=$work/bus" /proc/[0-9]*/environ)
+  [ -z "$left" ] || { echo "left running: $left"; return 1; }
+}
+[ -n "$service_pid" ] && check "the service stops on SIGTERM; nothing the bus started is left" stopped
 kill "$bus_pid" 2>/dev/null; bus_pid=
 
 # The user unit, in user mode (no user manager needed, only XDG_RUNTIME_DIR): it must load with

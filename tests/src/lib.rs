@@ -411,8 +411,10 @@ pub async fn sign_in_daemon(
 
 /// A session whose daemon is signed in (by a QR login from `ALICEDEV`).
 pub struct SignedInSetup {
-    pub hs: homeserver::MockHomeserver,
+    /// First, so that it drops first: the daemon is gone before its mock homeserver goes back to
+    /// wiremock's pool, where another test could get it and a late request of this daemon.
     pub session: Session,
+    pub hs: homeserver::MockHomeserver,
     pub alice: matrix_sdk::Client,
     pub daemon: usize,
     pub signed_in: matrix_linkd_client::SignedIn,
