@@ -412,7 +412,8 @@ pub async fn sign_in_daemon(
 /// A session whose daemon is signed in (by a QR login from `ALICEDEV`).
 pub struct SignedInSetup {
     /// First, so that it drops first: the daemon is gone before its mock homeserver goes back to
-    /// wiremock's pool, where another test could get it and a late request of this daemon.
+    /// wiremock's pool, from which another test could take it while a late request of this
+    /// daemon was still on its way.
     pub session: Session,
     pub hs: homeserver::MockHomeserver,
     pub alice: matrix_sdk::Client,
