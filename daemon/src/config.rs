@@ -82,14 +82,8 @@ pub struct Security {
     pub allow_insecure_http: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OAuthClient {
-    /// `client_name` sent with dynamic client registration.
-    pub client_name: String,
-    /// `client_uri` sent with dynamic client registration (must be https for most servers).
-    pub client_uri: Url,
-}
+/// The `[oauth]` table: how the daemon registers itself (the engine's own type).
+pub use crate::protocol::OAuthClient;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -153,15 +147,6 @@ impl Default for Timeouts {
 impl Default for Desktop {
     fn default() -> Self {
         Self { notifications: true, open_uri: true }
-    }
-}
-
-impl Default for OAuthClient {
-    fn default() -> Self {
-        Self {
-            client_name: "matrix-linkd".to_owned(),
-            client_uri: Url::parse("https://github.com/matrix-linkd/matrix-linkd").expect("static URL"),
-        }
     }
 }
 

@@ -48,3 +48,17 @@ pub enum LinkError {
 }
 
 pub type Result<T, E = LinkError> = std::result::Result<T, E>;
+
+/// A secure channel that cannot be opened or used: the other device broke the protocol.
+impl From<matrix_linkd_wire::channel::ChannelError> for LinkError {
+    fn from(e: matrix_linkd_wire::channel::ChannelError) -> Self {
+        LinkError::ProtocolError(e.to_string())
+    }
+}
+
+/// A message that does not decode: the other device broke the protocol.
+impl From<matrix_linkd_wire::messages::MessageError> for LinkError {
+    fn from(e: matrix_linkd_wire::messages::MessageError) -> Self {
+        LinkError::ProtocolError(e.to_string())
+    }
+}

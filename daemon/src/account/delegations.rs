@@ -1,5 +1,5 @@
 //! What the daemon delegated: one Secret Service item per delegated device, holding the
-//! `protocol::delegation::Record` (with the tokens as handed over, for a later revocation).
+//! `protocol::delegated::Record` (with the tokens as handed over, for a later revocation).
 
 use async_trait::async_trait;
 use tracing::warn;
@@ -7,7 +7,7 @@ use tracing::warn;
 use super::{Account, secrets::ItemKind};
 use crate::{
     error::{LinkError, Result},
-    protocol::{DelegationRecords, delegation::Record},
+    protocol::{DelegationRecords, delegated::Record},
 };
 
 impl Account {

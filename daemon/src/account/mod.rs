@@ -29,7 +29,7 @@ use url::Url;
 
 use crate::{
     error::{LinkError, Result},
-    protocol::LoginTarget,
+    protocol::{AccountPort, LoginTarget, device_grant},
 };
 
 /// The Manager's `SessionState` property.
@@ -246,30 +246,29 @@ impl Account {
         })
     }
 
-    /// Publishes the session at once; the homeserver's protocols (two requests) follow in
-    /// `Capabilities` when probed.
+    /// Publishes the session at once; the homeserver's login protocols follow in `Capabilities`
+    /// when the engine has asked (`offered`).
     async fn publish_signed_in(&self, client: &Client) {
-        let device_id = client.device_id().map(|d| d.to_string()).unwrap_or_default();
         self.info.send_modify(|i| {
             *i = SessionInfo {
                 state: SessionState::SignedIn,
                 user_id: client.user_id().map(|u| u.to_string()).unwrap_or_default(),
-                device_id: device_id.clone(),
+                device_id: client.device_id().map(|d| d.to_string()).unwrap_or_default(),
                 homeserver: client.homeserver().to_string(),
                 capabilities: SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             }
         });
-        let (weak, client) = (self.me.clone(), client.clone());
-        tokio::spawn(async move {
-            let capabilities = probe_capabilities(&client).await;
-            let Some(account) = weak.upgrade() else { return };
-            account.info.send_if_modified(|i| {
-                let same = i.state == SessionState::SignedIn && i.device_id == device_id;
-                if same {
-                    i.capabilities = capabilities;
-                }
-                same
-            });
+    }
+
+    /// The login protocols the homeserver of the session on `device_id` offers: added to
+    /// `Capabilities` unless the session changed meanwhile.
+    pub fn offered(&self, device_id: &str, protocols: Vec<String>) {
+        self.info.send_if_modified(|i| {
+            let same = i.state == SessionState::SignedIn && i.device_id == device_id;
+            if same {
+                i.capabilities.extend(protocols);
+            }
+            same
         });
     }
 
@@ -409,6 +408,14 @@ impl LoginTarget for Account {
 }
 
 #[async_trait]
+impl AccountPort for Account {
+    async fn signed_in(&self) -> Result<Client> {
+        let me = self.me.upgrade().ok_or(LinkError::NotSignedIn)?;
+        me.client().await
+    }
+}
+
+#[async_trait]
 impl crate::protocol::SecretsSource for Account {
     /// The private cross-signing keys and the backup key, for a grant. matrix-sdk 0.18 keeps the
     /// signed-in client's `OlmMachine` to itself, so the store is opened a second time, once: the
@@ -478,38 +485,24 @@ pub async fn export_secrets_bundle(
     Ok(Some(bundle))
 }
 
-/// RFC 7009 revocation of the refresh token (which ends the grant) and the access token.
-/// matrix-sdk's `OAuth::logout` refuses http endpoints, which local and test servers use, so the
-/// request is made here with the SDK's own HTTP client. Errors are fixed strings: a server
-/// response may quote the token.
+/// RFC 7009 revocation of the refresh token (which ends the grant) and the access token, through
+/// the protocol's one revocation (`device_grant::revoke_session`): matrix-sdk's `OAuth::logout`
+/// refuses http endpoints, which local and test servers use. The SDK's own HTTP client carries it.
+/// Errors are fixed strings: a server response may quote the token.
 async fn revoke(client: &Client) -> std::result::Result<(), &'static str> {
     let oauth = client.oauth();
     let client_id = oauth.client_id().ok_or("no client id")?.as_str().to_owned();
     let metadata = oauth.server_metadata().await.map_err(|_| "server metadata unavailable")?;
     let tokens = client.session_tokens().ok_or("no tokens")?;
-    let mut pending = vec![("access_token", tokens.access_token)];
-    if let Some(refresh) = tokens.refresh_token {
-        pending.insert(0, ("refresh_token", refresh));
-    }
-    let http = client.http_client();
-    for (hint, token) in pending {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", &token)
-            .append_pair("token_type_hint", hint)
-            .append_pair("client_id", &client_id)
-            .finish();
-        let response = http
-            .post(metadata.revocation_endpoint.clone())
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| "revocation request failed")?;
-        if !response.status().is_success() {
-            return Err("the revocation endpoint refused the request");
-        }
-    }
-    Ok(())
+    device_grant::revoke_session(
+        client.http_client(),
+        Some(&metadata.revocation_endpoint),
+        &client_id,
+        &tokens.access_token,
+        tokens.refresh_token.as_deref(),
+    )
+    .await
+    .map_err(|_| "the revocation endpoint refused the request or could not be reached")
 }
 
 /// The OAuth server answered the refresh with an error (`invalid_grant`, …): the grant is gone.
@@ -532,28 +525,9 @@ fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| LinkError::SecretStorage("the kept store key is malformed".into()))
 }
 
-/// What a signed-in daemon can do whatever its homeserver offers.
+/// What a signed-in daemon can do whatever its homeserver offers; the login protocols it offers
+/// follow (`Account::offered`).
 const SIGNED_IN_CAPABILITIES: [&str; 2] = ["grant", "delegate"];
-
-/// What the daemon can do against the signed-in homeserver, for the `Capabilities` property.
-async fn probe_capabilities(client: &Client) -> Vec<String> {
-    use crate::protocol::{engine::offers_2024, rendezvous};
-    let mut caps: Vec<String> = SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
-    let http = crate::net::client();
-    let homeserver = client.homeserver();
-    let token = client.access_token();
-    let (v2024, latest) = tokio::join!(
-        offers_2024(&http, &homeserver),
-        rendezvous::SessionLatest::discover(&http, &homeserver, token.as_deref()),
-    );
-    if v2024 {
-        caps.push("protocol-2024".to_owned());
-    }
-    if latest == Ok(true) {
-        caps.push("protocol-msc4388".to_owned());
-    }
-    caps
-}
 
 async fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -23,7 +23,7 @@ pub enum ItemKind {
     Session,
     /// 32 random bytes that encrypt the matrix-sdk sqlite store.
     StoreKey,
-    /// JSON of one delegated device (`protocol::delegation::Record`), tagged with its device ID.
+    /// JSON of one delegated device (`protocol::delegated::Record`), tagged with its device ID.
     Delegation,
 }
 

@@ -1,15 +1,11 @@
-//! The `Manager` object: starts flows, signs out, publishes the session.
+//! The `Manager` object: starts flows (one skeleton for every kind, the kind's rules from
+//! `protocol::kinds`), lists and ends delegations, signs out, publishes the session.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use rand::RngCore;
 use tracing::{info, warn};
-use zbus::{
-    Connection, interface,
-    message::Header,
-    object_server::SignalEmitter,
-    zvariant::{OwnedObjectPath, OwnedValue, Value},
-};
+use zbus::{Connection, interface, message::Header, object_server::SignalEmitter, zvariant::OwnedObjectPath};
 
 use super::{
     Context, FLOW_PATH_PREFIX,
@@ -17,16 +13,16 @@ use super::{
     caller::{self, Caller, Owner},
     error::{Error, LinkdError},
     flow::{self, FlowSettings},
+    requests::{self, Options, Opts, Parsed},
 };
 use crate::{
     account::SessionState,
     desktop,
     error::{LinkError, Result},
-    net,
     protocol::{
-        DelegationRecords as _, DelegationRequest, FlowKind, GenerationChoice, GrantRequest, LoginRequest,
-        LoginTarget, Secret, SecretsSource,
-        delegation::{self, Ended},
+        AccountPort, DelegationRecords as _, FlowKind,
+        delegated::{self, Ended},
+        kinds::{self, Needs},
     },
 };
 
@@ -34,50 +30,6 @@ use crate::{
 #[derive(Clone)]
 pub struct Manager {
     pub(super) ctx: Arc<Context>,
-}
-
-type Options = HashMap<String, OwnedValue>;
-
-/// Typed access to `a{sv}` options. Unknown keys are ignored (the dictionary is for extension);
-/// a known key with the wrong type is `InvalidArgs`.
-struct Opts<'a>(&'a Options);
-
-impl Opts<'_> {
-    fn wrong(key: &str, ty: &str) -> LinkError {
-        LinkError::InvalidArgs(format!("option `{key}` must be of type `{ty}`"))
-    }
-    fn string(&self, key: &str) -> Result<Option<String>> {
-        match self.0.get(key).map(|v| &**v) {
-            None => Ok(None),
-            Some(Value::Str(s)) => Ok(Some(s.to_string())),
-            Some(_) => Err(Self::wrong(key, "s")),
-        }
-    }
-    fn boolean(&self, key: &str, default: bool) -> Result<bool> {
-        match self.0.get(key).map(|v| &**v) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(Self::wrong(key, "b")),
-        }
-    }
-    /// A name shown to people: 1 to 64 printable characters.
-    fn name(&self, key: &str) -> Result<Option<String>> {
-        match self.string(key)? {
-            Some(name) if !delegation::valid_name(&name) => {
-                Err(LinkError::InvalidArgs(format!("`{key}` must be 1 to 64 printable characters")))
-            }
-            name => Ok(name),
-        }
-    }
-    fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let v = v.try_clone().map_err(|_| Self::wrong(key, "ay"))?;
-                Vec::<u8>::try_from(v).map(Some).map_err(|_| Self::wrong(key, "ay"))
-            }
-        }
-    }
 }
 
 /// The portal's rule for request tokens: letters, digits and `_`, at most 64 of them (the token
@@ -88,166 +40,90 @@ fn valid_handle_token(t: &str) -> bool {
     (1..=MAX_HANDLE_TOKEN).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-/// What every `Start*` has in common.
-struct Common {
-    caller: Caller,
-    path: OwnedObjectPath,
-    detached: bool,
-    qr_code: Option<Secret<Vec<u8>>>,
-}
+/// A kind's options parser (`dbus::requests`).
+type Parser = fn(&Opts<'_>, requests::Context<'_>) -> Result<Parsed>;
 
 impl Manager {
-    async fn common(&self, conn: &Connection, hdr: &Header<'_>, opts: &Opts<'_>) -> Result<Common> {
+    /// The one `Start*` skeleton: who calls and may they, the flow's path, the kind's options, the
+    /// session the kind needs and a slot within the limits (in the kind's order), the engine, the
+    /// exported flow object.
+    async fn start_flow(
+        &self,
+        kind: FlowKind,
+        parse: Parser,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        options: &Options,
+    ) -> Result<OwnedObjectPath> {
+        let rules = kinds::rules(kind);
+        let opts = Opts(options);
         let caller = caller::identify(conn, hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
         let detached = opts.boolean("detached", false)?;
         if detached && caller.sandbox_app.is_some() {
             return Err(LinkError::NotAllowed("sandboxed callers cannot start detached flows".into()));
         }
-        let token = match opts.string("handle_token")? {
-            Some(t) if valid_handle_token(&t) => t,
-            Some(_) => {
-                return Err(LinkError::InvalidArgs(format!(
-                    "`handle_token` must be 1 to {MAX_HANDLE_TOKEN} of [A-Za-z0-9_]"
-                )));
-            }
-            None => {
-                let mut b = [0u8; 8];
-                rand::rng().fill_bytes(&mut b);
-                format!("t{}", hex::encode(b))
-            }
+        let path = flow_path(&caller, opts.string("handle_token")?)?;
+        let cx = requests::Context { config: &self.ctx.config, caller: &caller, qr_code: opts.qr_code()? };
+        let parsed = parse(&opts, cx)?;
+        debug_assert_eq!(parsed.request.kind(), kind);
+        let settings = self.settings(kind, &caller, detached, &parsed)?;
+        let slot = if rules.exclusive {
+            let slot = self.ctx.reserve(&path, &caller.unique_name, kind)?;
+            self.check_session(rules.needs).await?;
+            slot
+        } else {
+            self.check_session(rules.needs).await?;
+            self.ctx.reserve(&path, &caller.unique_name, kind)?
         };
-        let sender = caller.unique_name.trim_start_matches(':').replace('.', "_");
-        let path = OwnedObjectPath::try_from(format!("{FLOW_PATH_PREFIX}/{sender}/{token}"))
-            .map_err(|_| LinkError::InvalidArgs("cannot build a flow path from `handle_token`".into()))?;
-        let qr_code = opts.bytes("qr_code")?.map(Secret);
-        if qr_code.as_ref().is_some_and(|q| q.0.is_empty() || q.0.len() > 4096) {
-            return Err(LinkError::InvalidQrCode("the QR code is empty or too long".into()));
+        let account: Arc<dyn AccountPort> = self.ctx.account.clone();
+        let handle = self.ctx.engine.start(account, parsed.request).await?;
+        flow::start(self.ctx.clone(), conn, path.clone(), settings, handle)
+            .await
+            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
+        slot.keep();
+        info!(scanned = options.contains_key("qr_code"), "{} flow started", rules.method);
+        Ok(path)
+    }
+
+    /// Waits for a restore in progress, then checks the session is as the kind needs it.
+    async fn check_session(&self, needs: Needs) -> Result<()> {
+        self.ctx.account.settled().await;
+        match needs {
+            Needs::SignedIn => self.ctx.account.client().await.map(drop),
+            Needs::SignedOut if self.ctx.account.info().state == SessionState::SignedIn => {
+                Err(LinkError::AlreadySignedIn)
+            }
+            Needs::SignedOut => Ok(()),
         }
-        Ok(Common { caller, path, detached, qr_code })
     }
 
     fn settings(
         &self,
         kind: FlowKind,
-        common: &Common,
-        notify: bool,
-        open_uri: bool,
+        caller: &Caller,
+        detached: bool,
+        parsed: &Parsed,
     ) -> Result<FlowSettings> {
         let timeouts = &self.ctx.config.timeouts;
-        let owner = if common.detached {
-            let uid = common
-                .caller
+        let owner = if detached {
+            let uid = caller
                 .uid
                 .ok_or_else(|| LinkError::NotAllowed("the bus does not know the caller's UID".into()))?;
             Owner::Uid { uid, until: flow::detached_until(timeouts.detached().min(timeouts.flow())) }
         } else {
-            Owner::Name(common.caller.unique_name.clone())
+            Owner::Name(caller.unique_name.clone())
         };
         Ok(FlowSettings {
             kind,
             owner,
-            starter: common.caller.unique_name.clone(),
-            detached: common.detached,
-            notify,
-            open_uri,
+            starter: caller.unique_name.clone(),
+            detached,
+            notify: parsed.notify,
+            open_uri: parsed.open_uri,
             expires_at_us: flow::expires_at_us(timeouts.flow()),
-            client_name: None,
+            client_name: parsed.client_name.clone(),
         })
-    }
-
-    /// The `protocol` option, else the config's choice.
-    fn generation(&self, opts: &Opts<'_>) -> Result<GenerationChoice> {
-        match opts.string("protocol")? {
-            Some(s) => s.parse(),
-            None => Ok(self.ctx.config.protocol),
-        }
-    }
-
-    async fn start_grant_inner(
-        &self,
-        conn: &Connection,
-        hdr: &Header<'_>,
-        options: &Options,
-    ) -> Result<OwnedObjectPath> {
-        let opts = Opts(options);
-        let common = self.common(conn, hdr, &opts).await?;
-        let notify = opts.boolean("notify", true)?;
-        let open_uri = opts.boolean("open_uri", true)? && self.ctx.config.desktop.open_uri;
-        let settings = self.settings(FlowKind::Grant, &common, notify, open_uri)?;
-        self.ctx.account.settled().await;
-        let client = self.ctx.account.client().await?;
-        let generation = self.generation(&opts)?;
-        let _slot = self.ctx.reserve(&common.path, &common.caller.unique_name, FlowKind::Grant)?;
-        let timeouts = &self.ctx.config.timeouts;
-        let secrets: Arc<dyn SecretsSource> = self.ctx.account.clone();
-        let handle = self
-            .ctx
-            .engine
-            .start_grant(
-                client,
-                secrets,
-                GrantRequest {
-                    generation,
-                    qr_code: common.qr_code,
-                    timeout: timeouts.flow(),
-                    device_creation_timeout: timeouts.device_creation(),
-                },
-            )
-            .await?;
-        flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
-            .await
-            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
-        _slot.keep();
-        info!(scanned = options.contains_key("qr_code"), "grant flow started");
-        Ok(common.path)
-    }
-
-    async fn start_delegation_inner(
-        &self,
-        conn: &Connection,
-        hdr: &Header<'_>,
-        options: &Options,
-    ) -> Result<OwnedObjectPath> {
-        let opts = Opts(options);
-        let common = self.common(conn, hdr, &opts).await?;
-        let notify = opts.boolean("notify", true)?;
-        let open_uri = opts.boolean("open_uri", true)? && self.ctx.config.desktop.open_uri;
-        let share_secrets = opts.boolean("share_secrets", false)?;
-        // The user must see who asks: an allow-listed sandboxed app is named by its app ID.
-        let client_name = match &common.caller.sandbox_app {
-            Some(app) => app.clone(),
-            None => opts.name("client_name")?.unwrap_or_else(|| "Matrix client".to_owned()),
-        };
-        let device_display_name = opts.name("device_display_name")?.unwrap_or_else(|| client_name.clone());
-        let mut settings = self.settings(FlowKind::Delegation, &common, notify, open_uri)?;
-        settings.client_name = Some(client_name.clone());
-        self.ctx.account.settled().await;
-        let client = self.ctx.account.client().await?;
-        let _slot = self.ctx.reserve(&common.path, &common.caller.unique_name, FlowKind::Delegation)?;
-        let timeouts = &self.ctx.config.timeouts;
-        let handle = self
-            .ctx
-            .engine
-            .start_delegation(
-                client,
-                self.ctx.account.clone(),
-                self.ctx.account.clone(),
-                DelegationRequest {
-                    client_name,
-                    device_display_name,
-                    share_secrets,
-                    timeout: timeouts.flow(),
-                    keys_timeout: timeouts.delegation_keys(),
-                },
-            )
-            .await?;
-        flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
-            .await
-            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
-        _slot.keep();
-        info!(share_secrets, "delegation flow started");
-        Ok(common.path)
     }
 
     /// The delegations the homeserver still knows; the others are forgotten on the way.
@@ -256,7 +132,7 @@ impl Manager {
         let client = self.ctx.account.client().await?;
         let mut out = Vec::new();
         for record in self.ctx.account.delegations().await? {
-            if delegation::device_known(&client, &record.device_id).await == Some(false) {
+            if self.ctx.engine.device_known(&client, &record.device_id).await == Some(false) {
                 info!("a delegated device is gone from the homeserver; forgetting it");
                 self.ctx.account.forget(&record.device_id).await?;
                 continue;
@@ -270,9 +146,10 @@ impl Manager {
         self.ctx.account.settled().await;
         let client = self.ctx.account.client().await?;
         let record = self.ctx.account.delegation(device_id).await?;
-        let http = net::client();
-        let allow_http = self.ctx.config.security.allow_insecure_http;
-        let ended = delegation::end_session(&http, allow_http, &client, &record, false)
+        let ended = self
+            .ctx
+            .engine
+            .end_delegation(&client, &record, false)
             .await?
             .ok_or_else(|| LinkError::Failed("the session could not be ended".into()))?;
         match &ended {
@@ -294,66 +171,34 @@ impl Manager {
     async fn end_delegations(&self) {
         let Ok(client) = self.ctx.account.client().await else { return };
         let Ok(records) = self.ctx.account.delegations().await else { return };
-        let http = net::client();
-        let allow_http = self.ctx.config.security.allow_insecure_http;
         for record in records {
-            match delegation::end_session(&http, allow_http, &client, &record, true).await {
+            match self.ctx.engine.end_delegation(&client, &record, true).await {
                 Ok(Some(_)) => info!("delegated session revoked before signing out"),
                 _ => info!("a delegated session stays signed in (no valid token of it is left)"),
             }
         }
     }
+}
 
-    async fn start_login_inner(
-        &self,
-        conn: &Connection,
-        hdr: &Header<'_>,
-        options: &Options,
-    ) -> Result<OwnedObjectPath> {
-        let opts = Opts(options);
-        let common = self.common(conn, hdr, &opts).await?;
-        let homeserver = match opts.string("homeserver")? {
-            Some(s) => Some(
-                url::Url::parse(&s)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https"))
-                    .ok_or_else(|| LinkError::InvalidArgs("`homeserver` must be an http(s) URL".into()))?,
-            ),
-            None => self.ctx.config.homeserver.clone(),
-        };
-        let device_display_name = opts
-            .string("device_display_name")?
-            .unwrap_or_else(|| self.ctx.config.device_display_name.clone());
-        let settings = self.settings(FlowKind::Login, &common, false, false)?;
-        let generation = self.generation(&opts)?;
-        // Busy first: while grants run, the answer is that a login must wait, not who is signed in.
-        let _slot = self.ctx.reserve(&common.path, &common.caller.unique_name, FlowKind::Login)?;
-        self.ctx.account.settled().await;
-        if self.ctx.account.info().state == SessionState::SignedIn {
-            return Err(LinkError::AlreadySignedIn);
+/// The flow's object path: the caller's unique name and its `handle_token` (a random one when it
+/// gave none), as the portal's requests have them.
+fn flow_path(caller: &Caller, token: Option<String>) -> Result<OwnedObjectPath> {
+    let token = match token {
+        Some(t) if valid_handle_token(&t) => t,
+        Some(_) => {
+            return Err(LinkError::InvalidArgs(format!(
+                "`handle_token` must be 1 to {MAX_HANDLE_TOKEN} of [A-Za-z0-9_]"
+            )));
         }
-        let target: Arc<dyn LoginTarget> = self.ctx.account.clone();
-        let handle = self
-            .ctx
-            .engine
-            .start_login(
-                target,
-                LoginRequest {
-                    generation,
-                    qr_code: common.qr_code,
-                    homeserver,
-                    device_display_name,
-                    timeout: self.ctx.config.timeouts.flow(),
-                },
-            )
-            .await?;
-        flow::start(self.ctx.clone(), conn, common.path.clone(), settings, handle)
-            .await
-            .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
-        _slot.keep();
-        info!(scanned = options.contains_key("qr_code"), "login flow started");
-        Ok(common.path)
-    }
+        None => {
+            let mut b = [0u8; 8];
+            rand::rng().fill_bytes(&mut b);
+            format!("t{}", hex::encode(b))
+        }
+    };
+    let sender = caller.unique_name.trim_start_matches(':').replace('.', "_");
+    OwnedObjectPath::try_from(format!("{FLOW_PATH_PREFIX}/{sender}/{token}"))
+        .map_err(|_| LinkError::InvalidArgs("cannot build a flow path from `handle_token`".into()))
 }
 
 /// Logs that a `Start…` call was refused and why; the caller gets the named error.
@@ -375,7 +220,9 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let options = options.get()?;
-        self.start_grant_inner(conn, &hdr, &options).await.map_err(refused("StartGrant"))
+        self.start_flow(FlowKind::Grant, requests::grant, conn, &hdr, &options)
+            .await
+            .map_err(refused("StartGrant"))
     }
 
     /// The daemon signs in as a new device. Returns the flow object.
@@ -387,7 +234,9 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let options = options.get()?;
-        self.start_login_inner(conn, &hdr, &options).await.map_err(refused("StartLogin"))
+        self.start_flow(FlowKind::Login, requests::login, conn, &hdr, &options)
+            .await
+            .map_err(refused("StartLogin"))
     }
 
     /// A new device of the caller's own, with the user's consent. Returns the flow object.
@@ -399,7 +248,9 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let options = options.get()?;
-        self.start_delegation_inner(conn, &hdr, &options).await.map_err(refused("StartDelegation"))
+        self.start_flow(FlowKind::Delegation, requests::delegation, conn, &hdr, &options)
+            .await
+            .map_err(refused("StartDelegation"))
     }
 
     /// The devices this daemon delegated that the homeserver still knows.
@@ -425,7 +276,7 @@ impl Manager {
         let caller = caller::identify(conn, &hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
         let device_id = device_id.get()?;
-        if !delegation::valid_name(&device_id) {
+        if !delegated::valid_name(&device_id) {
             return Err(
                 LinkError::InvalidArgs("`device_id` must be 1 to 64 printable characters".into()).into()
             );
@@ -497,13 +348,22 @@ impl Manager {
     }
 }
 
-/// Emits `PropertiesChanged` for the session properties whenever the account changes.
+/// Emits `PropertiesChanged` for the session properties whenever the account changes, and asks
+/// the engine which login protocols a newly signed-in session's homeserver offers.
 pub async fn publish_session(conn: Connection, ctx: Arc<Context>) {
     let mut rx = ctx.account.subscribe();
     let Ok(iface) = conn.object_server().interface::<_, Manager>(super::MANAGER_PATH).await else { return };
+    let mut probed = String::new();
+    // A session restored before this task subscribed still gets its protocols probed.
+    rx.mark_changed();
     loop {
         if rx.changed().await.is_err() {
             return;
+        }
+        let info = rx.borrow_and_update().clone();
+        if info.state == SessionState::SignedIn && info.device_id != probed {
+            probed = info.device_id.clone();
+            tokio::spawn(probe_protocols(ctx.clone(), info.device_id));
         }
         let em: &SignalEmitter<'_> = iface.signal_emitter();
         let m = iface.get().await;
@@ -513,6 +373,13 @@ pub async fn publish_session(conn: Connection, ctx: Arc<Context>) {
         let _ = m.homeserver_changed(em).await;
         let _ = m.capabilities_changed(em).await;
     }
+}
+
+/// The homeserver's login protocols (two requests), for `Capabilities`.
+async fn probe_protocols(ctx: Arc<Context>, device_id: String) {
+    let Ok(client) = ctx.account.client().await else { return };
+    let offered = ctx.engine.offered_protocols(&client).await;
+    ctx.account.offered(&device_id, offered);
 }
 
 #[cfg(test)]

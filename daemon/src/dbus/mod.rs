@@ -7,6 +7,7 @@ pub mod error;
 pub mod flow;
 mod handover;
 pub mod manager;
+mod requests;
 mod slots;
 
 pub use slots::Slot;

@@ -8,7 +8,7 @@ use zbus::{names::OwnedUniqueName, zvariant::OwnedObjectPath};
 use crate::{
     config::Limits,
     error::{LinkError, Result},
-    protocol::FlowKind,
+    protocol::{FlowKind, kinds},
 };
 
 /// One live flow.
@@ -70,11 +70,14 @@ impl Slots {
             return Err(LinkError::InvalidArgs("a flow with this `handle_token` is running".into()));
         }
         let running: Vec<&Running> = list.iter().filter(|r| !r.ended).collect();
-        if kind == FlowKind::Login && !running.is_empty() {
-            return Err(LinkError::Busy("other flows are running; a login must run alone".into()));
+        if kinds::rules(kind).exclusive && !running.is_empty() {
+            return Err(LinkError::Busy(format!(
+                "other flows are running; {} must run alone",
+                kinds::rules(kind).method
+            )));
         }
-        if running.iter().any(|r| r.kind == FlowKind::Login) {
-            return Err(LinkError::Busy("a login is running".into()));
+        if let Some(alone) = running.iter().find(|r| kinds::rules(r.kind).exclusive) {
+            return Err(LinkError::Busy(format!("{} is running alone", kinds::rules(alone.kind).method)));
         }
         if running.len() >= limits.max_flows {
             return Err(LinkError::Busy(format!("{} flows are running (`limits.max_flows`)", running.len())));

@@ -1,5 +1,5 @@
 //! The new device's side of the RFC 8628 device authorization grant on the Matrix OAuth 2.0 API
-//! (protocol.md §10), for the own engine: metadata, dynamic registration (with an explicit empty
+//! (docs/protocol.md §10), for the own engine: metadata, dynamic registration (with an explicit empty
 //! `response_types`, which strict servers need), the device authorization request with the stable
 //! scopes (unstable ones as fallback), and token polling that respects `interval` and
 //! `slow_down` and stops at the first success (a second exchange is a replay).
@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::net::{self, BodyError, JSON_LIMIT};
+use crate::{
+    error::LinkError,
+    net::{self, BodyError, JSON_LIMIT},
+};
 
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -49,6 +52,34 @@ pub enum GrantError {
 }
 
 pub type Result<T, E = GrantError> = std::result::Result<T, E>;
+
+/// What a failed grant step means for the flow and its caller.
+impl From<GrantError> for LinkError {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::NoOAuth => {
+                LinkError::Unsupported("the homeserver does not use OAuth 2.0 sign-in".into())
+            }
+            GrantError::NoDeviceGrant => LinkError::Unsupported(
+                "the OAuth server does not offer the device authorization grant".into(),
+            ),
+            GrantError::NoRegistration => {
+                LinkError::Unsupported("the OAuth server does not allow client registration".into())
+            }
+            GrantError::AccessDenied => {
+                LinkError::LoginFailed("the sign-in was refused on the consent page (access_denied)".into())
+            }
+            GrantError::Expired => {
+                LinkError::Expired("the sign-in request expired before it was approved".into())
+            }
+            GrantError::Network => LinkError::Network("the OAuth server could not be reached".into()),
+            e @ (GrantError::TooLarge(_) | GrantError::BadEndpoint(_) | GrantError::Malformed) => {
+                LinkError::ProtocolError(e.to_string())
+            }
+            other => LinkError::Network(other.to_string()),
+        }
+    }
+}
 
 /// The parts of the authorization server metadata (RFC 8414) the grant needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -220,25 +251,45 @@ pub async fn authorize(
     Err(last)
 }
 
-/// RFC 7009: revokes `token` (a public client authenticates with its `client_id`). The server
-/// answers 200 also for a token it does not know, so success says nothing about validity.
+/// RFC 7009: revokes `token` at `endpoint` (a public client authenticates with its
+/// `client_id`). The server answers 200 also for a token it does not know, so success says nothing
+/// about validity.
 pub async fn revoke(
     http: &reqwest::Client,
-    m: &Metadata,
+    endpoint: &Url,
     client_id: &str,
     token: &str,
     hint: &str,
 ) -> Result<()> {
-    let endpoint =
-        m.revocation_endpoint.clone().ok_or(GrantError::Refused("no revocation endpoint".into()))?;
-    let (status, v) =
-        post_form(http, endpoint, &[("token", token), ("token_type_hint", hint), ("client_id", client_id)])
-            .await?;
+    let (status, v) = post_form(
+        http,
+        endpoint.clone(),
+        &[("token", token), ("token_type_hint", hint), ("client_id", client_id)],
+    )
+    .await?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
         Err(GrantError::Refused(v.get("error").and_then(Value::as_str).unwrap_or("revocation").to_owned()))
     }
+}
+
+/// Ends a session by RFC 7009: the refresh token first (which ends the grant), then the access
+/// token, both tried. The first refusal is returned.
+pub async fn revoke_session(
+    http: &reqwest::Client,
+    endpoint: Option<&Url>,
+    client_id: &str,
+    access_token: &str,
+    refresh_token: Option<&str>,
+) -> Result<()> {
+    let endpoint = endpoint.ok_or_else(|| GrantError::Refused("no revocation endpoint".into()))?;
+    let refresh = match refresh_token {
+        Some(token) => revoke(http, endpoint, client_id, token, "refresh_token").await,
+        None => Ok(()),
+    };
+    let access = revoke(http, endpoint, client_id, access_token, "access_token").await;
+    refresh.and(access)
 }
 
 /// RFC 6749 §6: new tokens for `refresh_token`. A rotated-away refresh token gives `invalid_grant`.
@@ -266,8 +317,7 @@ pub async fn whoami(
     http: &reqwest::Client,
     homeserver: &Url,
     token: &str,
-) -> std::result::Result<(matrix_sdk::ruma::OwnedUserId, Option<String>), crate::error::LinkError> {
-    use crate::error::LinkError;
+) -> std::result::Result<(matrix_sdk::ruma::OwnedUserId, Option<String>), LinkError> {
     let url = homeserver
         .join("_matrix/client/v3/account/whoami")
         .map_err(|_| LinkError::Failed("bad homeserver URL".into()))?;

@@ -18,7 +18,7 @@ use super::{
     wire::{
         aad::{aad, aad_raw},
         channel::{Channel, ChannelError, Generation},
-        messages::{LoginMessage, MessageError},
+        messages::LoginMessage,
         qr::LoginQr,
     },
 };
@@ -186,7 +186,7 @@ impl Rendezvous {
                 if now + delay > end {
                     // One last look just before the end rather than a request that must fail.
                     tokio::time::sleep_until(end - Duration::from_millis(50).min(end - now)).await;
-                    return match self.poll().await.map_err(rendezvous_error)? {
+                    return match self.poll().await.map_err(LinkError::from)? {
                         Some(found) => Ok(found),
                         None => Err(expired()),
                     };
@@ -195,7 +195,7 @@ impl Rendezvous {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if let Some(found) = self.poll().await.map_err(rendezvous_error)? {
+            if let Some(found) = self.poll().await.map_err(LinkError::from)? {
                 debug!(looks, ?pace, "rendezvous read");
                 return Ok(found);
             }
@@ -212,33 +212,6 @@ impl Rendezvous {
 
 fn expired() -> LinkError {
     LinkError::Expired("the rendezvous session expired".into())
-}
-
-pub fn rendezvous_error(e: RendezvousError) -> LinkError {
-    match e {
-        RendezvousError::Expired => {
-            LinkError::Expired("the rendezvous session expired or the other device ended it".into())
-        }
-        RendezvousError::Unavailable(_) => {
-            LinkError::Unsupported("the homeserver offers no rendezvous session here".into())
-        }
-        RendezvousError::Conflict => {
-            LinkError::ProtocolError("someone else wrote to the rendezvous session".into())
-        }
-        RendezvousError::Network => LinkError::Network("the rendezvous server could not be reached".into()),
-        e @ (RendezvousError::AnswerTooLarge(_)
-        | RendezvousError::Redirect(_)
-        | RendezvousError::Malformed(_)) => LinkError::ProtocolError(e.to_string()),
-        other => LinkError::Network(other.to_string()),
-    }
-}
-
-pub fn channel_error(e: ChannelError) -> LinkError {
-    LinkError::ProtocolError(e.to_string())
-}
-
-pub fn message_error(e: MessageError) -> LinkError {
-    LinkError::ProtocolError(e.to_string())
 }
 
 /// An established secure channel over its rendezvous session.
@@ -280,7 +253,7 @@ impl Link {
     pub async fn send(&mut self, msg: &LoginMessage) -> Result<(), LinkError> {
         let aad = self.rv.send_aad();
         let payload = self.channel.seal(&msg.encode(), &aad);
-        self.rv.send(&payload).await.map_err(rendezvous_error)?;
+        self.rv.send(&payload).await.map_err(LinkError::from)?;
         self.our_turn = false;
         debug!(message = msg.kind(), "rendezvous write");
         Ok(())
@@ -298,7 +271,7 @@ impl Link {
             match self.channel.open(&payload, aad) {
                 Ok(plain) => {
                     self.our_turn = true;
-                    let msg = LoginMessage::decode(&plain).map_err(message_error)?;
+                    let msg = LoginMessage::decode(&plain).map_err(LinkError::from)?;
                     debug!(message = msg.kind(), "received");
                     return Ok((msg, plain));
                 }
@@ -307,7 +280,7 @@ impl Link {
                 Err(e) => last = e,
             }
         }
-        Err(channel_error(last))
+        Err(LinkError::from(last))
     }
 
     /// Best effort, for the end of a flow: writes `msg` even when it is not our turn. When the
@@ -444,9 +417,9 @@ mod tests {
 
     #[test]
     fn rendezvous_errors_are_named() {
-        assert!(matches!(rendezvous_error(RendezvousError::Expired), LinkError::Expired(_)));
-        assert!(matches!(rendezvous_error(RendezvousError::Unavailable(404)), LinkError::Unsupported(_)));
-        assert!(matches!(rendezvous_error(RendezvousError::Network), LinkError::Network(_)));
-        assert!(matches!(rendezvous_error(RendezvousError::Conflict), LinkError::ProtocolError(_)));
+        assert!(matches!(LinkError::from(RendezvousError::Expired), LinkError::Expired(_)));
+        assert!(matches!(LinkError::from(RendezvousError::Unavailable(404)), LinkError::Unsupported(_)));
+        assert!(matches!(LinkError::from(RendezvousError::Network), LinkError::Network(_)));
+        assert!(matches!(LinkError::from(RendezvousError::Conflict), LinkError::ProtocolError(_)));
     }
 }

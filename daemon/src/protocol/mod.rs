@@ -1,11 +1,15 @@
 //! The QR login protocol engine, behind a small trait so the D-Bus layer never sees a protocol
-//! type. The engine runs one task per flow; the D-Bus layer feeds it commands and reads events.
+//! type. The engine runs one task per flow on the one runner (`runner`); the D-Bus layer feeds it
+//! commands and reads events, and learns what sets each kind of flow apart from `kinds`.
 
-pub mod delegation;
+pub mod delegated;
 pub mod device_grant;
+pub mod devices;
 pub mod engine;
+pub mod kinds;
 pub mod link;
 pub mod rendezvous;
+pub mod runner;
 
 /// The wire formats (QR, messages, AAD, channels): the `matrix-linkd-wire` crate.
 pub use matrix_linkd_wire as wire;
@@ -111,19 +115,35 @@ pub enum FlowCommand {
     Cancel,
 }
 
+/// How a flow ended well: the `Response` results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Success {
+    pub user_id: String,
+    /// The new device's ID (grant, delegation) or ours (login).
+    pub device_id: String,
+    /// Login: how the homeserver was found (`net::resolve::Found`).
+    pub homeserver_found: Option<&'static str>,
+    /// Delegation: how the new device got verified (`delegated::Trust`).
+    pub trust: Option<&'static str>,
+}
+
 /// How a flow ended. Exactly one per flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowOutcome {
-    /// `homeserver_found`: how a login found its homeserver (`net::resolve::Found`); `trust`: how
-    /// a delegated device got verified (`delegation::Trust`).
-    Success {
-        user_id: String,
-        device_id: String,
-        homeserver_found: Option<&'static str>,
-        trust: Option<&'static str>,
-    },
+    Success(Success),
     Cancelled,
     Failed(LinkError),
+}
+
+impl FlowOutcome {
+    /// For log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FlowOutcome::Success(_) => "success",
+            FlowOutcome::Cancelled => "cancelled",
+            FlowOutcome::Failed(_) => "failed",
+        }
+    }
 }
 
 /// The D-Bus layer's end of a running flow.
@@ -185,6 +205,26 @@ impl TryFrom<String> for GenerationChoice {
     }
 }
 
+/// How the daemon registers itself with OAuth servers (RFC 7591) for its own logins: the config's
+/// `[oauth]` table.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthClient {
+    /// `client_name` sent with dynamic client registration.
+    pub client_name: String,
+    /// `client_uri` sent with dynamic client registration (must be https for most servers).
+    pub client_uri: Url,
+}
+
+impl Default for OAuthClient {
+    fn default() -> Self {
+        Self {
+            client_name: "matrix-linkd".to_owned(),
+            client_uri: Url::parse("https://github.com/matrix-linkd/matrix-linkd").expect("static URL"),
+        }
+    }
+}
+
 /// Parameters of a grant flow.
 #[derive(Debug)]
 pub struct GrantRequest {
@@ -205,6 +245,38 @@ pub struct LoginRequest {
     pub homeserver: Option<Url>,
     pub device_display_name: String,
     pub timeout: Duration,
+}
+
+/// Parameters of a delegation flow.
+#[derive(Debug)]
+pub struct DelegationRequest {
+    /// Shown to the user and registered with the OAuth server.
+    pub client_name: String,
+    pub device_display_name: String,
+    /// Hand the private cross-signing keys and the backup key over (else the daemon signs).
+    pub share_secrets: bool,
+    pub timeout: Duration,
+    /// From the session being ready to it being taken and, without shared secrets, to the new
+    /// device's keys being on the homeserver.
+    pub keys_timeout: Duration,
+}
+
+/// What a caller asks for: one request type per kind of flow.
+#[derive(Debug)]
+pub enum FlowRequest {
+    Grant(GrantRequest),
+    Login(LoginRequest),
+    Delegation(DelegationRequest),
+}
+
+impl FlowRequest {
+    pub fn kind(&self) -> FlowKind {
+        match self {
+            FlowRequest::Grant(_) => FlowKind::Grant,
+            FlowRequest::Login(_) => FlowKind::Login,
+            FlowRequest::Delegation(_) => FlowKind::Delegation,
+        }
+    }
 }
 
 /// Where a login flow puts the new session: the account layer implements it.
@@ -230,49 +302,42 @@ pub trait SecretsSource: Send + Sync {
     async fn secrets_bundle(&self) -> Result<matrix_sdk_base::crypto::types::SecretsBundle>;
 }
 
-/// Parameters of a delegation flow.
-#[derive(Debug)]
-pub struct DelegationRequest {
-    /// Shown to the user and registered with the OAuth server.
-    pub client_name: String,
-    pub device_display_name: String,
-    /// Hand the private cross-signing keys and the backup key over (else the daemon signs).
-    pub share_secrets: bool,
-    pub timeout: Duration,
-    /// From the session being ready to it being taken and, without shared secrets, to the new
-    /// device's keys being on the homeserver.
-    pub keys_timeout: Duration,
-}
-
 /// Where a delegation flow keeps what it delegated: the account layer implements it.
 #[async_trait]
 pub trait DelegationRecords: Send + Sync {
-    async fn remember(&self, record: delegation::Record) -> Result<()>;
+    async fn remember(&self, record: delegated::Record) -> Result<()>;
     async fn forget(&self, device_id: &str) -> Result<()>;
+}
+
+/// The account as the engine sees it: the signed-in client, the secrets it shares, where a login
+/// puts the new session and where delegations are recorded. The account layer implements it.
+#[async_trait]
+pub trait AccountPort: LoginTarget + SecretsSource + DelegationRecords {
+    /// The signed-in client; `NotSignedIn` without one.
+    async fn signed_in(&self) -> Result<Client>;
 }
 
 /// A QR login protocol engine. Starting checks what can be checked at once (the QR code, the
 /// secrets to share, the rendezvous server) so a caller gets those errors from `Start*` itself.
+/// The D-Bus layer reaches the protocol through this trait only.
 #[async_trait]
 pub trait Engine: Send + Sync {
-    /// Starts a flow where `client` (signed in) lets a new device sign in.
-    async fn start_grant(
-        &self,
-        client: Client,
-        secrets: Arc<dyn SecretsSource>,
-        request: GrantRequest,
-    ) -> Result<FlowHandle>;
-    /// Starts a flow where the daemon signs in as a new device.
-    async fn start_login(&self, target: Arc<dyn LoginTarget>, request: LoginRequest) -> Result<FlowHandle>;
-    /// Starts a flow where `client` (signed in) provisions a new device for a local program.
-    async fn start_delegation(
-        &self,
-        client: Client,
-        secrets: Arc<dyn SecretsSource>,
-        records: Arc<dyn DelegationRecords>,
-        request: DelegationRequest,
-    ) -> Result<FlowHandle>;
+    /// Starts a flow of the request's kind for `account`.
+    async fn start(&self, account: Arc<dyn AccountPort>, request: FlowRequest) -> Result<FlowHandle>;
     /// At shutdown, after the flows ended: waits (at most `limit`) for the clean-up they left
     /// behind (rendezvous sessions to delete). `false` when some was left undone.
     async fn settle(&self, limit: Duration) -> bool;
+    /// The login protocols the homeserver of `client` offers, as `Capabilities` names them
+    /// (`protocol-2024`, `protocol-msc4388`).
+    async fn offered_protocols(&self, client: &Client) -> Vec<String>;
+    /// Whether the homeserver still knows `device_id` of our account (`None`: it did not say).
+    async fn device_known(&self, client: &Client, device_id: &str) -> Option<bool>;
+    /// Ends a delegated device's session: revoked with a token the daemon still holds, else
+    /// (unless `revoke_only`) the account page that ends it. `None`: nothing could be done.
+    async fn end_delegation(
+        &self,
+        client: &Client,
+        record: &delegated::Record,
+        revoke_only: bool,
+    ) -> Result<Option<delegated::Ended>>;
 }

@@ -1,4 +1,4 @@
-//! Rendezvous clients for both generations (protocol.md §5): the 2024 ETag API and the latest
+//! Rendezvous clients for both generations (docs/protocol.md §5): the 2024 ETag API and the latest
 //! `sequence_token` API. One session = one mutable slot on a homeserver; the protocol strictly
 //! alternates, so a client sends, then polls until the other side's write shows up.
 //!
@@ -51,6 +51,31 @@ pub enum RendezvousError {
     AnswerTooLarge(usize),
     #[error("the rendezvous server answered with a redirect (HTTP {0}), which is not followed")]
     Redirect(u16),
+}
+
+/// What a rendezvous failure means for the flow and its caller.
+impl From<RendezvousError> for crate::error::LinkError {
+    fn from(e: RendezvousError) -> Self {
+        use crate::error::LinkError;
+        match e {
+            RendezvousError::Expired => {
+                LinkError::Expired("the rendezvous session expired or the other device ended it".into())
+            }
+            RendezvousError::Unavailable(_) => {
+                LinkError::Unsupported("the homeserver offers no rendezvous session here".into())
+            }
+            RendezvousError::Conflict => {
+                LinkError::ProtocolError("someone else wrote to the rendezvous session".into())
+            }
+            RendezvousError::Network => {
+                LinkError::Network("the rendezvous server could not be reached".into())
+            }
+            e @ (RendezvousError::AnswerTooLarge(_)
+            | RendezvousError::Redirect(_)
+            | RendezvousError::Malformed(_)) => LinkError::ProtocolError(e.to_string()),
+            other => LinkError::Network(other.to_string()),
+        }
+    }
 }
 
 pub type Result<T, E = RendezvousError> = std::result::Result<T, E>;

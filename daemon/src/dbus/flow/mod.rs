@@ -27,7 +27,7 @@ use super::{
 use crate::{
     desktop::{self, qr::QrFormat},
     error::LinkError,
-    protocol::{FlowCommand, FlowKind, FlowState, Secret, WireProtocol},
+    protocol::{FlowCommand, FlowKind, FlowState, Secret, WireProtocol, kinds},
 };
 
 pub const INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Flow";
@@ -252,7 +252,8 @@ impl Flow {
         self.check_owner(conn, &hdr).await?;
         let document = {
             let mut d = self.data();
-            if self.shared.settings.kind != FlowKind::Delegation || d.state != Some(FlowState::SyncingSecrets)
+            if !kinds::rules(self.shared.settings.kind).hands_over_session
+                || d.state != Some(FlowState::SyncingSecrets)
             {
                 return Err(LinkError::InvalidState("no session is ready to be taken".into()).into());
             }

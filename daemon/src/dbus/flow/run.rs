@@ -20,8 +20,14 @@ use crate::{
     dbus::{Context, error::error_name},
     desktop::{self, Choice},
     error::LinkError,
-    protocol::{FlowCommand, FlowEvent, FlowHandle, FlowKind, FlowOutcome, FlowState},
+    protocol::{FlowCommand, FlowEvent, FlowHandle, FlowOutcome, FlowState, Success, kinds},
 };
+
+/// Whether this flow speaks to the user through desktop notifications: its kind asks the user,
+/// its caller did not say `notify: false`, the config allows them.
+fn notifies(ctx: &Context, settings: &FlowSettings) -> bool {
+    kinds::rules(settings.kind).asks_user && settings.notify && ctx.config.desktop.notifications
+}
 
 /// Exports the flow object and runs it until its end.
 pub async fn start(
@@ -168,10 +174,7 @@ async fn apply(
             }
             drop(i);
             set_state(flow, iface, FlowState::WaitingForApproval).await;
-            if flow.shared.settings.kind != FlowKind::Login
-                && flow.shared.settings.notify
-                && ctx.config.desktop.notifications
-            {
+            if notifies(ctx, &flow.shared.settings) {
                 // On the daemon's own connection; the task ends with the flow (see `finish`).
                 let decider = flow.clone();
                 let task = desktop::spawn_approval(conn.clone(), request, move |choice| match choice {
@@ -211,7 +214,7 @@ async fn finish(
     outcome: FlowOutcome,
 ) {
     let (state, code, results, summary) = match &outcome {
-        FlowOutcome::Success { user_id, device_id, homeserver_found, trust } => {
+        FlowOutcome::Success(Success { user_id, device_id, homeserver_found, trust }) => {
             let mut r = Results::new();
             r.insert("user_id".into(), ov(Value::from(user_id.as_str())));
             if !device_id.is_empty() {
@@ -279,7 +282,7 @@ async fn finish(
         debug!(error = %e, "Response not delivered (owner gone?)");
     }
     flow.shared.result.send_replace(Some((code, results)));
-    if settings.kind != FlowKind::Login && settings.notify && ctx.config.desktop.notifications {
+    if notifies(ctx, settings) {
         tokio::spawn(desktop::notify_result(conn.clone(), summary.0, summary.1).in_current_span());
     }
     info!(response = code, "flow ended");

@@ -1,28 +1,94 @@
 //! Grant: the daemon is the signed-in existing device and lets a new device in.
 
-use matrix_sdk::ruma::{OwnedDeviceId, api::client::device::get_device};
-
 use super::*;
-use crate::protocol::wire::{
-    messages::{BackupSecrets, CrossSigningSecrets},
-    policy,
+use crate::protocol::{
+    GrantRequest,
+    wire::messages::{BackupSecrets, CrossSigningSecrets},
 };
 
 /// How often the new device's existence is checked after `m.login.success`.
 const DEVICE_POLL: Duration = Duration::from_millis(250);
 
-pub(super) struct GrantFlow {
-    pub(super) http: reqwest::Client,
-    pub(super) client: Client,
-    pub(super) bundle: SecretsBundle,
-    pub(super) device_creation_timeout: Duration,
+impl OwnEngine {
+    /// Checks the scanned code, the secrets to share and the account's OAuth server, makes the
+    /// QR code when the daemon shows it, then runs the flow on the runner.
+    pub(super) async fn start_grant(
+        &self,
+        account: Arc<dyn AccountPort>,
+        request: GrantRequest,
+    ) -> Result<FlowHandle> {
+        let client = account.signed_in().await?;
+        let scanned =
+            request.qr_code.as_ref().map(|b| scanned_qr(&b.0, Intent::Login, self.allow_http)).transpose()?;
+        // Fail fast: without the private cross-signing keys there is nothing to share.
+        let bundle = account.secrets_bundle().await?;
+        let homeserver = client.homeserver();
+        let token = client.access_token();
+        // The consent page the new device names must be on the account's OAuth server.
+        let issuer = self
+            .issuers
+            .get_or(homeserver.as_str(), async || {
+                let metadata = device_grant::server_metadata(&self.http, &homeserver, self.allow_http).await;
+                metadata.map(|m| m.issuer).map_err(LinkError::from)
+            })
+            .await?;
+        let (start, opening) = match scanned {
+            Some(qr) => {
+                let generation = qr_generation(&qr);
+                (GrantStart::Scanned(qr), Opening { generation, created: None })
+            }
+            None => {
+                let key = format!("{:?} {homeserver}", request.generation);
+                let generation = self
+                    .generations
+                    .get_or(&key, async || {
+                        choose_generation(&self.http, request.generation, &homeserver, token.as_deref()).await
+                    })
+                    .await?;
+                let maker = QrMaker {
+                    http: self.http.clone(),
+                    generation,
+                    homeserver: homeserver.clone(),
+                    access_token: token.clone(),
+                    intent: Intent::Reciprocate,
+                };
+                let (rv, generator, qr) = maker.make().await?;
+                (GrantStart::Generated(generator, maker), Opening { generation, created: Some((rv, qr)) })
+            }
+        };
+        let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
+        let span = info_span!("grant", scanned = opening.created.is_none(), generation = ?opening.generation);
+        let (left, first) = opening.split();
+        let flow = GrantFlow {
+            http: self.http.clone(),
+            client,
+            bundle,
+            device_creation_timeout: request.device_creation_timeout,
+            issuer,
+            allow_http: self.allow_http,
+        };
+        tokio::spawn(
+            runner::run(port, request.timeout, first, left, async move |ui, left| {
+                flow.run(start, ui, left).await
+            })
+            .instrument(span),
+        );
+        Ok(handle)
+    }
+}
+
+struct GrantFlow {
+    http: reqwest::Client,
+    client: Client,
+    bundle: SecretsBundle,
+    device_creation_timeout: Duration,
     /// The account's OAuth issuer: the consent page must be on its origin.
-    pub(super) issuer: Url,
-    pub(super) allow_http: bool,
+    issuer: Url,
+    allow_http: bool,
 }
 
 impl GrantFlow {
-    pub(super) async fn run(&self, start: GrantStart, ui: &mut Ui, left: &mut Leftovers) -> Flow<String> {
+    async fn run(&self, start: GrantStart, ui: &mut Ui, left: &mut Leftovers) -> Flow<Success> {
         match start {
             GrantStart::Scanned(qr) => {
                 let rv = join(&self.http, &qr).await?;
@@ -50,10 +116,9 @@ impl GrantFlow {
         // The new device's user types the code (when it generated) and it registers first.
         let pace = if ui_scanned(left) { Pace::Human } else { Pace::Now };
         let (msg, _) = link(left).recv(pace).await?;
-        let request = policy::sign_in_request(&msg, &self.issuer, self.allow_http).map_err(refused)?;
+        let request = policy::sign_in_request(&msg, &self.issuer, self.allow_http)?;
         let device_id = request.device_id;
-        let device = OwnedDeviceId::from(device_id.as_str());
-        if self.device_exists(&device).await? {
+        if self.device_exists(&device_id).await? {
             return Err(LinkError::DeviceIdInUse.into());
         }
         ui.emit(FlowEvent::WaitingForApproval {
@@ -67,33 +132,30 @@ impl GrantFlow {
             approved = ui.approval() => approved?,
             early = link(left).recv(Pace::Watch) => {
                 let (msg, _) = early?;
-                return Err(refused(policy::unexpected(&msg, "nothing before consent")));
+                return Err(policy::unexpected(&msg, "nothing before consent").into());
             }
         }
         info!("consent given");
         link(left).send(&LoginMessage::ProtocolAccepted {}).await?;
         ui.emit(FlowEvent::WaitingForToken { user_code: None });
         let (msg, _) = link(left).recv(Pace::Human).await?;
-        policy::expect_signal(&msg, "m.login.success").map_err(refused)?;
+        policy::expect_signal(&msg, "m.login.success")?;
         ui.emit(FlowEvent::SyncingSecrets);
-        self.wait_for_device(&device).await?;
+        self.wait_for_device(&device_id).await?;
         link(left).send(&secrets_message(&self.bundle)).await?;
         info!("secrets sent");
-        Ok(device_id)
+        let user_id = self.client.user_id().map(|u| u.to_string()).unwrap_or_default();
+        Ok(Success { user_id, device_id, homeserver_found: None, trust: None })
     }
 
-    /// `GET /devices/{id}` (percent-encoded by ruma) with our session: 200 = exists, 404 = free.
-    async fn device_exists(&self, device: &OwnedDeviceId) -> Flow<bool> {
-        match self.client.send(get_device::v3::Request::new(device.clone())).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.as_client_api_error().is_some_and(|c| c.status_code.as_u16() == 404) => Ok(false),
-            Err(_) => {
-                Err(LinkError::Network("asking the homeserver about the new device failed".into()).into())
-            }
-        }
+    /// Whether the new device exists on the homeserver: 200 = yes, 404 = no, else the flow fails.
+    async fn device_exists(&self, device_id: &str) -> Flow<bool> {
+        devices::known(&self.client, device_id).await.ok_or_else(|| {
+            LinkError::Network("asking the homeserver about the new device failed".into()).into()
+        })
     }
 
-    async fn wait_for_device(&self, device: &OwnedDeviceId) -> Flow<()> {
+    async fn wait_for_device(&self, device: &str) -> Flow<()> {
         let until = Instant::now() + self.device_creation_timeout;
         loop {
             if self.device_exists(device).await? {
@@ -130,7 +192,7 @@ pub(super) fn secrets_message(bundle: &SecretsBundle) -> LoginMessage {
     }
 }
 
-pub(super) enum GrantStart {
+enum GrantStart {
     Scanned(LoginQr),
     Generated(Generator, QrMaker),
 }

@@ -49,13 +49,13 @@ pub(super) async fn join(http: &reqwest::Client, qr: &LoginQr) -> Result<Rendezv
                 .map_err(|_| LinkError::InvalidQrCode("the rendezvous URL is not a URL".into()))?;
             let mut session = Session2024::join(http, url);
             // The first read learns the ETag (and the session's end); it holds no data yet.
-            session.poll().await.map_err(rendezvous_error)?;
+            session.poll().await.map_err(LinkError::from)?;
             Ok(Rendezvous::V2024(session))
         }
         LoginQr::Msc4388 { rendezvous_id, base_url, .. } => {
             let base = Url::parse(base_url)
                 .map_err(|_| LinkError::InvalidQrCode("the base URL is not a URL".into()))?;
-            let session = SessionLatest::join(http, &base, rendezvous_id).await.map_err(rendezvous_error)?;
+            let session = SessionLatest::join(http, &base, rendezvous_id).await.map_err(LinkError::from)?;
             Ok(Rendezvous::latest(session, base))
         }
     }
@@ -64,16 +64,16 @@ pub(super) async fn join(http: &reqwest::Client, qr: &LoginQr) -> Result<Rendezv
 /// S: sends LoginInitiate, waits for LoginOk, returns the channel. The caller shows the check code.
 pub(super) async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: &mut Leftovers) -> Flow<()> {
     let (pending, initiate) =
-        Initiated::start(rv.generation(), key, &rv.send_aad()).map_err(channel_error)?;
+        Initiated::start(rv.generation(), key, &rv.send_aad()).map_err(LinkError::from)?;
     let sent = rv.send(&initiate).await;
     left.rv = Some(rv);
-    sent.map_err(rendezvous_error)?;
+    sent.map_err(LinkError::from)?;
     debug!(message = "login_initiate", "rendezvous write");
     let rv = left.rv.as_mut().expect("just set");
     let (ok, aads) = rv.wait(Pace::Machine).await?;
     // LoginOk opens under either form of the base URL and either response label; the form that
     // opened is kept for the rest of the link (`Link::new`).
-    let channel = pending.confirm(&ok, &aads).map_err(|e| Stop::silent(channel_error(e)))?;
+    let channel = pending.confirm(&ok, &aads).map_err(|e| Stop::silent(LinkError::from(e)))?;
     let rv = left.rv.take().expect("set above");
     left.link = Some(Link::new(rv, channel, true, true));
     Ok(())
@@ -131,8 +131,8 @@ pub(super) async fn generator_handshake(
     // to the form that opened it (`Link::new`).
     let ok_aads = rv.send_aads();
     let (channel, ok) =
-        generator.accept(&initiate, &aads, &ok_aads).map_err(|e| Stop::silent(channel_error(e)))?;
-    rv.send(&ok).await.map_err(rendezvous_error)?;
+        generator.accept(&initiate, &aads, &ok_aads).map_err(|e| Stop::silent(LinkError::from(e)))?;
+    rv.send(&ok).await.map_err(LinkError::from)?;
     debug!(message = "login_ok", "rendezvous write");
     let rv = left.rv.take().expect("set above");
     left.link = Some(Link::new(rv, channel, false, false));
@@ -185,7 +185,7 @@ pub(super) async fn choose_generation(
 }
 
 /// `/versions` lists `org.matrix.msc4108`.
-pub async fn offers_2024(http: &reqwest::Client, homeserver: &Url) -> bool {
+pub(super) async fn offers_2024(http: &reqwest::Client, homeserver: &Url) -> bool {
     let Some(v) = net::resolve::versions(http, homeserver).await else { return false };
     v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false)
 }
@@ -202,7 +202,7 @@ pub(super) async fn create(
     let key = generator.public_key();
     match generation {
         Generation::V2024 => {
-            let session = Session2024::create(http, homeserver).await.map_err(rendezvous_error)?;
+            let session = Session2024::create(http, homeserver).await.map_err(LinkError::from)?;
             let qr = LoginQr::V2024 {
                 intent,
                 key,
@@ -214,7 +214,7 @@ pub(super) async fn create(
         }
         Generation::Latest => {
             let session =
-                SessionLatest::create(http, homeserver, access_token).await.map_err(rendezvous_error)?;
+                SessionLatest::create(http, homeserver, access_token).await.map_err(LinkError::from)?;
             let qr = latest_qr(intent, key, session.id(), homeserver);
             Ok((Rendezvous::latest(session, homeserver.clone()), generator, qr.encode()))
         }

@@ -8,21 +8,116 @@ use matrix_sdk::{
 };
 
 use super::*;
-use crate::{
-    net,
-    protocol::{
-        device_grant::{self, GrantError},
-        wire::{messages::HomeserverRef, policy},
-    },
-};
+use crate::protocol::{LoginRequest, LoginTarget, wire::messages::HomeserverRef};
 
-pub(super) struct LoginFlow {
-    pub(super) http: reqwest::Client,
-    pub(super) target: Arc<dyn LoginTarget>,
-    pub(super) oauth: OAuthClient,
-    pub(super) client_ids: Arc<Mutex<HashMap<String, String>>>,
-    pub(super) device_display_name: String,
-    pub(super) allow_http: bool,
+impl OwnEngine {
+    /// Checks the scanned code or the homeserver, makes sure the session can be kept, makes the QR
+    /// code when the daemon shows it, then runs the flow on the runner. Whatever fails, the
+    /// half-made store goes.
+    pub(super) async fn start_login(
+        &self,
+        account: Arc<dyn AccountPort>,
+        request: LoginRequest,
+    ) -> Result<FlowHandle> {
+        let scanned = request
+            .qr_code
+            .as_ref()
+            .map(|b| scanned_qr(&b.0, Intent::Reciprocate, self.allow_http))
+            .transpose()?;
+        if let Some(homeserver) = &request.homeserver {
+            net::check_transport(homeserver, self.allow_http)
+                .map_err(|e| LinkError::InvalidArgs(format!("the homeserver URL is refused: {e}")))?;
+        }
+        let target: Arc<dyn LoginTarget> = account;
+        target.prepare().await?;
+        match self.spawn_login(target.clone(), request, scanned).await {
+            Ok(handle) => Ok(handle),
+            Err(e) => {
+                target.abandon().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_login(
+        &self,
+        target: Arc<dyn LoginTarget>,
+        request: LoginRequest,
+        scanned: Option<LoginQr>,
+    ) -> Result<FlowHandle> {
+        let (start, opening) = match scanned {
+            Some(qr) => {
+                let server = match &qr {
+                    LoginQr::V2024 { server: Some(server), .. } => server.clone(),
+                    LoginQr::V2024 { server: None, .. } => {
+                        return Err(LinkError::InvalidQrCode("the QR code names no homeserver".into()));
+                    }
+                    LoginQr::Msc4388 { base_url, .. } => base_url.clone(),
+                };
+                let server = policy::homeserver(&server, self.allow_http)
+                    .map_err(|_| LinkError::InvalidQrCode("the QR code names no usable homeserver".into()))?;
+                let generation = qr_generation(&qr);
+                (LoginStart::Scanned { qr, server }, Opening { generation, created: None })
+            }
+            None => {
+                let homeserver = request.homeserver.clone().ok_or_else(|| {
+                    LinkError::InvalidArgs(
+                        "no homeserver: pass the `homeserver` option or set `homeserver` in config.toml"
+                            .into(),
+                    )
+                })?;
+                let generation = choose_generation(&self.http, request.generation, &homeserver, None).await?;
+                let maker = QrMaker {
+                    http: self.http.clone(),
+                    generation,
+                    homeserver: homeserver.clone(),
+                    access_token: None,
+                    intent: Intent::Login,
+                };
+                let (rv, generator, qr) = maker.make().await?;
+                let start = LoginStart::Generated { generator, maker, rendezvous_server: homeserver };
+                (start, Opening { generation, created: Some((rv, qr)) })
+            }
+        };
+        let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
+        let span = info_span!("login", scanned = opening.created.is_none(), generation = ?opening.generation);
+        let (left, first) = opening.split();
+        let flow = LoginFlow {
+            http: self.http.clone(),
+            target: target.clone(),
+            oauth: self.oauth.clone(),
+            client_ids: self.client_ids.clone(),
+            device_display_name: request.device_display_name,
+            allow_http: self.allow_http,
+        };
+        let left = (left, Abandon(target));
+        tokio::spawn(
+            runner::run(port, request.timeout, first, left, async move |ui, left| {
+                flow.run(start, ui, &mut left.0).await
+            })
+            .instrument(span),
+        );
+        Ok(handle)
+    }
+}
+
+/// A login that does not end signed in forgets the store it began.
+struct Abandon(Arc<dyn LoginTarget>);
+
+#[async_trait]
+impl Cleanup for Abandon {
+    async fn stopped(&mut self, _: Tell) {
+        self.0.abandon().await;
+    }
+}
+
+struct LoginFlow {
+    http: reqwest::Client,
+    target: Arc<dyn LoginTarget>,
+    oauth: OAuthClient,
+    client_ids: Arc<Mutex<HashMap<String, String>>>,
+    device_display_name: String,
+    allow_http: bool,
 }
 
 /// The OAuth side of a login in progress.
@@ -35,12 +130,7 @@ struct Grant {
 }
 
 impl LoginFlow {
-    pub(super) async fn run(
-        &self,
-        start: LoginStart,
-        ui: &mut Ui,
-        left: &mut Leftovers,
-    ) -> Flow<(String, String, &'static str)> {
+    async fn run(&self, start: LoginStart, ui: &mut Ui, left: &mut Leftovers) -> Flow<Success> {
         // The secure channel first, then the homeserver: whatever fails after a scan reaches the
         // other device, which would otherwise wait for the rendezvous to expire.
         let (server, rendezvous_server) = match start {
@@ -54,7 +144,7 @@ impl LoginFlow {
             LoginStart::Generated { generator, maker, rendezvous_server } => {
                 generator_handshake(generator, &maker, ui, left).await?;
                 let (msg, _) = link(left).recv(Pace::Now).await?;
-                let server = policy::offered_homeserver(&msg, self.allow_http).map_err(refused)?;
+                let server = policy::offered_homeserver(&msg, self.allow_http)?;
                 (server, Some(rendezvous_server))
             }
         };
@@ -62,7 +152,7 @@ impl LoginFlow {
         let grant = self.authorize(prepared).await?;
         link(left).send(&protocol_message(&grant)).await?;
         let (msg, _) = link(left).recv(Pace::Human).await?;
-        policy::expect_signal(&msg, "m.login.protocol_accepted").map_err(refused)?;
+        policy::expect_signal(&msg, "m.login.protocol_accepted")?;
         ui.emit(FlowEvent::WaitingForToken {
             user_code: Some(Secret(grant.authorization.user_code.clone())),
         });
@@ -70,9 +160,9 @@ impl LoginFlow {
             device_grant::poll_tokens(&self.http, &grant.metadata, &grant.client_id, &grant.authorization)
                 .await
                 .map_err(|e| match e {
-                    GrantError::AccessDenied => Stop { error: Some(grant_error(e)), tell: Tell::Declined },
-                    GrantError::Expired => Stop::local(grant_error(e), FailureReason::AuthorizationExpired),
-                    other => Stop::from(grant_error(other)),
+                    GrantError::AccessDenied => Stop { error: Some(e.into()), tell: Tell::Declined },
+                    GrantError::Expired => Stop::local(e.into(), FailureReason::AuthorizationExpired),
+                    other => Stop::from(LinkError::from(other)),
                 })?;
         let homeserver = grant.client.homeserver();
         let user_id = whoami(&self.http, &homeserver, &tokens.access_token, &grant.device_id).await?;
@@ -96,7 +186,7 @@ impl LoginFlow {
         link(left).send(&LoginMessage::Success {}).await?;
         ui.emit(FlowEvent::SyncingSecrets);
         let (msg, plain) = link(left).recv(Pace::Machine).await?;
-        policy::expect_secrets(&msg).map_err(refused)?;
+        policy::expect_secrets(&msg)?;
         // The last message: nobody reads after us.
         if let Some(link) = left.link.take() {
             link.rv.delete().await;
@@ -112,9 +202,14 @@ impl LoginFlow {
             ))
         })?;
         info!("secrets imported, device cross-signed");
-        rename_device(&grant.client, &self.device_display_name).await;
+        devices::rename(&grant.client, &grant.device_id, &self.device_display_name).await;
         self.target.adopt(grant.client).await.map_err(Stop::silent)?;
-        Ok((user_id.to_string(), grant.device_id, found.as_str()))
+        Ok(Success {
+            user_id: user_id.to_string(),
+            device_id: grant.device_id,
+            homeserver_found: Some(found.as_str()),
+            trust: None,
+        })
     }
 
     /// The new session's client (keyring and store first: nothing is written without them), the
@@ -127,8 +222,9 @@ impl LoginFlow {
         let (homeserver, found) =
             net::resolve::homeserver(&self.http, server, rendezvous_server, self.allow_http).await?;
         let client = self.target.new_client(&homeserver).await?;
-        let metadata =
-            device_grant::metadata(&self.http, &homeserver, self.allow_http).await.map_err(grant_error)?;
+        let metadata = device_grant::metadata(&self.http, &homeserver, self.allow_http)
+            .await
+            .map_err(LinkError::from)?;
         let issuer = metadata.issuer.to_string();
         let cached = self.client_ids.lock().await.get(&issuer).cloned();
         let client_id = match cached {
@@ -141,7 +237,7 @@ impl LoginFlow {
                     &self.oauth.client_uri,
                 )
                 .await
-                .map_err(grant_error)?;
+                .map_err(LinkError::from)?;
                 self.client_ids.lock().await.insert(issuer, id.clone());
                 id
             }
@@ -153,7 +249,7 @@ impl LoginFlow {
         let device_id = device_grant::new_device_id();
         let authorization = device_grant::authorize(&self.http, &metadata, &client_id, &device_id)
             .await
-            .map_err(grant_error)?;
+            .map_err(LinkError::from)?;
         Ok(Grant { client, metadata, client_id, device_id, authorization })
     }
 }
@@ -179,17 +275,7 @@ async fn whoami(http: &reqwest::Client, homeserver: &Url, token: &str, device_id
     Ok(user)
 }
 
-/// Best effort: the device works without a display name.
-async fn rename_device(client: &Client, name: &str) {
-    let Some(device_id) = client.device_id() else { return };
-    let rename = client.rename_device(device_id, name);
-    match tokio::time::timeout(Duration::from_secs(10), rename).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(_)) | Err(_) => warn!("could not set the device display name"),
-    }
-}
-
-pub(super) enum LoginStart {
+enum LoginStart {
     Scanned {
         qr: LoginQr,
         server: HomeserverRef,

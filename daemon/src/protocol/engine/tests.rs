@@ -1,6 +1,11 @@
 //! Unit tests of the engine's shared core.
 
 use super::*;
+use crate::protocol::{FlowOutcome, wire::policy::Refusal};
+
+fn refused(r: Refusal) -> Stop {
+    Stop::from(r)
+}
 
 #[test]
 fn refusals_tell_the_other_device_what_the_protocol_says() {
@@ -141,15 +146,17 @@ async fn a_panicking_flow_still_tells_and_cleans_up() {
     let (channel, ok) = generator.accept(&initiate, &[], &[]).unwrap();
     let mut theirs = pending.confirm(&ok, &[]).unwrap();
 
-    let (_handle, port) = FlowHandle::pair(WireProtocol::V2024);
-    let opening = Opening { generation: Generation::V2024, created: None };
-    let body = async move |_: &mut Ui, left: &mut Leftovers| -> Flow<()> {
+    let (handle, port) = FlowHandle::pair(WireProtocol::V2024);
+    let left = Leftovers::new(Generation::V2024, None);
+    let body = async move |_: &mut Ui, left: &mut Leftovers| -> Flow<Success> {
         left.link = Some(Link::new(rv, channel, true, true));
         panic!("a bug in a flow step");
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (_outcome, result) = run_flow(port, opening, deadline, body).await;
-    assert_eq!(result.err(), Some(Some(LinkError::Failed("internal error".into()))));
+    runner::run(port, Duration::from_secs(30), None, left, body).await;
+    assert_eq!(
+        handle.outcome.await.unwrap(),
+        FlowOutcome::Failed(LinkError::Failed("internal error".into()))
+    );
 
     let requests = server.received_requests().await.unwrap();
     let told = requests.iter().find(|r| r.method.as_str() == "PUT").expect("the other device was told");
