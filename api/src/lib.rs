@@ -68,7 +68,8 @@ pub enum FlowKind {
 
 impl FlowKind {
     /// Every value, in order.
-    pub const ALL: [FlowKind; 4] = [FlowKind::Unknown, FlowKind::Grant, FlowKind::Login, FlowKind::Delegation];
+    pub const ALL: [FlowKind; 4] =
+        [FlowKind::Unknown, FlowKind::Grant, FlowKind::Login, FlowKind::Delegation];
 
     /// Reads a `Kind` value; values this version does not know read as [`FlowKind::Unknown`].
     pub fn from_u32(v: u32) -> Self {
@@ -305,6 +306,9 @@ pub mod errors {
     pub const INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
     /// A caller that is not the flow's owner (a standard name).
     pub const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+    /// A flow object that has gone, e.g. a second `TakeSession` once the flow ended (a standard
+    /// name).
+    pub const UNKNOWN_OBJECT: &str = "org.freedesktop.DBus.Error.UnknownObject";
 
     /// The `<Name>` of one of the daemon's own error names; `None` for any other name.
     pub fn short_name(name: &str) -> Option<&str> {

@@ -37,7 +37,10 @@ fn names_are_the_xml_names() {
     assert!(MANAGER_XML.contains(&format!("Object path: {MANAGER_PATH}\n")));
     let pattern = format!("{FLOW_PATH_PREFIX}/<SENDER>/<TOKEN>");
     assert!(MANAGER_XML.contains(&pattern) && FLOW_XML.contains(&pattern));
-    assert_eq!(ERROR_PREFIX, format!("{}.", between(MANAGER_XML, "error replies named ", "<Name>").trim_end_matches('.')));
+    assert_eq!(
+        ERROR_PREFIX,
+        format!("{}.", between(MANAGER_XML, "error replies named ", "<Name>").trim_end_matches('.'))
+    );
     assert!(MANAGER_XML.contains(&format!("version of this interface, {INTERFACE_VERSION}.")));
     assert!(MANAGER_XML.contains(&format!("\"{}\"", properties::VERSION)));
     assert!(FLOW_XML.contains(&format!("<signal name=\"{RESPONSE_SIGNAL}\">")));
@@ -58,6 +61,7 @@ fn error_names_are_the_xml_list() {
         assert!(name.starts_with(ERROR_PREFIX), "{name}");
     }
     assert!(MANAGER_XML.contains(errors::INVALID_ARGS) && MANAGER_XML.contains(errors::ACCESS_DENIED));
+    assert!(FLOW_XML.contains(errors::UNKNOWN_OBJECT));
     assert_eq!(errors::short_name(errors::BUSY), Some("Busy"));
     assert_eq!(errors::short_name(errors::INVALID_ARGS), None);
 }
@@ -105,7 +109,10 @@ fn kinds_and_protocols_are_the_xml_values() {
 
     let protocols = between(FLOW_XML, "<!-- Protocol: ", "-->");
     assert!(protocols.contains(&format!("{} = 2024", WireProtocol::V2024 as u32)), "{protocols}");
-    assert!(protocols.contains(&format!("{} = latest (MSC4388", WireProtocol::Msc4388 as u32)), "{protocols}");
+    assert!(
+        protocols.contains(&format!("{} = latest (MSC4388", WireProtocol::Msc4388 as u32)),
+        "{protocols}"
+    );
     assert!(protocols.contains(&format!("{} for a delegation", WireProtocol::None as u32)), "{protocols}");
     for p in WireProtocol::ALL {
         assert_eq!(WireProtocol::from_u32(p as u32), Some(p));
