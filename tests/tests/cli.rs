@@ -37,7 +37,7 @@ async fn status_and_input_errors() -> Result<()> {
 
     session.write_config(&test_config(&hs.uri(), 60))?;
     session.start_daemon(&[]).await?;
-    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;
     let out = cli(&session).arg("status").output()?;
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
