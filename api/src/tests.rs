@@ -12,7 +12,7 @@ fn names<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
 }
 
 /// The text of `xml` from `start` up to the next `end`, on one line.
-fn between<'a>(xml: &'a str, start: &str, end: &str) -> String {
+fn between(xml: &str, start: &str, end: &str) -> String {
     let from = &xml[xml.find(start).unwrap_or_else(|| panic!("{start:?} is not in the XML")) + start.len()..];
     from[..from.find(end).unwrap()].split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -95,11 +95,10 @@ impl Session {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path().join("runtime"), std::fs::Permissions::from_mode(0o700))?;
         let servicedir = if opts.activation {
-            let template = std::fs::read_to_string(
-                workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"),
-            )?;
+            let template =
+                std::fs::read_to_string(workspace_root().join(format!("systemd/{BUS_NAME}.service.in")))?;
             let file = template.replace("@bindir@", &bin_dir().display().to_string());
-            std::fs::write(dir.path().join("services/io.github.matrix_linkd.Linkd1.service"), file)?;
+            std::fs::write(dir.path().join(format!("services/{BUS_NAME}.service")), file)?;
             format!("<servicedir>{}</servicedir>", dir.path().join("services").display())
         } else {
             String::new()

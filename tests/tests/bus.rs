@@ -204,7 +204,7 @@ fn systemd_unit_and_activation_file() -> Result<()> {
     assert!(out.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
 
     let activation =
-        std::fs::read_to_string(workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"))?
+        std::fs::read_to_string(workspace_root().join(format!("systemd/{BUS_NAME}.service.in")))?
             .replace("@bindir@", &bindir);
     assert!(activation.contains(&format!("Name={BUS_NAME}")));
     assert!(activation.contains("SystemdService=matrix-linkd.service"));
