@@ -257,7 +257,7 @@ async fn a_second_daemon_on_the_bus_exits_and_the_first_keeps_its_name() -> Resu
     assert!(err.contains(&format!("another matrix-linkd owns {BUS_NAME} on this bus")), "{err}");
     assert_eq!(name_owner_pid(&session).await?, session.daemon_pid(d));
     assert!(session.daemon_running(d));
-    assert_eq!(session.client().await?.manager().session_state().await?, 1);
+    assert_eq!(session.client().await?.manager().session_state().await?, SessionState::SignedOut as u32);
     Ok(())
 }
 
