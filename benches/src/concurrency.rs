@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use futures_util::StreamExt;
-use matrix_linkd_client::{BUS_NAME, FLOW_INTERFACE, Linkd};
+use matrix_linkd_client::{BUS_NAME, FLOW_INTERFACE, Linkd, SessionState, State, api};
 use matrix_linkd_tests::Session;
 use zbus::{MatchRule, MessageStream, message::Type as MessageType, zvariant::Value};
 
@@ -60,13 +60,13 @@ async fn until_state(signals: &mut MessageStream, want: u32) -> Result<bool> {
                 let body = msg.body();
                 let (_, changed, _): (String, HashMap<String, Value<'_>>, Vec<String>) =
                     body.deserialize()?;
-                if let Some(Value::U32(s)) = changed.get("State")
+                if let Some(Value::U32(s)) = changed.get(api::properties::STATE)
                     && *s == want
                 {
                     return Ok(true);
                 }
             }
-            Some("Response") => return Ok(false),
+            Some(api::RESPONSE_SIGNAL) => return Ok(false),
             _ => {}
         }
     }
@@ -75,9 +75,9 @@ async fn until_state(signals: &mut MessageStream, want: u32) -> Result<bool> {
 
 async fn start(slot: &Slot) -> Result<Duration> {
     let mut opts = HashMap::new();
-    opts.insert("handle_token", Value::from(slot.token.as_str()));
-    opts.insert("notify", Value::from(false));
-    opts.insert("open_uri", Value::from(false));
+    opts.insert(api::options::HANDLE_TOKEN, Value::from(slot.token.as_str()));
+    opts.insert(api::options::NOTIFY, Value::from(false));
+    opts.insert(api::options::OPEN_URI, Value::from(false));
     let t = Instant::now();
     let path = slot.linkd.manager().start_grant(opts).await?;
     let call = t.elapsed();
@@ -98,10 +98,7 @@ pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
         let linkd = linkds[i / 2].clone();
         let unique = linkd.connection().unique_name().ok_or_else(|| anyhow!("no unique name"))?.to_string();
         let token = format!("bench{i}");
-        let path = format!(
-            "/io/github/matrix_linkd/Linkd1/flow/{}/{token}",
-            unique.trim_start_matches(':').replace('.', "_")
-        );
+        let path = api::flow_path(&unique, &token);
         let rule =
             MatchRule::builder().msg_type(MessageType::Signal).sender(BUS_NAME)?.path(path.clone())?.build();
         let signals = MessageStream::for_match_rule(rule, linkd.connection(), Some(64)).await?;
@@ -129,10 +126,12 @@ pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
             tokio::spawn(async move {
                 let outcome = async {
                     let call = start(&slot).await?;
-                    let ready =
-                        tokio::time::timeout(Duration::from_secs(60), until_state(&mut slot.signals, 2))
-                            .await
-                            .map_err(|_| anyhow!("not at QrReady after 60 s"))??;
+                    let ready = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        until_state(&mut slot.signals, State::QrReady as u32),
+                    )
+                    .await
+                    .map_err(|_| anyhow!("not at QrReady after 60 s"))??;
                     anyhow::ensure!(ready, "the flow ended before QrReady");
                     Ok((call, t0.elapsed()))
                 }
@@ -186,7 +185,7 @@ pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
         }
     }
     let cancelled_in = t1.elapsed().as_secs_f64();
-    let signed_in_after = probe_linkd.manager().session_state().await? == 3;
+    let signed_in_after = probe_linkd.manager().session_state().await? == SessionState::SignedIn as u32;
     Ok(Burst {
         flows: n,
         connections,

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use matrix_linkd_tests::{
     Session,
+    api::SessionState,
     stack::{Stack, daemon_session, sign_in_daemon},
 };
 
@@ -121,7 +122,7 @@ async fn run() -> Result<()> {
         stack.synapse, s.flows
     ))?;
     busy.start_daemon(&[]).await?;
-    busy.wait_session_state(1, Duration::from_secs(20)).await?;
+    busy.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     sign_in_daemon(&stack, &busy, &phone, &login).await?;
     let burst = concurrency::burst(&busy, busy.daemon_pid(0), s.flows).await?;
     for line in burst.markdown().iter().skip(2) {
@@ -134,10 +135,12 @@ async fn run() -> Result<()> {
     // Start-ups: that daemon again (its session stored), then one never signed in.
     println!("\nstart-up ({} of each)", s.starts);
     busy.stop_daemon(0)?;
-    let (restored, signed_in_starts) = startup::series(&busy, "signed in", 3, s.starts).await?;
+    let (restored, signed_in_starts) =
+        startup::series(&busy, "signed in", SessionState::SignedIn as u32, s.starts).await?;
     let fresh = Session::start().await?;
     fresh.write_config(&format!("homeserver = \"{}\"\n[desktop]\nopen_uri = false\n", stack.synapse))?;
-    let (signed_out, signed_out_starts) = startup::series(&fresh, "signed out", 1, s.starts).await?;
+    let (signed_out, signed_out_starts) =
+        startup::series(&fresh, "signed out", SessionState::SignedOut as u32, s.starts).await?;
 
     // Idle: no phone, no flows; the flows' delayed rendezvous deletions (3 s) pass first.
     drop(phone);
@@ -207,8 +210,12 @@ async fn run() -> Result<()> {
     md.push(String::new());
     md.push("| start-up | starts | exec → bus name owned (median; each) | exec → SessionState (median; each) | RSS then |".to_owned());
     md.push("|---|---|---|---|---|".to_owned());
-    md.push(startup::row("stored session (keyring + store)", 3, &signed_in_starts));
-    md.push(startup::row("no stored session", 1, &signed_out_starts));
+    md.push(startup::row(
+        "stored session (keyring + store)",
+        SessionState::SignedIn as u32,
+        &signed_in_starts,
+    ));
+    md.push(startup::row("no stored session", SessionState::SignedOut as u32, &signed_out_starts));
     md.push(String::new());
     md.push(format!(
         "| idle over {} s ({} HTTP requests to Synapse from all of them) | VmRSS | RssAnon | RssFile | CPU |",

@@ -11,12 +11,14 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures_util::StreamExt;
-use matrix_linkd_tests::{BUS_NAME, MANAGER_PATH, Session, daemon_bin};
+use matrix_linkd_tests::{
+    BUS_NAME, MANAGER_PATH, Session,
+    api::{self, MANAGER_INTERFACE},
+    daemon_bin,
+};
 use zbus::{MatchRule, MessageStream, message::Type as MessageType, zvariant::Value};
 
 use crate::{common::median, idle::usage};
-
-const MANAGER_INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Manager";
 
 /// A daemon this module started (not one of the `Session`'s): killed when dropped.
 pub struct Daemon {
@@ -74,7 +76,7 @@ async fn settled(mut props: MessageStream, want: u32) -> Result<Instant> {
         let body = msg.body();
         let (iface, changed, _): (String, HashMap<String, Value<'_>>, Vec<String>) = body.deserialize()?;
         if iface == MANAGER_INTERFACE
-            && let Some(Value::U32(s)) = changed.get("SessionState")
+            && let Some(Value::U32(s)) = changed.get(api::properties::SESSION_STATE)
             && *s == want
         {
             return Ok(Instant::now());

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use zbus::zvariant::Value;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::{ClientError, Flow, FlowEvent, Linkd, Result, State};
+use crate::{ClientError, Flow, FlowEvent, Linkd, Result, State, api};
 
 /// The largest session `Flow::take_session` reads (1 MiB); a bigger one is refused.
 pub const SESSION_SIZE_LIMIT: u64 = 1 << 20;
@@ -201,8 +201,8 @@ pub enum Revoked {
 impl Revoked {
     fn parse(how: &str) -> Result<Self> {
         match how {
-            "revoked" => Ok(Revoked::Revoked),
-            "account-page" => Ok(Revoked::AccountPage),
+            api::revoke::REVOKED => Ok(Revoked::Revoked),
+            api::revoke::ACCOUNT_PAGE => Ok(Revoked::AccountPage),
             other => Err(ClientError::Other(format!("the daemon answered an unknown revocation {other:?}"))),
         }
     }
@@ -219,18 +219,18 @@ impl Linkd {
     pub async fn start_delegation(&self, options: DelegateOptions) -> Result<Flow> {
         let token = crate::new_token();
         let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
-        opts.insert("handle_token", Value::from(token.clone()));
-        opts.insert("detached", Value::from(options.detached));
-        opts.insert("client_name", Value::from(options.client_name));
-        opts.insert("share_secrets", Value::from(options.share_secrets));
+        opts.insert(api::options::HANDLE_TOKEN, Value::from(token.clone()));
+        opts.insert(api::options::DETACHED, Value::from(options.detached));
+        opts.insert(api::options::CLIENT_NAME, Value::from(options.client_name));
+        opts.insert(api::options::SHARE_SECRETS, Value::from(options.share_secrets));
         if let Some(name) = options.device_display_name {
-            opts.insert("device_display_name", Value::from(name));
+            opts.insert(api::options::DEVICE_DISPLAY_NAME, Value::from(name));
         }
         if let Some(notify) = options.notify {
-            opts.insert("notify", Value::from(notify));
+            opts.insert(api::options::NOTIFY, Value::from(notify));
         }
         if let Some(open_uri) = options.open_uri {
-            opts.insert("open_uri", Value::from(open_uri));
+            opts.insert(api::options::OPEN_URI, Value::from(open_uri));
         }
         self.start(&token, |m| async move { m.start_delegation(opts).await }).await
     }

@@ -41,11 +41,15 @@ pub use crate::{
     proxy::{FlowProxy, ManagerProxy},
 };
 
-pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
-pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
-pub const MANAGER_INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Manager";
-pub const FLOW_INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Flow";
-pub const ERROR_PREFIX: &str = "io.github.matrix_linkd.Linkd1.Error.";
+/// The D-Bus contract the daemon serves (names, enums, error names, option and result keys),
+/// declared once in the `matrix-linkd-api` crate.
+pub use matrix_linkd_api as api;
+/// The Flow's `State`. Unknown values read as [`State::Unknown`], as the API asks.
+pub use matrix_linkd_api::FlowState as State;
+pub use matrix_linkd_api::{
+    BUS_NAME, ERROR_PREFIX, FLOW_INTERFACE, FLOW_PATH_PREFIX, FlowKind, FlowState, MANAGER_INTERFACE,
+    MANAGER_PATH, SessionState, WireProtocol,
+};
 
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The full D-Bus error name (`io.github.matrix_linkd.Linkd1.Error.NotSignedIn`, one of
+    /// [`api::errors`], or a standard one) for daemon errors.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ClientError::Daemon { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     /// The short error name (`NotSignedIn`, …) for daemon errors.
     pub fn short_name(&self) -> Option<&str> {
         match self {
@@ -99,85 +112,6 @@ impl From<zbus::fdo::Error> for ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-/// The Manager's `SessionState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionState {
-    Unknown,
-    SignedOut,
-    Restoring,
-    SignedIn,
-    Error,
-}
-
-impl From<u32> for SessionState {
-    fn from(v: u32) -> Self {
-        match v {
-            1 => SessionState::SignedOut,
-            2 => SessionState::Restoring,
-            3 => SessionState::SignedIn,
-            4 => SessionState::Error,
-            _ => SessionState::Unknown,
-        }
-    }
-}
-
-/// The Flow's `State`. Unknown values read as `Unknown`, as the API asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Unknown,
-    Starting,
-    QrReady,
-    WaitingForCheckCode,
-    ShowingCheckCode,
-    WaitingForApproval,
-    WaitingForToken,
-    SyncingSecrets,
-    Done,
-    Failed,
-    Cancelled,
-}
-
-impl From<u32> for State {
-    fn from(v: u32) -> Self {
-        match v {
-            1 => State::Starting,
-            2 => State::QrReady,
-            3 => State::WaitingForCheckCode,
-            4 => State::ShowingCheckCode,
-            5 => State::WaitingForApproval,
-            6 => State::WaitingForToken,
-            7 => State::SyncingSecrets,
-            8 => State::Done,
-            9 => State::Failed,
-            10 => State::Cancelled,
-            _ => State::Unknown,
-        }
-    }
-}
-
-/// The Flow's `Kind`. Unknown values read as `Unknown`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowKind {
-    Unknown,
-    /// The daemon lets a new device in (`StartGrant`).
-    Grant,
-    /// The daemon signs in (`StartLogin`).
-    Login,
-    /// The daemon provisions a device for a local program (`StartDelegation`).
-    Delegation,
-}
-
-impl From<u32> for FlowKind {
-    fn from(v: u32) -> Self {
-        match v {
-            1 => FlowKind::Grant,
-            2 => FlowKind::Login,
-            3 => FlowKind::Delegation,
-            _ => FlowKind::Unknown,
-        }
-    }
-}
 
 /// A snapshot of the daemon's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,15 +236,15 @@ impl Linkd {
     pub async fn start_grant(&self, options: GrantOptions) -> Result<Flow> {
         let token = new_token();
         let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
-        opts.insert("handle_token", Value::from(token.clone()));
-        opts.insert("detached", Value::from(options.detached));
-        opts.insert("notify", Value::from(options.notify));
-        opts.insert("open_uri", Value::from(options.open_uri));
+        opts.insert(api::options::HANDLE_TOKEN, Value::from(token.clone()));
+        opts.insert(api::options::DETACHED, Value::from(options.detached));
+        opts.insert(api::options::NOTIFY, Value::from(options.notify));
+        opts.insert(api::options::OPEN_URI, Value::from(options.open_uri));
         if let Some(qr) = options.qr_code {
-            opts.insert("qr_code", Value::from(qr));
+            opts.insert(api::options::QR_CODE, Value::from(qr));
         }
         if let Some(p) = options.protocol {
-            opts.insert("protocol", Value::from(p));
+            opts.insert(api::options::PROTOCOL, Value::from(p));
         }
         self.start(&token, |m| async move { m.start_grant(opts).await }).await
     }
@@ -318,19 +252,19 @@ impl Linkd {
     pub async fn start_login(&self, options: LoginOptions) -> Result<Flow> {
         let token = new_token();
         let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
-        opts.insert("handle_token", Value::from(token.clone()));
-        opts.insert("detached", Value::from(options.detached));
+        opts.insert(api::options::HANDLE_TOKEN, Value::from(token.clone()));
+        opts.insert(api::options::DETACHED, Value::from(options.detached));
         if let Some(qr) = options.qr_code {
-            opts.insert("qr_code", Value::from(qr));
+            opts.insert(api::options::QR_CODE, Value::from(qr));
         }
         if let Some(hs) = options.homeserver {
-            opts.insert("homeserver", Value::from(hs));
+            opts.insert(api::options::HOMESERVER, Value::from(hs));
         }
         if let Some(name) = options.device_display_name {
-            opts.insert("device_display_name", Value::from(name));
+            opts.insert(api::options::DEVICE_DISPLAY_NAME, Value::from(name));
         }
         if let Some(p) = options.protocol {
-            opts.insert("protocol", Value::from(p));
+            opts.insert(api::options::PROTOCOL, Value::from(p));
         }
         self.start(&token, |m| async move { m.start_login(opts).await }).await
     }
@@ -342,10 +276,7 @@ impl Linkd {
         Fut: std::future::Future<Output = zbus::Result<OwnedObjectPath>>,
     {
         let unique = self.conn.unique_name().ok_or_else(|| ClientError::Other("no unique name".into()))?;
-        let predicted = format!(
-            "/io/github/matrix_linkd/Linkd1/flow/{}/{token}",
-            unique.trim_start_matches(':').replace('.', "_")
-        );
+        let predicted = api::flow_path(unique.as_str(), token);
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender(BUS_NAME)?
@@ -431,12 +362,12 @@ impl Flow {
                     if iface.as_str() != FLOW_INTERFACE {
                         continue;
                     }
-                    if let Some(Value::U32(serial)) = changed.get("QrCodeSerial")
+                    if let Some(Value::U32(serial)) = changed.get(api::properties::QR_CODE_SERIAL)
                         && *serial > 1
                     {
                         return Ok(Some(FlowEvent::QrCodeReplaced(*serial)));
                     }
-                    if let Some(Value::U32(s)) = changed.get("State") {
+                    if let Some(Value::U32(s)) = changed.get(api::properties::STATE) {
                         let state = State::from(*s);
                         if state != self.last_state {
                             self.last_state = state;
@@ -444,7 +375,7 @@ impl Flow {
                         }
                     }
                 }
-                (Some(FLOW_INTERFACE), Some("Response")) => {
+                (Some(FLOW_INTERFACE), Some(api::RESPONSE_SIGNAL)) => {
                     let (code, results): (u32, HashMap<String, OwnedValue>) = msg.body().deserialize()?;
                     self.response = Some((code, results));
                     return Ok(None);
@@ -460,16 +391,16 @@ impl Flow {
         while self.next_event().await?.is_some() {}
         let (code, results) = self.response.take().expect("response seen");
         match code {
-            0 => Ok(SignedIn {
-                user_id: string_of(&results, "user_id"),
-                device_id: string_of(&results, "device_id"),
-                homeserver_found: string_of(&results, "homeserver_found"),
-                trust: string_of(&results, "trust"),
+            api::response::SUCCESS => Ok(SignedIn {
+                user_id: string_of(&results, api::results::USER_ID),
+                device_id: string_of(&results, api::results::DEVICE_ID),
+                homeserver_found: string_of(&results, api::results::HOMESERVER_FOUND),
+                trust: string_of(&results, api::results::TRUST),
             }),
-            1 => Err(ClientError::Cancelled),
+            api::response::CANCELLED => Err(ClientError::Cancelled),
             _ => Err(ClientError::Daemon {
-                name: string_of(&results, "error"),
-                message: string_of(&results, "message"),
+                name: string_of(&results, api::results::ERROR),
+                message: string_of(&results, api::results::MESSAGE),
             }),
         }
     }

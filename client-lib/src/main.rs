@@ -5,6 +5,7 @@ use std::{io::Write, process::ExitCode};
 use clap::Parser;
 use matrix_linkd_client::{
     ClientError, DelegateOptions, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SessionState, State,
+    api,
     cli::{self, Cli, Command},
 };
 
@@ -118,7 +119,7 @@ async fn drive(mut flow: Flow, auto_approve: bool) -> Result<(), ClientError> {
         let state = match event {
             None => break,
             Some(FlowEvent::QrCodeReplaced(_)) => {
-                let art = flow.qr_code("utf8").await?;
+                let art = flow.qr_code(api::qr_formats::UTF8).await?;
                 println!(
                     "The QR code expired before it was scanned. Scan this new one:\n{}",
                     String::from_utf8_lossy(&art)
@@ -129,7 +130,7 @@ async fn drive(mut flow: Flow, auto_approve: bool) -> Result<(), ClientError> {
         };
         match state {
             State::QrReady => {
-                let art = flow.qr_code("utf8").await?;
+                let art = flow.qr_code(api::qr_formats::UTF8).await?;
                 println!("Scan this QR code with the other device:\n{}", String::from_utf8_lossy(&art));
             }
             State::WaitingForCheckCode => loop {

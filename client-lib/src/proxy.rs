@@ -19,7 +19,7 @@ pub trait Manager {
     fn start_delegation(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
     /// `(device_id, client_name, device_display_name, created)`, `created` in seconds since the epoch.
     fn list_delegations(&self) -> zbus::Result<Vec<(String, String, String, u64)>>;
-    /// `"revoked"` or `"account-page"`.
+    /// `"revoked"` or `"account-page"` (`api::revoke`).
     fn revoke_delegation(&self, device_id: &str) -> zbus::Result<String>;
     fn sign_out(&self) -> zbus::Result<()>;
 
@@ -71,4 +71,25 @@ pub trait Flow {
     fn user_code(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn peer_device_id(&self) -> zbus::Result<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use zbus::proxy::Defaults;
+
+    use super::{FlowProxy, ManagerProxy};
+    use crate::api;
+
+    /// The proxy macro takes literals only: they must be the API crate's names.
+    #[test]
+    fn proxies_name_the_api() {
+        fn name<T: ToString>(n: &Option<T>) -> Option<String> {
+            n.as_ref().map(T::to_string)
+        }
+        assert_eq!(name(ManagerProxy::INTERFACE).as_deref(), Some(api::MANAGER_INTERFACE));
+        assert_eq!(name(ManagerProxy::DESTINATION).as_deref(), Some(api::BUS_NAME));
+        assert_eq!(name(ManagerProxy::PATH).as_deref(), Some(api::MANAGER_PATH));
+        assert_eq!(name(FlowProxy::INTERFACE).as_deref(), Some(api::FLOW_INTERFACE));
+        assert_eq!(name(FlowProxy::DESTINATION).as_deref(), Some(api::BUS_NAME));
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use async_channel::{Receiver, Sender};
 use futures_util::{FutureExt as _, StreamExt};
 use matrix_linkd_client::{
-    ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SignedIn, State, Status,
+    ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SignedIn, State, Status, api,
 };
 
 use crate::scan;
@@ -232,7 +232,7 @@ async fn drive(
             ev = flow.next_event() => match ev {
                 Ok(None) => break,
                 Ok(Some(FlowEvent::QrCodeReplaced(_))) => {
-                    match flow.qr_code("png").await {
+                    match flow.qr_code(api::qr_formats::PNG).await {
                         Ok(png) => { let _ = events.send(Event::Qr { png, replaced: true }).await; }
                         Err(e) => { let _ = events.send(Event::ActionFailed(e.into())).await; }
                     }
@@ -264,7 +264,7 @@ async fn drive(
 
 async fn emit_state(flow: &Flow, state: State, events: &Sender<Event>) {
     let ev = match state {
-        State::QrReady => match flow.qr_code("png").await {
+        State::QrReady => match flow.qr_code(api::qr_formats::PNG).await {
             Ok(png) => Event::Qr { png, replaced: false },
             Err(e) => Event::ActionFailed(e.into()),
         },

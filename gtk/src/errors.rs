@@ -1,4 +1,5 @@
-//! Human texts for the daemon's named errors (`ClientError::short_name`).
+//! Human texts for the daemon's named errors (`ClientError::short_name`, the `<Name>` of
+//! `matrix_linkd_client::api::errors`).
 
 /// A title and an explanation for an error short name (`NotSignedIn`, …); unknown names get a
 /// generic text (the daemon's own message is shown below it).
@@ -57,35 +58,19 @@ pub fn describe(short_name: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Every short name the daemon documents (for tests and the app's error page).
-pub const NAMED: &[&str] = &[
-    "NotSignedIn",
-    "AlreadySignedIn",
-    "Busy",
-    "InvalidQrCode",
-    "InvalidCheckCode",
-    "Expired",
-    "Unsupported",
-    "MissingSecrets",
-    "DeviceIdInUse",
-    "DeviceNotFound",
-    "LoginFailed",
-    "ProtocolError",
-    "Network",
-    "SecretStorage",
-    "NotAllowed",
-    "Failed",
-    "Cancelled",
-];
-
 #[cfg(test)]
 mod tests {
+    use matrix_linkd_client::api::errors;
+
     use super::*;
 
+    /// Every error the daemon names (the API crate's list) and a cancelled flow, but `Failed`
+    /// and `InvalidState` (the app called a method at the wrong time), which get the generic text.
     #[test]
     fn every_named_error_has_its_own_title() {
         let generic = describe("SomethingNew").0;
-        for name in NAMED.iter().filter(|n| **n != "Failed") {
+        let named = errors::ALL.iter().map(|n| errors::short_name(n).unwrap()).chain(["Cancelled"]);
+        for name in named.filter(|n| !["Failed", "InvalidState"].contains(n)) {
             assert_ne!(describe(name).0, generic, "{name} has no text of its own");
         }
     }

@@ -28,8 +28,10 @@ use anyhow::{Context as _, Result, bail};
 use tempfile::TempDir;
 use zbus::{Connection, fdo::DBusProxy, names::BusName};
 
-pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
-pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
+/// The D-Bus contract (names, enums, error names, option and result keys), as the daemon and
+/// the client library take it.
+pub use matrix_linkd_client::api;
+pub use matrix_linkd_client::api::{BUS_NAME, MANAGER_PATH};
 
 /// The workspace's build output directory (`target/debug`), from this test binary's location.
 pub fn bin_dir() -> PathBuf {
@@ -93,11 +95,10 @@ impl Session {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path().join("runtime"), std::fs::Permissions::from_mode(0o700))?;
         let servicedir = if opts.activation {
-            let template = std::fs::read_to_string(
-                workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"),
-            )?;
+            let template =
+                std::fs::read_to_string(workspace_root().join(format!("systemd/{BUS_NAME}.service.in")))?;
             let file = template.replace("@bindir@", &bin_dir().display().to_string());
-            std::fs::write(dir.path().join("services/io.github.matrix_linkd.Linkd1.service"), file)?;
+            std::fs::write(dir.path().join(format!("services/{BUS_NAME}.service")), file)?;
             format!("<servicedir>{}</servicedir>", dir.path().join("services").display())
         } else {
             String::new()
@@ -321,16 +322,16 @@ impl Session {
     }
 
     /// Waits until the daemon's `SessionState` equals `state`.
-    pub async fn wait_session_state(&self, state: u32, timeout: Duration) -> Result<()> {
+    pub async fn wait_session_state(&self, state: api::SessionState, timeout: Duration) -> Result<()> {
         let linkd = self.client().await?;
         let deadline = Instant::now() + timeout;
         loop {
-            let now = linkd.manager().session_state().await?;
+            let now = api::SessionState::from_u32(linkd.manager().session_state().await?);
             if now == state {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("SessionState stayed {now}, wanted {state}");
+                bail!("SessionState stayed {now:?}, wanted {state:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -398,7 +399,7 @@ pub async fn sign_in_daemon(
     let mut flow =
         linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
-    let qr = flow.qr_code("raw").await?;
+    let qr = flow.qr_code(api::qr_formats::RAW).await?;
     hs.plan_login();
     let mut peer = peers::grant_scanning(existing.clone(), qr);
     let code = peer.shown_code().await?;
@@ -438,13 +439,12 @@ pub async fn signed_in_setup(flow_timeout: u64) -> Result<SignedInSetup> {
     Ok(SignedInSetup { hs, session, alice, daemon, signed_in })
 }
 
-/// The short D-Bus error name of a client error (`NotSignedIn`, `AccessDenied`, …).
-pub fn error_short_name<T: std::fmt::Debug>(
-    r: std::result::Result<T, matrix_linkd_client::ClientError>,
-) -> String {
+/// The D-Bus error name of a client error, to compare with `api::errors` (`NOT_SIGNED_IN`,
+/// `ACCESS_DENIED`, …).
+pub fn error_name<T: std::fmt::Debug>(r: std::result::Result<T, matrix_linkd_client::ClientError>) -> String {
     match r {
         Ok(v) => format!("unexpected success: {v:?}"),
-        Err(e) => e.short_name().map(str::to_owned).unwrap_or_else(|| format!("not a daemon error: {e}")),
+        Err(e) => e.name().map(str::to_owned).unwrap_or_else(|| format!("not a daemon error: {e}")),
     }
 }
 
@@ -481,7 +481,7 @@ pub async fn grant_scanned_by(
     use matrix_linkd_client::State;
     let mut flow = linkd.start_grant(options).await?;
     wait_state(&mut flow, State::QrReady).await?;
-    let mut peer = peers::login_scanning(new_device, flow.qr_code("raw").await?);
+    let mut peer = peers::login_scanning(new_device, flow.qr_code(api::qr_formats::RAW).await?);
     let code = peer.shown_code().await?;
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     Ok((flow, peer, code))

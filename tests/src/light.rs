@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use matrix_linkd_client::{DelegateOptions, DelegatedSession, Flow, Linkd, State};
+use matrix_linkd_client::{DelegateOptions, DelegatedSession, Flow, Linkd, SessionState, State};
 use matrix_sdk::{
     Client,
     config::SyncSettings,
@@ -68,7 +68,7 @@ pub async fn delegation_daemon_session(stack: &Stack, settings: &DaemonSettings)
         stack.synapse, settings.log_level, settings.delegation_keys, settings.open_uri
     ))?;
     session.start_daemon(&[]).await?;
-    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    session.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     Ok(session)
 }
 

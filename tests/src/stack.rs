@@ -141,7 +141,8 @@ impl Stack {
     /// How the daemon finds this stack's Synapse from its server name (a login's
     /// `homeserver_found`).
     pub fn found_by_server_name(&self) -> &'static str {
-        if self.serves_well_known { "well-known" } else { "rendezvous-server" }
+        use crate::api::results::homeserver_found as found;
+        if self.serves_well_known { found::WELL_KNOWN } else { found::RENDEZVOUS_SERVER }
     }
 
     /// The user in the browser: confirms `user_code`, logs in as `login`, consents (or denies).
@@ -290,7 +291,9 @@ pub async fn daemon_session(stack: &Stack, flow_timeout: u64) -> Result<crate::S
         stack.synapse
     ))?;
     session.start_daemon(&[]).await?;
-    session.wait_session_state(1, std::time::Duration::from_secs(20)).await?;
+    session
+        .wait_session_state(crate::api::SessionState::SignedOut, std::time::Duration::from_secs(20))
+        .await?;
     Ok(session)
 }
 
@@ -313,7 +316,8 @@ pub async fn sign_in_daemon(
         .start_login(LoginOptions { homeserver: Some(stack.synapse.to_string()), ..Default::default() })
         .await?;
     crate::wait_state(&mut flow, State::QrReady).await?;
-    let mut peer = crate::peers::grant_scanning(phone.clone(), flow.qr_code("raw").await?);
+    let mut peer =
+        crate::peers::grant_scanning(phone.clone(), flow.qr_code(crate::api::qr_formats::RAW).await?);
     let code = peer.shown_code().await?;
     crate::wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(code).await?;

@@ -19,8 +19,9 @@ use matrix_linkd::protocol::{
     },
 };
 use matrix_linkd_client::{ClientError, Flow, GrantOptions, LoginOptions, ManagerProxy, State};
+use matrix_linkd_tests::api::{self, errors};
 use matrix_linkd_tests::{
-    BUS_NAME, MANAGER_PATH, error_short_name,
+    BUS_NAME, MANAGER_PATH, error_name,
     homeserver::USER,
     hostile::{Hostile, rss_kib},
     peers, qr_2024, quiet_grant, sign_in_daemon, signed_in_setup, signed_out_setup, wait_state,
@@ -30,7 +31,7 @@ use zbus::zvariant::Value;
 fn failed_with(r: std::result::Result<matrix_linkd_client::SignedIn, ClientError>, name: &str) -> String {
     match r {
         Err(ClientError::Daemon { name: n, message }) => {
-            assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}"), "{message}");
+            assert_eq!(n, name, "{message}");
             message
         }
         other => panic!("expected {name}, got {other:?}"),
@@ -59,7 +60,7 @@ async fn oversized_and_endless_answers_are_cut_off() -> Result<()> {
         let started = Instant::now();
         let flow = grant_scanning(&linkd, &format!("{}/{mode}/s1", hostile.uri())).await?;
         let r = tokio::time::timeout(Duration::from_secs(20), flow.result()).await?;
-        let message = failed_with(r, "ProtocolError");
+        let message = failed_with(r, errors::PROTOCOL_ERROR);
         assert!(message.contains("larger than 8192 bytes"), "{mode}: {message}");
         // Uncut, the endless and trickling answers would hold the flow for the 15 s request limit.
         assert!(
@@ -119,8 +120,10 @@ async fn redirects_are_not_followed() -> Result<()> {
     let hostile = Hostile::start(Some(elsewhere.uri())).await;
     let linkd = s.session.client().await?;
     let flow = grant_scanning(&linkd, &format!("{}/redirect/s1", hostile.uri())).await?;
-    let message =
-        failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "ProtocolError");
+    let message = failed_with(
+        tokio::time::timeout(Duration::from_secs(20), flow.result()).await?,
+        errors::PROTOCOL_ERROR,
+    );
     assert!(message.contains("redirect"), "{message}");
     assert_eq!(hostile.requests(), ["GET /redirect/s1"]);
     assert!(elsewhere.requests().is_empty(), "followed to {:?}", elsewhere.requests());
@@ -139,7 +142,7 @@ async fn redirects_are_not_followed() -> Result<()> {
     let mut flow = linkd.start_login(LoginOptions { qr_code: Some(qr), ..Default::default() }).await?;
     wait_state(&mut flow, State::ShowingCheckCode).await?;
     peer.code_sender().await?.send(flow.check_code_to_show().await?).await?;
-    failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "Unsupported");
+    failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, errors::UNSUPPORTED);
     assert!(peer.finish().await?.is_err(), "the existing device is told");
     assert!(elsewhere.requests().is_empty(), "followed to {:?}", elsewhere.requests());
     Ok(())
@@ -200,7 +203,7 @@ async fn a_lying_new_device_cannot_choose_the_consent_page() -> Result<()> {
         };
         rv.send(&channel.seal(&protocol.encode(), &[])).await?;
         let r = tokio::time::timeout(Duration::from_secs(20), flow.result()).await?;
-        let message = failed_with(r, "ProtocolError");
+        let message = failed_with(r, errors::PROTOCOL_ERROR);
         assert!(message.contains("consent page"), "{page}: {message}");
         // 2024 peers know no `unable_to_open_verification_uri`.
         assert_eq!(
@@ -219,20 +222,20 @@ async fn plain_http_to_other_hosts_is_refused() -> Result<()> {
     let linkd = session.client().await?;
     let start = |options: LoginOptions| {
         let linkd = &linkd;
-        async move { error_short_name(linkd.start_login(options).await.map(|f| f.path().clone())) }
+        async move { error_name(linkd.start_login(options).await.map(|f| f.path().clone())) }
     };
     let clear_rendezvous = qr_2024(0x04, "http://hs.example.org/rendezvous/1", Some("hs.example.org"));
     assert_eq!(
         start(LoginOptions { qr_code: Some(clear_rendezvous), ..Default::default() }).await,
-        "InvalidQrCode"
+        errors::INVALID_QR_CODE
     );
     let clear_server = qr_2024(0x04, &format!("{}/rendezvous/1", hs.uri()), Some("http://hs.example.org"));
     assert_eq!(
         start(LoginOptions { qr_code: Some(clear_server), ..Default::default() }).await,
-        "InvalidQrCode"
+        errors::INVALID_QR_CODE
     );
     let option = LoginOptions { homeserver: Some("http://hs.example.org".into()), ..Default::default() };
-    assert_eq!(start(option).await, "InvalidArgs");
+    assert_eq!(start(option).await, errors::INVALID_ARGS);
 
     let mut flow =
         linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await?;
@@ -243,8 +246,10 @@ async fn plain_http_to_other_hosts_is_refused() -> Result<()> {
         base_url: None,
     };
     rv.send(&channel.seal(&protocols.encode(), &[])).await?;
-    let message =
-        failed_with(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?, "ProtocolError");
+    let message = failed_with(
+        tokio::time::timeout(Duration::from_secs(20), flow.result()).await?,
+        errors::PROTOCOL_ERROR,
+    );
     assert!(message.contains("plain http"), "{message}");
     assert_eq!(
         told(&mut rv, &mut channel).await?,
@@ -276,14 +281,15 @@ async fn handle_tokens_are_bounded() -> Result<()> {
     let grant = |token: String| {
         let manager = manager.clone();
         async move {
-            let opts: HashMap<&str, Value<'_>> = HashMap::from([("handle_token", Value::from(token))]);
-            error_short_name(manager.start_grant(opts).await.map_err(ClientError::from))
+            let opts: HashMap<&str, Value<'_>> =
+                HashMap::from([(api::options::HANDLE_TOKEN, Value::from(token))]);
+            error_name(manager.start_grant(opts).await.map_err(ClientError::from))
         }
     };
-    assert_eq!(grant("x".repeat(65)).await, "InvalidArgs");
-    assert_eq!(grant("x".repeat(300_000)).await, "InvalidArgs");
+    assert_eq!(grant("x".repeat(65)).await, errors::INVALID_ARGS);
+    assert_eq!(grant("x".repeat(300_000)).await, errors::INVALID_ARGS);
     // Within the limit the token is taken (and the grant refused for what it is).
-    assert_eq!(grant("x".repeat(64)).await, "NotSignedIn");
+    assert_eq!(grant("x".repeat(64)).await, errors::NOT_SIGNED_IN);
     assert!(session.daemon_running(d));
     assert!(!session.log(d).contains(&"x".repeat(65)), "an oversized token reached the log");
     Ok(())
@@ -298,7 +304,7 @@ async fn wrong_signatures_get_invalid_args() -> Result<()> {
     let call = |method: &'static str, body: &'static str| {
         let conn = conn.clone();
         async move {
-            let iface = "io.github.matrix_linkd.Linkd1.Manager";
+            let iface = api::MANAGER_INTERFACE;
             let r = match body {
                 "s" => conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(iface), method, &("x",)).await,
                 "u" => conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(iface), method, &(7u32,)).await,
@@ -311,7 +317,7 @@ async fn wrong_signatures_get_invalid_args() -> Result<()> {
         }
     };
     for (method, body) in [("StartGrant", "s"), ("StartLogin", "u"), ("StartGrant", "")] {
-        assert_eq!(call(method, body).await, "org.freedesktop.DBus.Error.InvalidArgs", "{method}({body})");
+        assert_eq!(call(method, body).await, errors::INVALID_ARGS, "{method}({body})");
     }
     assert!(session.daemon_running(d));
     Ok(())
@@ -325,16 +331,16 @@ async fn wrong_signatures_on_a_flow_get_invalid_args() -> Result<()> {
     let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let conn = linkd.connection();
-    let iface = Some("io.github.matrix_linkd.Linkd1.Flow");
+    let iface = Some(api::FLOW_INTERFACE);
     let name = |r: zbus::Result<zbus::Message>| match r {
         Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
         other => format!("{other:?}"),
     };
     let path = flow.path().clone();
     let r = conn.call_method(Some(BUS_NAME), &path, iface, "CheckCode", &("12",)).await;
-    assert_eq!(name(r), "org.freedesktop.DBus.Error.InvalidArgs");
+    assert_eq!(name(r), errors::INVALID_ARGS);
     let r = conn.call_method(Some(BUS_NAME), &path, iface, "GetQrCode", &(1u8,)).await;
-    assert_eq!(name(r), "org.freedesktop.DBus.Error.InvalidArgs");
+    assert_eq!(name(r), errors::INVALID_ARGS);
     flow.cancel().await?;
     assert_still_signed_in(&linkd).await
 }

@@ -5,7 +5,7 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Result, bail};
 use base64::Engine as _;
-use matrix_linkd_client::{GrantOptions, State};
+use matrix_linkd_client::{GrantOptions, SessionState, State, api};
 use matrix_linkd_tests::{
     BUS_NAME, MANAGER_PATH, Session, SessionOptions, homeserver::MockHomeserver, peers, sign_in_daemon,
     signed_out_setup, test_config, wait_state, workspace_root,
@@ -24,7 +24,7 @@ async fn dbus_activation_starts_the_daemon() -> Result<()> {
     let linkd = matrix_linkd_client::Linkd::with_connection(conn.clone()).await?;
     assert_eq!(linkd.manager().version().await?, 1);
     assert!(dbus.name_has_owner(name.clone()).await?);
-    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    session.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     let pid = dbus.get_connection_unix_process_id(name).await?;
     std::process::Command::new("kill").arg(pid.to_string()).status()?;
     Ok(())
@@ -86,10 +86,7 @@ async fn introspection_matches_the_xml_contract() -> Result<()> {
     let flow_xml = introspect(flow.path().to_string()).await?;
     flow.cancel().await?;
 
-    for (iface, live) in [
-        ("io.github.matrix_linkd.Linkd1.Manager", &manager_xml),
-        ("io.github.matrix_linkd.Linkd1.Flow", &flow_xml),
-    ] {
+    for (iface, live) in [(api::MANAGER_INTERFACE, &manager_xml), (api::FLOW_INTERFACE, &flow_xml)] {
         let file = std::fs::read_to_string(workspace_root().join(format!("dbus/{iface}.xml")))?;
         let want = describe(&file, iface)?;
         let got = describe(live, iface)?;
@@ -187,7 +184,8 @@ fn systemd_unit_and_activation_file() -> Result<()> {
     let bindir = matrix_linkd_tests::bin_dir().display().to_string();
     let unit = std::fs::read_to_string(workspace_root().join("systemd/matrix-linkd.service.in"))?
         .replace("@bindir@", &bindir);
-    for line in ["Type=dbus", "BusName=io.github.matrix_linkd.Linkd1", "NoNewPrivileges=yes"] {
+    let bus_name = format!("BusName={BUS_NAME}");
+    for line in ["Type=dbus", bus_name.as_str(), "NoNewPrivileges=yes"] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks `{line}`");
     }
     // A user namespace of its own would hide every caller's root: no sandbox could be told apart.
@@ -206,9 +204,9 @@ fn systemd_unit_and_activation_file() -> Result<()> {
     assert!(out.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
 
     let activation =
-        std::fs::read_to_string(workspace_root().join("systemd/io.github.matrix_linkd.Linkd1.service.in"))?
+        std::fs::read_to_string(workspace_root().join(format!("systemd/{BUS_NAME}.service.in")))?
             .replace("@bindir@", &bindir);
-    assert!(activation.contains("Name=io.github.matrix_linkd.Linkd1"));
+    assert!(activation.contains(&format!("Name={BUS_NAME}")));
     assert!(activation.contains("SystemdService=matrix-linkd.service"));
     let exec = activation.lines().find_map(|l| l.strip_prefix("Exec=")).expect("Exec=");
     assert!(std::path::Path::new(exec).is_file(), "Exec= {exec} is not a file");
@@ -256,10 +254,10 @@ async fn a_second_daemon_on_the_bus_exits_and_the_first_keeps_its_name() -> Resu
     let other_home = tempfile::tempdir()?;
     let (status, err) = second_daemon(&session, other_home.path())?;
     assert_eq!(status.code(), Some(3), "{err}");
-    assert!(err.contains("another matrix-linkd owns io.github.matrix_linkd.Linkd1 on this bus"), "{err}");
+    assert!(err.contains(&format!("another matrix-linkd owns {BUS_NAME} on this bus")), "{err}");
     assert_eq!(name_owner_pid(&session).await?, session.daemon_pid(d));
     assert!(session.daemon_running(d));
-    assert_eq!(session.client().await?.manager().session_state().await?, 1);
+    assert_eq!(session.client().await?.manager().session_state().await?, SessionState::SignedOut as u32);
     Ok(())
 }
 
@@ -282,7 +280,7 @@ async fn a_second_daemon_with_the_same_home_exits() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_changes_follow_the_daemon_and_ignore_forged_signals() -> Result<()> {
     use futures_util::StreamExt;
-    use matrix_linkd_client::{MANAGER_INTERFACE, SessionState};
+    use matrix_linkd_client::MANAGER_INTERFACE;
     let mut s = matrix_linkd_tests::signed_in_setup(60).await?;
     let watcher = s.session.client().await?;
     let mut changes = watcher.status_changes().await?;
@@ -311,7 +309,8 @@ async fn status_changes_follow_the_daemon_and_ignore_forged_signals() -> Result<
         .build();
     let mut seen_by_bystander = zbus::MessageStream::for_match_rule(rule, &bystander, None).await?;
     let forged: std::collections::HashMap<&str, zbus::zvariant::Value<'_>> =
-        [("SessionState", zbus::zvariant::Value::from(1u32))].into();
+        [(api::properties::SESSION_STATE, zbus::zvariant::Value::from(SessionState::SignedOut as u32))]
+            .into();
     forger
         .emit_signal(
             None::<()>,

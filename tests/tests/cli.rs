@@ -3,7 +3,9 @@
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Result, anyhow};
-use matrix_linkd_tests::{Session, bin_dir, homeserver::MockHomeserver, peers, signed_in_setup, test_config};
+use matrix_linkd_tests::{
+    Session, api::errors, bin_dir, homeserver::MockHomeserver, peers, signed_in_setup, test_config,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn cli(session: &Session) -> std::process::Command {
@@ -37,7 +39,7 @@ async fn status_and_input_errors() -> Result<()> {
 
     session.write_config(&test_config(&hs.uri(), 60))?;
     session.start_daemon(&[]).await?;
-    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;
     let out = cli(&session).arg("status").output()?;
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -48,9 +50,9 @@ async fn status_and_input_errors() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad hex"), "{out:?}");
     let out = cli(&session).args(["login", "--qr-hex", "4d4154524958"]).output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidQrCode"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(errors::INVALID_QR_CODE), "{out:?}");
     let out = cli(&session).args(["grant"]).output()?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("NotSignedIn"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(errors::NOT_SIGNED_IN), "{out:?}");
     let out = cli(&session).args(["login", "--qr-image", "/nonexistent.png"]).output()?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the image"), "{out:?}");
     for sub in ["status", "login", "grant", "sign-out"] {
@@ -146,7 +148,7 @@ async fn delegate_list_and_revoke() -> Result<()> {
     assert!(out.status.success() && listed.contains(&device_id) && listed.contains("CLI bot"), "{listed}");
     let out = cli(&s.session).args(["revoke", "NOTOURS"]).output()?;
     assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("DeviceNotFound"),
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(errors::DEVICE_NOT_FOUND),
         "{out:?}"
     );
     Ok(())

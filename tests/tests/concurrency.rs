@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use futures_util::future::try_join_all;
 use matrix_linkd_client::{ClientError, LoginOptions, State};
+use matrix_linkd_tests::api::errors;
 use matrix_linkd_tests::{
-    Session, error_short_name, homeserver::MockHomeserver, quiet_grant, sign_in_daemon, test_config,
-    wait_state,
+    Session, error_name, homeserver::MockHomeserver, quiet_grant, sign_in_daemon, test_config, wait_state,
 };
 
 /// 10 connections × 2 grants = 20 flows, all at `QrReady` with 20 distinct codes; a third grant on
@@ -42,13 +42,13 @@ async fn twenty_grants_from_ten_connections_within_the_limits() -> Result<()> {
 
     // The per-caller limit, then the global one (from a fresh connection).
     for c in &callers {
-        assert_eq!(error_short_name(c.start_grant(quiet_grant()).await.map(|f| f.path().clone())), "Busy");
+        assert_eq!(error_name(c.start_grant(quiet_grant()).await.map(|f| f.path().clone())), errors::BUSY);
     }
     let fresh = session.client().await?;
-    assert_eq!(error_short_name(fresh.start_grant(quiet_grant()).await.map(|f| f.path().clone())), "Busy");
+    assert_eq!(error_name(fresh.start_grant(quiet_grant()).await.map(|f| f.path().clone())), errors::BUSY);
     // A login runs alone: refused while grants run.
     let login = fresh.start_login(LoginOptions::default()).await.map(|f| f.path().clone());
-    assert_eq!(error_short_name(login), "Busy");
+    assert_eq!(error_name(login), errors::BUSY);
 
     for flow in &flows {
         flow.cancel().await?;

@@ -7,9 +7,12 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use matrix_linkd_client::{ClientError, DelegateOptions, Flow, FlowProxy, Linkd, Revoked, State};
+use matrix_linkd_client::{
+    ClientError, DelegateOptions, Flow, FlowProxy, Linkd, Revoked, SessionState, State,
+};
+use matrix_linkd_tests::api::{self, errors};
 use matrix_linkd_tests::{
-    Session, SignedInSetup, error_short_name, homeserver::MockHomeserver, sign_in_daemon, signed_in_setup,
+    Session, SignedInSetup, error_name, homeserver::MockHomeserver, sign_in_daemon, signed_in_setup,
     test_config, wait_state,
 };
 
@@ -37,7 +40,10 @@ async fn revocations(hs: &MockHomeserver) -> usize {
 
 async fn assert_intact(s: &SignedInSetup) -> Result<()> {
     let linkd = s.session.client().await?;
-    ensure!(linkd.manager().session_state().await? == 3, "the daemon's session is gone");
+    ensure!(
+        linkd.manager().session_state().await? == SessionState::SignedIn as u32,
+        "the daemon's session is gone"
+    );
     Ok(())
 }
 
@@ -69,7 +75,7 @@ async fn the_session_is_handed_over_once_to_the_owner_only() -> Result<()> {
         .build()
         .await?;
     let denied = foreign.take_session().await.map(|_| ()).map_err(ClientError::from);
-    assert_eq!(error_short_name(denied), "AccessDenied");
+    assert_eq!(error_name(denied), errors::ACCESS_DENIED);
     assert_eq!(foreign.kind().await?, 3);
     let session = flow.take_session().await?;
     assert_eq!(session.device_id, device_id);
@@ -82,7 +88,7 @@ async fn the_session_is_handed_over_once_to_the_owner_only() -> Result<()> {
     ensure!(flow.take_session().await.is_err(), "a second TakeSession");
 
     let done = tokio::time::timeout(Duration::from_secs(10), flow.result()).await??;
-    assert_eq!(done.trust, "secrets-shared");
+    assert_eq!(done.trust, api::results::trust::SECRETS_SHARED);
     assert_eq!(done.device_id, device_id);
 
     // Remembered; revoked while the daemon holds a valid token; then gone from the list.
@@ -103,7 +109,7 @@ async fn the_session_is_handed_over_once_to_the_owner_only() -> Result<()> {
     assert_eq!(revoke.await??, Revoked::Revoked);
     ensure!(revocations(&s.hs).await > before, "RFC 7009 requests sent");
     ensure!(!linkd.list_delegations().await?.iter().any(|d| d.device_id == device_id));
-    assert_eq!(error_short_name(linkd.revoke_delegation(&device_id).await), "DeviceNotFound");
+    assert_eq!(error_name(linkd.revoke_delegation(&device_id).await), errors::DEVICE_NOT_FOUND);
     assert_intact(&s).await
 }
 
@@ -117,15 +123,15 @@ async fn failures_are_named_and_revoke_what_was_issued() -> Result<()> {
     s.hs.plan_token_error("access_denied");
     flow.approve().await?;
     let denied = tokio::time::timeout(Duration::from_secs(20), flow.result()).await?;
-    assert_eq!(error_short_name(denied), "LoginFailed");
+    assert_eq!(error_name(denied), errors::LOGIN_FAILED);
 
     // The device code expiring while the user decides.
     let flow = at_consent(&linkd, false).await?;
     s.hs.plan_token_error("expired_token");
     flow.approve().await?;
     assert_eq!(
-        error_short_name(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?),
-        "Expired"
+        error_name(tokio::time::timeout(Duration::from_secs(20), flow.result()).await?),
+        errors::EXPIRED
     );
 
     // Cancel while the user decides.
@@ -150,8 +156,8 @@ async fn failures_are_named_and_revoke_what_was_issued() -> Result<()> {
     ensure!(revocations(&s.hs).await >= before + 2, "both tokens revoked after the owner left");
 
     // RevokeDelegation of a device this daemon never delegated; malformed IDs.
-    assert_eq!(error_short_name(linkd.revoke_delegation("NOTOURS").await), "DeviceNotFound");
-    assert_eq!(error_short_name(linkd.revoke_delegation("").await), "InvalidArgs");
+    assert_eq!(error_name(linkd.revoke_delegation("NOTOURS").await), errors::DEVICE_NOT_FOUND);
+    assert_eq!(error_name(linkd.revoke_delegation("").await), errors::INVALID_ARGS);
     assert_intact(&s).await
 }
 
@@ -177,16 +183,16 @@ async fn keys_never_uploaded_time_out_and_the_session_is_revoked() -> Result<()>
     wait_state(&mut flow, State::SyncingSecrets).await?;
     let taken = flow.take_session().await?;
     ensure!(taken.secrets.is_none(), "no private key leaves the daemon");
-    assert_eq!(error_short_name(flow.take_session().await.map(|_| ())), "InvalidState");
+    assert_eq!(error_name(flow.take_session().await.map(|_| ())), errors::INVALID_STATE);
     let before = revocations(&hs).await;
     let r = tokio::time::timeout(Duration::from_secs(40), flow.result()).await?;
     let waited = started.elapsed();
-    assert_eq!(error_short_name(r), "Expired");
+    assert_eq!(error_name(r), errors::EXPIRED);
     // Without the key limit the flow would run to its 60 s timeout.
     ensure!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(25), "{waited:?}");
     ensure!(revocations(&hs).await >= before + 2, "the handed-over session was revoked");
     ensure!(linkd.list_delegations().await?.is_empty(), "a failed delegation is not remembered");
-    ensure!(linkd.manager().session_state().await? == 3);
+    ensure!(linkd.manager().session_state().await? == SessionState::SignedIn as u32);
     Ok(())
 }
 
@@ -199,13 +205,13 @@ async fn delegation_needs_a_session_and_sane_options() -> Result<()> {
     session.start_daemon(&[]).await?;
     let linkd = session.client().await?;
     let r = linkd.start_delegation(quiet(false)).await.map(|f| f.path().clone());
-    assert_eq!(error_short_name(r), "NotSignedIn");
+    assert_eq!(error_name(r), errors::NOT_SIGNED_IN);
     let alice = hs.existing_device("ALICEDEV").await;
     sign_in_daemon(&session, &hs, &alice).await?;
     for bad in ["", "a\nb", &"x".repeat(65)] {
         let opts = DelegateOptions { client_name: bad.to_owned(), ..quiet(false) };
         let r = linkd.start_delegation(opts).await.map(|f| f.path().clone());
-        assert_eq!(error_short_name(r), "InvalidArgs", "client_name {bad:?}");
+        assert_eq!(error_name(r), errors::INVALID_ARGS, "client_name {bad:?}");
     }
     Ok(())
 }
@@ -236,7 +242,10 @@ async fn sign_out_ends_the_delegated_sessions_first() -> Result<()> {
         revoked.iter().any(|b| b.contains(&format!("token={refreshed}"))),
         "the delegated session was revoked"
     );
-    ensure!(linkd.manager().session_state().await? == 1, "then the daemon signed out");
+    ensure!(
+        linkd.manager().session_state().await? == SessionState::SignedOut as u32,
+        "then the daemon signed out"
+    );
     Ok(())
 }
 

@@ -19,7 +19,9 @@ async fn approve_from_the_notification_and_open_the_uri_through_the_portal() -> 
     )?;
     s.session.stop_daemon(s.daemon)?;
     let d = s.session.start_daemon(&[]).await?;
-    s.session.wait_session_state(3, Duration::from_secs(20)).await?;
+    s.session
+        .wait_session_state(matrix_linkd_client::SessionState::SignedIn, Duration::from_secs(20))
+        .await?;
     let notifications = s.session.start_notifications()?;
     let (portal, _portal_conn) = OpenUriPortal::serve(&s.session).await?;
 

@@ -4,22 +4,22 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::Result;
-use matrix_linkd_client::{ClientError, FlowProxy, GrantOptions, LoginOptions, ManagerProxy, State};
+use matrix_linkd_client::{
+    ClientError, FlowProxy, GrantOptions, LoginOptions, ManagerProxy, SessionState, State,
+};
+use matrix_linkd_tests::api::{errors, options, qr_formats};
 use matrix_linkd_tests::{
-    Session, SessionOptions, error_short_name, grant_scanned_by,
+    Session, SessionOptions, error_name, grant_scanned_by,
     homeserver::{MockHomeserver, USER},
     peers, qr_2024, quiet_grant, signed_in_setup, signed_out_setup, test_config, wait_state,
 };
 use matrix_sdk::authentication::oauth::qrcode::{QRCodeGrantLoginError, QRCodeLoginError};
 use zbus::zvariant::Value;
 
-const SIGNED_OUT: u32 = 1;
-const ERROR: u32 = 4;
-
 async fn assert_still_signed_in(session: &mut Session, daemon: usize) -> Result<()> {
     assert!(session.daemon_running(daemon), "the daemon died: {}", session.log(daemon));
     let status = session.client().await?.status().await?;
-    assert_eq!((status.user_id.as_str(), status.state), (USER, matrix_linkd_client::SessionState::SignedIn));
+    assert_eq!((status.user_id.as_str(), status.state), (USER, SessionState::SignedIn));
     Ok(())
 }
 
@@ -42,7 +42,7 @@ async fn assert_existing_device_told(peer: peers::Peer<QRCodeGrantLoginError>, r
 fn failed_with(r: Result<matrix_linkd_client::SignedIn, ClientError>, name: &str) {
     match r {
         Err(ClientError::Daemon { name: n, .. }) => {
-            assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}"))
+            assert_eq!(n, name)
         }
         other => panic!("expected {name}, got {other:?}"),
     }
@@ -56,31 +56,34 @@ async fn malformed_truncated_and_foreign_qr_codes() -> Result<()> {
 
     let good = qr_2024(0x04, &format!("{}/rendezvous/s1", hs.uri()), Some(&hs.uri()));
     assert_eq!(
-        error_short_name(login(b"not a qr code".to_vec()).await.map(|f| f.path().clone())),
-        "InvalidQrCode"
+        error_name(login(b"not a qr code".to_vec()).await.map(|f| f.path().clone())),
+        errors::INVALID_QR_CODE
     );
     assert_eq!(
-        error_short_name(login(good[..good.len() - 5].to_vec()).await.map(|f| f.path().clone())),
-        "InvalidQrCode"
+        error_name(login(good[..good.len() - 5].to_vec()).await.map(|f| f.path().clone())),
+        errors::INVALID_QR_CODE
     );
-    assert_eq!(error_short_name(login(good[..10].to_vec()).await.map(|f| f.path().clone())), "InvalidQrCode");
     assert_eq!(
-        error_short_name(login(b"MATRIX\x07\x03".to_vec()).await.map(|f| f.path().clone())),
-        "InvalidQrCode"
+        error_name(login(good[..10].to_vec()).await.map(|f| f.path().clone())),
+        errors::INVALID_QR_CODE
+    );
+    assert_eq!(
+        error_name(login(b"MATRIX\x07\x03".to_vec()).await.map(|f| f.path().clone())),
+        errors::INVALID_QR_CODE
     );
     // A truncated latest-generation code.
     assert_eq!(
-        error_short_name(login(b"MATRIX\x03\x01abc".to_vec()).await.map(|f| f.path().clone())),
-        "InvalidQrCode"
+        error_name(login(b"MATRIX\x03\x01abc".to_vec()).await.map(|f| f.path().clone())),
+        errors::INVALID_QR_CODE
     );
     // Wrong intent: a QR shown by another new device (0x03) cannot sign the daemon in.
     let login_intent = qr_2024(0x03, &format!("{}/rendezvous/s1", hs.uri()), None);
-    assert_eq!(error_short_name(login(login_intent).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(error_name(login(login_intent).await.map(|f| f.path().clone())), errors::INVALID_QR_CODE);
     // Oversized.
-    assert_eq!(error_short_name(login(vec![b'M'; 5000]).await.map(|f| f.path().clone())), "InvalidQrCode");
+    assert_eq!(error_name(login(vec![b'M'; 5000]).await.map(|f| f.path().clone())), errors::INVALID_QR_CODE);
 
     assert!(session.daemon_running(d));
-    assert_eq!(session.client().await?.manager().session_state().await?, SIGNED_OUT);
+    assert_eq!(session.client().await?.manager().session_state().await?, SessionState::SignedOut as u32);
     Ok(())
 }
 
@@ -90,49 +93,49 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
     let linkd = session.client().await?;
     // Signed out: no grant, no sign-out.
     assert_eq!(
-        error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
-        "NotSignedIn"
+        error_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
+        errors::NOT_SIGNED_IN
     );
-    assert_eq!(error_short_name(linkd.sign_out().await), "NotSignedIn");
+    assert_eq!(error_name(linkd.sign_out().await), errors::NOT_SIGNED_IN);
     drop(session);
 
     let mut s = signed_in_setup(60).await?;
     let linkd = s.session.client().await?;
     assert_eq!(
-        error_short_name(
+        error_name(
             linkd
                 .start_login(LoginOptions { homeserver: Some(s.hs.uri()), ..Default::default() })
                 .await
                 .map(|f| f.path().clone())
         ),
-        "AlreadySignedIn"
+        errors::ALREADY_SIGNED_IN
     );
     // A reciprocate QR (shown by a signed-in device) cannot be granted.
     let reciprocate = qr_2024(0x04, &format!("{}/rendezvous/s1", s.hs.uri()), Some("localhost"));
     assert_eq!(
-        error_short_name(
+        error_name(
             linkd
                 .start_grant(GrantOptions { qr_code: Some(reciprocate), ..Default::default() })
                 .await
                 .map(|f| f.path().clone())
         ),
-        "InvalidQrCode"
+        errors::INVALID_QR_CODE
     );
 
     // CheckCode / Approve before their state; a second flow while one runs (the per-caller limit
     // is 2), a third, sign-out.
     let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
-    assert_eq!(error_short_name(flow.check_code(42).await), "InvalidState");
-    assert_eq!(error_short_name(flow.approve().await), "InvalidState");
-    assert_eq!(error_short_name(flow.qr_code("bmp").await), "InvalidArgs");
+    assert_eq!(error_name(flow.check_code(42).await), errors::INVALID_STATE);
+    assert_eq!(error_name(flow.approve().await), errors::INVALID_STATE);
+    assert_eq!(error_name(flow.qr_code("bmp").await), errors::INVALID_ARGS);
     let mut second = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut second, State::QrReady).await?;
     assert_eq!(
-        error_short_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
-        "Busy"
+        error_name(linkd.start_grant(GrantOptions::default()).await.map(|f| f.path().clone())),
+        errors::BUSY
     );
-    assert_eq!(error_short_name(linkd.sign_out().await), "Busy");
+    assert_eq!(error_name(linkd.sign_out().await), errors::BUSY);
     flow.cancel().await?;
     second.cancel().await?;
     assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
@@ -140,15 +143,15 @@ async fn calls_in_the_wrong_session_state() -> Result<()> {
 
     // Malformed options.
     let manager = linkd.manager();
-    let bad_type: HashMap<&str, Value<'_>> = HashMap::from([("detached", Value::from("yes"))]);
+    let bad_type: HashMap<&str, Value<'_>> = HashMap::from([(options::DETACHED, Value::from("yes"))]);
     assert_eq!(
-        error_short_name(manager.start_grant(bad_type).await.map_err(ClientError::from)),
-        "InvalidArgs"
+        error_name(manager.start_grant(bad_type).await.map_err(ClientError::from)),
+        errors::INVALID_ARGS
     );
-    let bad_token: HashMap<&str, Value<'_>> = HashMap::from([("handle_token", Value::from("a/b"))]);
+    let bad_token: HashMap<&str, Value<'_>> = HashMap::from([(options::HANDLE_TOKEN, Value::from("a/b"))]);
     assert_eq!(
-        error_short_name(manager.start_grant(bad_token).await.map_err(ClientError::from)),
-        "InvalidArgs"
+        error_name(manager.start_grant(bad_token).await.map_err(ClientError::from)),
+        errors::INVALID_ARGS
     );
 
     assert_still_signed_in(&mut s.session, s.daemon).await
@@ -161,9 +164,9 @@ async fn wrong_check_code_fails_the_flow() -> Result<()> {
     let (flow, peer, code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
     flow.check_code((code + 1) % 100).await?;
     // A second attempt is not allowed (the flow may already be gone).
-    let again = error_short_name(flow.check_code(code).await);
-    assert!(again == "InvalidState" || again == "UnknownObject", "{again}");
-    failed_with(flow.result().await, "InvalidCheckCode");
+    let again = error_name(flow.check_code(code).await);
+    assert!(again == errors::INVALID_STATE || again == errors::UNKNOWN_OBJECT, "{again}");
+    failed_with(flow.result().await, errors::INVALID_CHECK_CODE);
     assert_new_device_told(peer, "user_cancelled").await;
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
@@ -181,14 +184,14 @@ async fn only_the_owner_may_drive_or_read_a_flow() -> Result<()> {
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
         .await?;
-    let denied = |r: zbus::Result<()>| error_short_name(r.map_err(ClientError::from));
-    assert_eq!(denied(foreign.check_code(1).await), "AccessDenied");
-    assert_eq!(denied(foreign.approve().await), "AccessDenied");
-    assert_eq!(denied(foreign.cancel().await), "AccessDenied");
-    assert_eq!(denied(foreign.get_qr_code("raw").await.map(|_| ())), "AccessDenied");
-    assert_eq!(denied(foreign.wait().await.map(|_| ())), "AccessDenied");
-    assert_eq!(denied(foreign.verification_uri().await.map(|_| ())), "AccessDenied");
-    assert_eq!(denied(foreign.check_code_to_show().await.map(|_| ())), "AccessDenied");
+    let denied = |r: zbus::Result<()>| error_name(r.map_err(ClientError::from));
+    assert_eq!(denied(foreign.check_code(1).await), errors::ACCESS_DENIED);
+    assert_eq!(denied(foreign.approve().await), errors::ACCESS_DENIED);
+    assert_eq!(denied(foreign.cancel().await), errors::ACCESS_DENIED);
+    assert_eq!(denied(foreign.get_qr_code("raw").await.map(|_| ())), errors::ACCESS_DENIED);
+    assert_eq!(denied(foreign.wait().await.map(|_| ())), errors::ACCESS_DENIED);
+    assert_eq!(denied(foreign.verification_uri().await.map(|_| ())), errors::ACCESS_DENIED);
+    assert_eq!(denied(foreign.check_code_to_show().await.map(|_| ())), errors::ACCESS_DENIED);
     // Public properties are readable.
     assert_eq!(foreign.state().await?, 2);
     assert_eq!(foreign.kind().await?, 1);
@@ -238,10 +241,10 @@ async fn detached_flows_serve_other_processes_of_the_user() -> Result<()> {
     let starter = s.session.connect().await?;
     let manager = ManagerProxy::new(&starter).await?;
     let opts: HashMap<&str, Value<'_>> = HashMap::from([
-        ("handle_token", Value::from("t1")),
-        ("detached", Value::from(true)),
-        ("notify", Value::from(false)),
-        ("open_uri", Value::from(false)),
+        (options::HANDLE_TOKEN, Value::from("t1")),
+        (options::DETACHED, Value::from(true)),
+        (options::NOTIFY, Value::from(false)),
+        (options::OPEN_URI, Value::from(false)),
     ]);
     let path = manager.start_grant(opts).await?;
     starter.close().await?;
@@ -253,11 +256,11 @@ async fn detached_flows_serve_other_processes_of_the_user() -> Result<()> {
         .build()
         .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while flow.state().await? != 2 {
+    while flow.state().await? != State::QrReady as u32 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!flow.get_qr_code("utf8").await?.is_empty());
+    assert!(!flow.get_qr_code(qr_formats::UTF8).await?.is_empty());
     flow.cancel().await?;
     let (response, _) = flow.wait().await.or_else(|e| match e {
         // The flow may be gone by the time Wait arrives.
@@ -275,7 +278,7 @@ async fn expired_rendezvous_is_named() -> Result<()> {
     let mut flow = linkd.start_grant(quiet_grant()).await?;
     wait_state(&mut flow, State::QrReady).await?;
     s.hs.expire_rendezvous();
-    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "Expired");
+    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, errors::EXPIRED);
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
 
@@ -302,13 +305,13 @@ async fn peer_gives_up(token_error: &'static str, expected: &str, message_part: 
 /// The device code expired: the new device sends `m.login.failure` (`authorization_expired`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reporting_failure_is_passed_through() -> Result<()> {
-    peer_gives_up("expired_token", "Expired", "authorization_expired").await
+    peer_gives_up("expired_token", errors::EXPIRED, "authorization_expired").await
 }
 
 /// The user denied: the new device sends `m.login.declined`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_declining_is_passed_through() -> Result<()> {
-    peer_gives_up("access_denied", "LoginFailed", "declined").await
+    peer_gives_up("access_denied", errors::LOGIN_FAILED, "declined").await
 }
 
 /// The flow's time runs out while the user has not typed the code: `Expired`, and the new device
@@ -321,13 +324,13 @@ async fn flow_times_out() -> Result<()> {
     std::fs::write(s.session.config_path(), matrix_linkd_tests::test_config(&s.hs.uri(), 15))?;
     s.session.stop_daemon(s.daemon)?;
     s.daemon = s.session.start_daemon(&[]).await?;
-    s.session.wait_session_state(3, Duration::from_secs(20)).await?;
+    s.session.wait_session_state(SessionState::SignedIn, Duration::from_secs(20)).await?;
     let linkd = s.session.client().await?;
     let (flow, peer, _code) = grant_scanned_by(&linkd, quiet_grant(), s.hs.new_device().await).await?;
     let expires = flow.proxy().expires_at().await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
     assert!(expires > now && expires < now + 16_000_000, "ExpiresAt {expires} vs now {now}");
-    failed_with(tokio::time::timeout(Duration::from_secs(40), flow.result()).await?, "Expired");
+    failed_with(tokio::time::timeout(Duration::from_secs(40), flow.result()).await?, errors::EXPIRED);
     assert_new_device_told(peer, "user_cancelled").await;
     assert_still_signed_in(&mut s.session, s.daemon).await
 }
@@ -380,7 +383,7 @@ async fn login_cancel_tells_the_existing_device() -> Result<()> {
     assert!(matches!(flow.result().await, Err(ClientError::Cancelled)));
     assert_existing_device_told(peer, "user_cancelled").await;
     assert!(session.daemon_running(d));
-    assert_eq!(session.client().await?.manager().session_state().await?, SIGNED_OUT);
+    assert_eq!(session.client().await?.manager().session_state().await?, SessionState::SignedOut as u32);
     assert!(session.kept_session().is_none(), "a cancelled login kept a session");
     Ok(())
 }
@@ -399,11 +402,11 @@ async fn no_keyring_means_no_login_and_nothing_on_disk() -> Result<()> {
     let mut session = Session::start_with(SessionOptions { keyring: false, ..Default::default() }).await?;
     session.write_config(&test_config(&hs.uri(), 60))?;
     let d = session.start_daemon(&[]).await?;
-    session.wait_session_state(ERROR, Duration::from_secs(20)).await?;
+    session.wait_session_state(SessionState::Error, Duration::from_secs(20)).await?;
     let linkd = session.client().await?;
     // Refused before a QR code is shown: the session could not be kept.
     let started = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await;
-    assert_eq!(error_short_name(started.map(|f| f.path().clone())), "SecretStorage");
+    assert_eq!(error_name(started.map(|f| f.path().clone())), errors::SECRET_STORAGE);
     assert_nothing_but_the_lock(&session, "without a keyring");
     assert!(session.daemon_running(d));
     Ok(())
@@ -412,7 +415,7 @@ async fn no_keyring_means_no_login_and_nothing_on_disk() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_keyring_means_no_login() -> Result<()> {
     let (hs, mut session, d) = signed_out_setup(60).await?;
-    session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
+    session.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     let st = session
         .command("busctl")
         .args([
@@ -432,7 +435,7 @@ async fn locked_keyring_means_no_login() -> Result<()> {
     let linkd = session.client().await?;
     // Refused before a QR code is shown: the session could not be kept.
     let started = linkd.start_login(LoginOptions { homeserver: Some(hs.uri()), ..Default::default() }).await;
-    assert_eq!(error_short_name(started.map(|f| f.path().clone())), "SecretStorage");
+    assert_eq!(error_name(started.map(|f| f.path().clone())), errors::SECRET_STORAGE);
     assert_nothing_but_the_lock(&session, "with a locked keyring");
     assert!(session.daemon_running(d));
     Ok(())
@@ -452,7 +455,7 @@ async fn sign_out_revokes_and_wipes() -> Result<()> {
         body.contains(&format!("token={}", s.hs.issued_tokens()[0])) && body.contains("client_id="),
         "{body}"
     );
-    assert_eq!(linkd.manager().session_state().await?, SIGNED_OUT);
+    assert_eq!(linkd.manager().session_state().await?, SessionState::SignedOut as u32);
     assert_eq!(linkd.manager().user_id().await?, "");
     assert!(!s.session.data_dir().join("store").exists(), "store left behind");
     // No item of ours is left in the keyring.
@@ -469,7 +472,7 @@ async fn sign_out_revokes_and_wipes() -> Result<()> {
     // A restart stays signed out.
     s.session.stop_daemon(s.daemon)?;
     s.session.start_daemon(&[]).await?;
-    s.session.wait_session_state(SIGNED_OUT, Duration::from_secs(20)).await?;
+    s.session.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     Ok(())
 }
 
@@ -526,7 +529,10 @@ async fn device_id_in_use_is_refused_and_told() -> Result<()> {
     rv.send(&channel.seal(&protocol.encode(), &[])).await?;
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
     flow.check_code(channel.check_code()).await?;
-    failed_with(tokio::time::timeout(Duration::from_secs(30), flow.result()).await?, "DeviceIdInUse");
+    failed_with(
+        tokio::time::timeout(Duration::from_secs(30), flow.result()).await?,
+        errors::DEVICE_ID_IN_USE,
+    );
     let answer = next_write(&mut rv).await?;
     let told = LoginMessage::decode(&channel.open(&answer, &[]).map_err(anyhow::Error::msg)?)?;
     assert_eq!(told, LoginMessage::Failure { reason: "device_already_exists".into(), homeserver: None });

@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use matrix_linkd_client::{GrantOptions, LoginOptions, State};
+use matrix_linkd_client::{GrantOptions, LoginOptions, SessionState, State, api};
 use matrix_linkd_tests::{
     Session,
     homeserver::{MockHomeserver, USER},
     peers, sign_in_daemon, signed_out_setup, test_config, wait_state,
 };
-
-const SIGNED_IN: u32 = 3;
 
 /// Login, daemon shows the QR; then the daemon restarts and is signed in again from the keyring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +21,7 @@ async fn login_showing_qr_then_restore() -> Result<()> {
     assert_eq!(signed_in.user_id, USER);
     assert!(!signed_in.device_id.is_empty());
     // matrix-sdk names the homeserver by URL.
-    assert_eq!(signed_in.homeserver_found, "url");
+    assert_eq!(signed_in.homeserver_found, api::results::homeserver_found::URL);
 
     // The other side sees the daemon's device as cross-signed by its owner (after a keys/query).
     alice.encryption().request_user_identity(alice.user_id().unwrap()).await?;
@@ -37,12 +35,12 @@ async fn login_showing_qr_then_restore() -> Result<()> {
     let status = session.client().await?.status().await?;
     assert_eq!(status.user_id, USER);
     assert_eq!(status.device_id, signed_in.device_id);
-    assert!(status.capabilities.contains(&"grant".to_owned()), "{:?}", status.capabilities);
+    assert!(status.capabilities.iter().any(|c| c == api::capabilities::GRANT), "{:?}", status.capabilities);
 
     // Restart: the session comes back from the Secret Service and the encrypted store.
     session.stop_daemon(d)?;
     let d2 = session.start_daemon(&[]).await?;
-    session.wait_session_state(SIGNED_IN, Duration::from_secs(20)).await?;
+    session.wait_session_state(SessionState::SignedIn, Duration::from_secs(20)).await?;
     let status = session.client().await?.status().await?;
     assert_eq!((status.user_id.as_str(), status.device_id.as_str()), (USER, signed_in.device_id.as_str()));
     assert!(session.daemon_running(d2));
@@ -69,7 +67,7 @@ async fn login_scanning_qr() -> Result<()> {
     let signed_in = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
     assert_eq!(signed_in.user_id, USER);
     peer.finish().await?.map_err(|e| anyhow::anyhow!("existing device: {e}"))?;
-    session.wait_session_state(SIGNED_IN, Duration::from_secs(5)).await?;
+    session.wait_session_state(SessionState::SignedIn, Duration::from_secs(5)).await?;
     Ok(())
 }
 
@@ -171,7 +169,7 @@ async fn expired_token_is_refreshed_and_kept_at_restore() -> Result<()> {
     s.hs.forget_token(&old);
     let new = s.hs.plan_login();
     s.session.start_daemon(&[]).await?;
-    s.session.wait_session_state(SIGNED_IN, Duration::from_secs(20)).await?;
+    s.session.wait_session_state(SessionState::SignedIn, Duration::from_secs(20)).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while s.session.kept_session().expect("kept session")["access_token"] != new.as_str() {
         assert!(std::time::Instant::now() < deadline, "the refreshed token was not kept");
@@ -181,7 +179,7 @@ async fn expired_token_is_refreshed_and_kept_at_restore() -> Result<()> {
     let d = s.session.daemons_started() - 1;
     s.session.stop_daemon(d)?;
     s.session.start_daemon(&[]).await?;
-    s.session.wait_session_state(SIGNED_IN, Duration::from_secs(20)).await?;
+    s.session.wait_session_state(SessionState::SignedIn, Duration::from_secs(20)).await?;
     assert_eq!(s.session.kept_session().unwrap()["access_token"], new.as_str());
     Ok(())
 }
@@ -195,7 +193,7 @@ async fn revoked_session_is_dropped_at_restore() -> Result<()> {
     s.hs.forget_token(&old);
     s.hs.plan_token_error("invalid_grant");
     s.session.start_daemon(&[]).await?;
-    s.session.wait_session_state(1, Duration::from_secs(20)).await?;
+    s.session.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     assert!(s.session.kept_session().is_none(), "the revoked session is still kept");
     assert!(!s.session.data_dir().join("store").exists(), "the store is still there");
     Ok(())

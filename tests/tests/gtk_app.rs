@@ -64,7 +64,7 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
         stack.synapse
     ))?;
     session.start_daemon(&[]).await?;
-    session.wait_session_state(1, Duration::from_secs(20)).await?;
+    session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;
     let mut desk = Desktop::start(&session, &artefacts)?;
     let portal = Portal::start(&session.bus_address, &desk.display, artefacts.clone()).await?;
     desk.start_app(&session, &[])?;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use matrix_linkd::protocol::wire::qr::LoginQr;
 use matrix_linkd_client::{ClientError, FlowEvent, LoginOptions, State};
+use matrix_linkd_tests::api::errors;
 use matrix_linkd_tests::{
     grant_scanned_by, peers, quiet_grant, signed_in_setup, signed_out_setup, wait_state,
 };
@@ -35,7 +36,7 @@ async fn an_unfindable_homeserver_ends_the_login_on_both_sides_within_seconds() 
     let started = Instant::now();
     match tokio::time::timeout(Duration::from_secs(40), flow.result()).await? {
         Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.Network", "{message}");
+            assert_eq!(name, errors::NETWORK, "{message}");
             assert!(message.contains("cannot find the homeserver of `localhost:1`"), "{message}");
         }
         other => panic!("expected Network, got {other:?}"),
@@ -124,7 +125,7 @@ async fn a_sign_in_refused_on_the_consent_page_says_so() -> Result<()> {
     flow.check_code(code).await?;
     match tokio::time::timeout(Duration::from_secs(30), flow.result()).await? {
         Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
+            assert_eq!(name, errors::LOGIN_FAILED, "{message}");
             assert!(message.contains("refused on the consent page"), "{message}");
         }
         other => panic!("expected LoginFailed, got {other:?}"),
@@ -193,7 +194,7 @@ async fn a_session_deleted_while_the_user_types_the_code_ends_the_flow() -> Resu
     // room for a loaded machine and is still a quarter of the flow's 60 s timeout.
     match tokio::time::timeout(Duration::from_secs(20), flow.result()).await? {
         Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.Expired", "{message}")
+            assert_eq!(name, errors::EXPIRED, "{message}")
         }
         other => panic!("expected Expired, got {other:?}"),
     }

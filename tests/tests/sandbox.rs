@@ -10,11 +10,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use matrix_linkd_tests::api::errors::{NOT_ALLOWED, NOT_SIGNED_IN};
 use matrix_linkd_tests::{BUS_NAME, Session, bin_dir, daemon_bin, homeserver::MockHomeserver, test_config};
 use zbus::{fdo::DBusProxy, names::BusName};
 
-const NOT_ALLOWED: &str = "io.github.matrix_linkd.Linkd1.Error.NotAllowed";
-const NOT_SIGNED_IN: &str = "io.github.matrix_linkd.Linkd1.Error.NotSignedIn";
 const APP_ID: &str = "org.example.Evil";
 
 fn caller_bin() -> PathBuf {

@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Result, anyhow, ensure};
 use matrix_linkd_client::{ClientError, DelegatedSession, FlowProxy, Revoked, SessionState, SignedIn, State};
+use matrix_linkd_tests::api::{errors, results::trust};
 use matrix_linkd_tests::{
     Session,
     light::{
@@ -29,17 +30,15 @@ use matrix_linkd_tests::{
     wait_state,
 };
 
-const ERROR_PREFIX: &str = "io.github.matrix_linkd.Linkd1.Error.";
-
 fn trust_name(share_secrets: bool) -> &'static str {
-    if share_secrets { "secrets-shared" } else { "signed-by-daemon" }
+    if share_secrets { trust::SECRETS_SHARED } else { trust::SIGNED_BY_DAEMON }
 }
 
 /// The flow failed with the daemon error `name`; its message.
 fn failed_with(r: std::result::Result<SignedIn, ClientError>, name: &str) -> String {
     match r {
         Err(ClientError::Daemon { name: n, message }) => {
-            assert_eq!(n, format!("{ERROR_PREFIX}{name}"), "{message}");
+            assert_eq!(n, name, "{message}");
             message
         }
         other => panic!("expected {name}, got {other:?}"),
@@ -210,7 +209,7 @@ async fn consent_denied_in_the_browser() -> Result<()> {
     let uri = flow.verification_uri().await?;
     flow.approve().await?;
     stack.approve_uri(&uri, &login, true)?;
-    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "LoginFailed");
+    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, errors::LOGIN_FAILED);
     assert_intact(&mut session, &stack.user_id(&login)).await
 }
 
@@ -224,7 +223,7 @@ async fn device_code_expires() -> Result<()> {
     let mut flow = linkd.start_delegation(quiet_delegation(false)).await?;
     wait_state(&mut flow, State::WaitingForApproval).await?;
     flow.approve().await?;
-    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "Expired");
+    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, errors::EXPIRED);
     assert_intact(&mut session, &stack.user_id(&login)).await
 }
 
@@ -278,20 +277,20 @@ async fn take_session_only_once_and_only_by_the_owner() -> Result<()> {
     let stranger = FlowProxy::builder(&other).path(flow.path().clone())?.build().await?;
     let r = stranger.take_session().await.map(|_| ()).map_err(ClientError::from);
     assert!(
-        matches!(&r, Err(ClientError::Daemon { name, .. }) if name == "org.freedesktop.DBus.Error.AccessDenied"),
+        matches!(&r, Err(ClientError::Daemon { name, .. }) if name == errors::ACCESS_DENIED),
         "another connection took the session: {r:?}"
     );
 
     let taken = flow.take_session().await?;
     let again = flow.take_session().await;
     match &again {
-        Err(e) => assert_eq!(e.short_name(), Some("InvalidState"), "{e}"),
+        Err(e) => assert_eq!(e.name(), Some(errors::INVALID_STATE), "{e}"),
         Ok(s) => panic!("a second TakeSession answered {s:?}"),
     }
     let device_id = taken.device_id.clone();
     let _light = LightClient::start(taken).await?;
     let done = tokio::time::timeout(Duration::from_secs(60), flow.result()).await??;
-    assert_eq!((done.device_id.as_str(), done.trust.as_str()), (device_id.as_str(), "signed-by-daemon"));
+    assert_eq!((done.device_id.as_str(), done.trust.as_str()), (device_id.as_str(), trust::SIGNED_BY_DAEMON));
     assert_intact(&mut session, &stack.user_id(&login)).await
 }
 
@@ -304,7 +303,8 @@ async fn client_never_uploads_its_keys() -> Result<()> {
     let linkd = session.client().await?;
     let (flow, taken) = delegate(&stack, &linkd, &login, quiet_delegation(false)).await?;
     let t = Instant::now();
-    let message = failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "Expired");
+    let message =
+        failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, errors::EXPIRED);
     eprintln!("failed after {:?}: {message}", t.elapsed());
     // 10 s of key wait, then the revocations (each bounded); without the limit: the 300 s flow timeout.
     assert!(t.elapsed() < Duration::from_secs(30), "the key wait outlived timeouts.delegation_keys");
@@ -321,14 +321,14 @@ async fn revoke_an_unknown_device() -> Result<()> {
     let linkd = session.client().await?;
     let r = linkd.revoke_delegation("NOSUCHDEVICE").await;
     match &r {
-        Err(e) => assert_eq!(e.short_name(), Some("DeviceNotFound"), "{e}"),
+        Err(e) => assert_eq!(e.name(), Some(errors::DEVICE_NOT_FOUND), "{e}"),
         Ok(how) => panic!("revoking an unknown device answered {how:?}"),
     }
     // The daemon's own device is no delegation either.
     let own = linkd.status().await?.device_id;
     assert_eq!(
-        linkd.revoke_delegation(&own).await.err().and_then(|e| e.short_name().map(str::to_owned)).as_deref(),
-        Some("DeviceNotFound")
+        linkd.revoke_delegation(&own).await.err().and_then(|e| e.name().map(str::to_owned)).as_deref(),
+        Some(errors::DEVICE_NOT_FOUND)
     );
     assert_intact(&mut session, &stack.user_id(&login)).await
 }
@@ -361,8 +361,8 @@ async fn list_then_revoke_with_a_held_token() -> Result<()> {
     // Gone means gone: a second revocation knows nothing of it.
     let again = linkd.revoke_delegation(&taken.device_id).await;
     assert_eq!(
-        again.err().and_then(|e| e.short_name().map(str::to_owned)).as_deref(),
-        Some("DeviceNotFound")
+        again.err().and_then(|e| e.name().map(str::to_owned)).as_deref(),
+        Some(errors::DEVICE_NOT_FOUND)
     );
     assert_intact(&mut session, &stack.user_id(&login)).await
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use matrix_linkd_client::{ClientError, FlowEvent, LoginOptions, SessionState, SignedIn, State};
+use matrix_linkd_tests::api::errors;
 use matrix_linkd_tests::{
     Session, grant_scanned_by, peers, quiet_grant,
     stack::{Stack, consent_and_finish, daemon_session, sign_in_daemon},
@@ -17,7 +18,7 @@ use matrix_linkd_tests::{
 fn failed_with(r: Result<SignedIn, ClientError>, name: &str) -> String {
     match r {
         Err(ClientError::Daemon { name: n, message }) => {
-            assert_eq!(n, format!("io.github.matrix_linkd.Linkd1.Error.{name}"), "{message}");
+            assert_eq!(n, name, "{message}");
             message
         }
         other => panic!("expected {name}, got {other:?}"),
@@ -48,8 +49,10 @@ async fn user_denies_consent_on_the_oauth_page() -> Result<()> {
     flow.approve().await?;
     stack.approve_uri(&uri, &login, true)?;
     // The new device gets access_denied and says so (m.login.declined); the daemon names it.
-    let message =
-        failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "LoginFailed");
+    let message = failed_with(
+        tokio::time::timeout(Duration::from_secs(60), flow.result()).await?,
+        errors::LOGIN_FAILED,
+    );
     assert!(message.contains("declined"), "{message}");
     assert!(peer.finish().await?.is_err(), "the new device should have failed");
     assert_intact(&mut session, &me.user_id).await
@@ -73,7 +76,7 @@ async fn device_code_expires() -> Result<()> {
     flow.check_code(code).await?;
     peer.verification_uri().await?;
     // Nobody approves: the daemon (new device) sees expired_token and tells the phone.
-    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, "Expired");
+    failed_with(tokio::time::timeout(Duration::from_secs(60), flow.result()).await?, errors::EXPIRED);
     let phone_result = peer.finish().await?;
     assert!(
         matches!(
@@ -147,6 +150,6 @@ async fn synapse_stops_mid_flow() -> Result<()> {
     stack.kill_synapse()?;
     peer.task.abort();
     flow.check_code(code).await?;
-    failed_with(tokio::time::timeout(Duration::from_secs(90), flow.result()).await?, "Network");
+    failed_with(tokio::time::timeout(Duration::from_secs(90), flow.result()).await?, errors::NETWORK);
     assert_intact(&mut session, &me.user_id).await
 }

@@ -8,6 +8,7 @@
 
 use anyhow::{Result, ensure};
 use matrix_linkd_client::{ClientError, Flow, GrantOptions, Linkd, LoginOptions, SessionState, State};
+use matrix_linkd_tests::api::errors;
 use matrix_linkd_tests::{
     quiet_grant,
     stack::{
@@ -48,7 +49,7 @@ async fn latest_login_showing_qr(joining: &Linkd, stack: &Stack) -> Result<Flow>
 async fn assert_told_user_cancelled(flow: Flow) -> Result<()> {
     match tokio::time::timeout(std::time::Duration::from_secs(30), flow.result()).await? {
         Err(ClientError::Daemon { name, message }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.LoginFailed", "{message}");
+            assert_eq!(name, errors::LOGIN_FAILED, "{message}");
             assert!(message.contains("user_cancelled"), "{message}");
         }
         other => panic!("the daemon was not told user_cancelled: {other:?}"),
@@ -135,7 +136,7 @@ async fn latest_wrong_check_code_tells_the_other_daemon() -> Result<()> {
     grant.check_code(if code == 99 { 10 } else { code + 1 }).await?;
     match grant.result().await {
         Err(ClientError::Daemon { name, .. }) => {
-            assert_eq!(name, "io.github.matrix_linkd.Linkd1.Error.InvalidCheckCode")
+            assert_eq!(name, errors::INVALID_CHECK_CODE)
         }
         other => panic!("granting daemon: {other:?}"),
     }

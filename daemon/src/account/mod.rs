@@ -32,17 +32,8 @@ use crate::{
     protocol::{AccountPort, LoginTarget, device_grant},
 };
 
-/// The Manager's `SessionState` property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[repr(u32)]
-pub enum SessionState {
-    #[default]
-    Unknown = 0,
-    SignedOut = 1,
-    Restoring = 2,
-    SignedIn = 3,
-    Error = 4,
-}
+/// The Manager's `SessionState` property: declared once in the `matrix-linkd-api` crate.
+pub use matrix_linkd_api::SessionState;
 
 /// What the Manager publishes about the session. No secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

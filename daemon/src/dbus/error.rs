@@ -109,19 +109,81 @@ pub fn error_name(e: &LinkError) -> String {
 
 #[cfg(test)]
 mod tests {
+    use matrix_linkd_api::errors;
+
     use super::*;
 
     #[test]
     fn names() {
-        assert_eq!(error_name(&LinkError::NotSignedIn), "io.github.matrix_linkd.Linkd1.Error.NotSignedIn");
-        assert_eq!(
-            error_name(&LinkError::InvalidCheckCode),
-            "io.github.matrix_linkd.Linkd1.Error.InvalidCheckCode"
-        );
-        assert_eq!(error_name(&LinkError::InvalidArgs("x".into())), "org.freedesktop.DBus.Error.InvalidArgs");
-        assert_eq!(
-            error_name(&LinkError::AccessDenied("x".into())),
-            "org.freedesktop.DBus.Error.AccessDenied"
-        );
+        assert_eq!(error_name(&LinkError::NotSignedIn), errors::NOT_SIGNED_IN);
+        assert_eq!(error_name(&LinkError::InvalidCheckCode), errors::INVALID_CHECK_CODE);
+        assert_eq!(error_name(&LinkError::InvalidArgs("x".into())), errors::INVALID_ARGS);
+        assert_eq!(error_name(&LinkError::AccessDenied("x".into())), errors::ACCESS_DENIED);
+    }
+
+    /// Each of our own errors, once. The `match` fails to compile when a variant is added here
+    /// and not to the list.
+    fn every_error() -> Vec<LinkdError> {
+        fn listed(e: &LinkdError) {
+            use LinkdError::*;
+            match e {
+                ZBus(_) | NotSignedIn(_) | AlreadySignedIn(_) | Busy(_) | InvalidState(_)
+                | InvalidQrCode(_) | InvalidCheckCode(_) | Expired(_) | Unsupported(_)
+                | MissingSecrets(_) | DeviceIdInUse(_) | DeviceNotFound(_) | LoginFailed(_)
+                | ProtocolError(_) | Network(_) | SecretStorage(_) | NotAllowed(_) | Failed(_) => {}
+            }
+        }
+        use LinkdError::*;
+        let all: Vec<LinkdError> = [
+            NotSignedIn,
+            AlreadySignedIn,
+            Busy,
+            InvalidState,
+            InvalidQrCode,
+            InvalidCheckCode,
+            Expired,
+            Unsupported,
+            MissingSecrets,
+            DeviceIdInUse,
+            DeviceNotFound,
+            LoginFailed,
+            ProtocolError,
+            Network,
+            SecretStorage,
+            NotAllowed,
+            Failed,
+        ]
+        .into_iter()
+        .map(|variant| variant(String::new()))
+        .collect();
+        all.iter().for_each(listed);
+        all
+    }
+
+    /// The names zbus's derive builds (the prefix and the variant) are the API crate's list, the
+    /// one clients match on: no more, no fewer, in the same order.
+    #[test]
+    fn names_are_the_api_names() {
+        let ours: Vec<String> = every_error().iter().map(|e| e.name().to_string()).collect();
+        assert_eq!(ours, errors::ALL);
+        // `ZBus` carries zbus's own error name, not one of ours.
+        assert!(!errors::ALL.contains(&LinkdError::ZBus(zbus::Error::Unsupported).name().as_str()));
+    }
+
+    /// Every core error reaches the bus under an API name.
+    #[test]
+    fn core_errors_have_api_names() {
+        for e in [
+            LinkError::NotSignedIn,
+            LinkError::AlreadySignedIn,
+            LinkError::InvalidCheckCode,
+            LinkError::DeviceIdInUse,
+            LinkError::DeviceNotFound,
+            LinkError::Busy("x".into()),
+            LinkError::Failed("x".into()),
+        ] {
+            let name = error_name(&e);
+            assert!(errors::ALL.contains(&name.as_str()), "{name}");
+        }
     }
 }

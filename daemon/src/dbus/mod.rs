@@ -34,9 +34,8 @@ use crate::{
     protocol::{Engine, FlowKind},
 };
 
-pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
-pub const MANAGER_PATH: &str = "/io/github/matrix_linkd/Linkd1";
-pub const FLOW_PATH_PREFIX: &str = "/io/github/matrix_linkd/Linkd1/flow";
+/// The names on the bus: declared once in the `matrix-linkd-api` crate, which clients share.
+pub use matrix_linkd_api::{BUS_NAME, FLOW_INTERFACE, FLOW_PATH_PREFIX, MANAGER_INTERFACE, MANAGER_PATH};
 
 /// What the D-Bus objects share.
 pub struct Context {

@@ -23,52 +23,9 @@ use url::Url;
 
 use crate::error::{LinkError, Result};
 
-/// Which side of the link the daemon plays. Values are the D-Bus `Kind` property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum FlowKind {
-    /// The daemon is the signed-in existing device and lets a new device in.
-    Grant = 1,
-    /// The daemon is the new device and gets signed in.
-    Login = 2,
-    /// The daemon provisions a new device of a local program's own (no QR code, no peer).
-    Delegation = 3,
-}
-
-/// Wire generation. Values are the D-Bus `Protocol` property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum WireProtocol {
-    /// No wire protocol: a delegation has no other device to talk to.
-    None = 0,
-    /// MSC4108 as of 2024: ETag rendezvous, ECIES, `MATRIX\x02` QR codes.
-    V2024 = 1,
-    /// MSC4108 + MSC4388: sequence-token rendezvous, HPKE.
-    Msc4388 = 2,
-}
-
-/// The Flow `State` property. Unknown future values must be read as 0 by clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum FlowState {
-    Unknown = 0,
-    Starting = 1,
-    QrReady = 2,
-    WaitingForCheckCode = 3,
-    ShowingCheckCode = 4,
-    WaitingForApproval = 5,
-    WaitingForToken = 6,
-    SyncingSecrets = 7,
-    Done = 8,
-    Failed = 9,
-    Cancelled = 10,
-}
-
-impl FlowState {
-    pub fn is_final(self) -> bool {
-        matches!(self, FlowState::Done | FlowState::Failed | FlowState::Cancelled)
-    }
-}
+/// The D-Bus enums (the Flow's `Kind`, `Protocol` and `State` properties, with their `u32`
+/// values): declared once in the `matrix-linkd-api` crate, which clients share.
+pub use matrix_linkd_api::{FlowKind, FlowState, WireProtocol};
 
 /// A value that must never be logged. `Debug` prints nothing of it.
 #[derive(Clone, PartialEq, Eq)]

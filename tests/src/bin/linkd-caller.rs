@@ -10,10 +10,8 @@
 use std::{collections::HashMap, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
-use matrix_linkd_tests::{BUS_NAME, MANAGER_PATH};
+use matrix_linkd_tests::{BUS_NAME, MANAGER_PATH, api::MANAGER_INTERFACE};
 use zbus::zvariant::{OwnedObjectPath, Value};
-
-const MANAGER_IFACE: &str = "io.github.matrix_linkd.Linkd1.Manager";
 
 struct Args {
     address: String,
@@ -64,7 +62,7 @@ async fn run() -> Result<String> {
     let options: HashMap<&str, Value<'_>> =
         args.options.iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();
     let reply = conn
-        .call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_IFACE), args.method.as_str(), &(options,))
+        .call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), args.method.as_str(), &(options,))
         .await;
     let line = match reply {
         Ok(msg) => format!("OK {}", msg.body().deserialize::<OwnedObjectPath>()?.as_str()),

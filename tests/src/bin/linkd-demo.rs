@@ -8,7 +8,7 @@
 use std::{process::ExitCode, time::Instant};
 
 use anyhow::{Result, anyhow};
-use matrix_linkd_client::{GrantOptions, LoginOptions, State};
+use matrix_linkd_client::{GrantOptions, LoginOptions, State, api};
 use matrix_linkd_tests::{
     peers,
     stack::{Stack, assert_seen_verified, daemon_access_token, daemon_session},
@@ -39,7 +39,7 @@ async fn run() -> Result<()> {
         .start_login(LoginOptions { homeserver: Some(stack.synapse.to_string()), ..Default::default() })
         .await?;
     wait_state(&mut flow, State::QrReady).await?;
-    println!("{}", String::from_utf8_lossy(&flow.qr_code("utf8").await?));
+    println!("{}", String::from_utf8_lossy(&flow.qr_code(api::qr_formats::UTF8).await?));
     let mut peer = peers::grant_scanning(phone.clone(), flow.qr_code("raw").await?);
     let code = peer.shown_code().await?;
     println!("    the phone shows the check code {code:02}; the user types it into the daemon (CheckCode)");
@@ -62,7 +62,7 @@ async fn run() -> Result<()> {
     let mut flow =
         linkd.start_grant(GrantOptions { notify: false, open_uri: false, ..Default::default() }).await?;
     wait_state(&mut flow, State::QrReady).await?;
-    println!("{}", String::from_utf8_lossy(&flow.qr_code("utf8").await?));
+    println!("{}", String::from_utf8_lossy(&flow.qr_code(api::qr_formats::UTF8).await?));
     let laptop = matrix_sdk::Client::builder().homeserver_url(stack.synapse.clone()).build().await?;
     let mut peer = peers::login_scanning(laptop.clone(), flow.qr_code("raw").await?);
     let code = peer.shown_code().await?;
