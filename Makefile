@@ -163,6 +163,8 @@ install: dist-docs
 	sed 's|@bindir@|$(BINDIR)|g' systemd/io.github.matrix_linkd.Linkd1.service.in > $(DESTDIR)$(DATADIR)/dbus-1/services/io.github.matrix_linkd.Linkd1.service
 	sed 's|@bindir@|$(BINDIR)|g' systemd/matrix-linkd.service.in > $(DESTDIR)$(SYSTEMD_USER_DIR)/matrix-linkd.service
 	install -Dm644 config/config.toml $(DESTDIR)$(DATADIR)/doc/matrix-linkd/config.toml
+	install -Dm644 README.md $(DESTDIR)$(DATADIR)/doc/matrix-linkd/README.md
+	install -Dm644 -t $(DESTDIR)$(DATADIR)/doc/matrix-linkd/docs docs/*.md
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/matrix-linkd $(DESTDIR)$(BINDIR)/matrix-link $(DESTDIR)$(BINDIR)/matrix-link-gtk

@@ -52,6 +52,7 @@ for f in /usr/bin/matrix-linkd /usr/bin/matrix-link /usr/bin/matrix-link-gtk \
          /usr/share/dbus-1/interfaces/io.github.matrix_linkd.Linkd1.Manager.xml \
          /usr/share/dbus-1/interfaces/io.github.matrix_linkd.Linkd1.Flow.xml \
          /usr/share/doc/matrix-linkd/examples/config.toml /usr/share/doc/matrix-linkd/copyright \
+         /usr/share/doc/matrix-linkd/README.md /usr/share/doc/matrix-linkd/docs/protocol.md \
          /usr/share/bash-completion/completions/matrix-link /usr/share/zsh/vendor-completions/_matrix-link \
          /usr/share/fish/vendor_completions.d/matrix-link.fish \
          /usr/share/applications/io.github.matrix_linkd.LinkDevice.desktop \

@@ -13,6 +13,7 @@ use std::{
 
 use async_trait::async_trait;
 pub use lock::{InstanceLock, LockError};
+use matrix_linkd_api::capabilities;
 use matrix_sdk::{
     Client, SessionChange, SessionMeta, SessionTokens, SqliteStoreConfig,
     authentication::oauth::{ClientId, OAuthSession, UserSession},
@@ -518,7 +519,7 @@ fn store_key(bytes: &[u8]) -> Result<[u8; 32]> {
 
 /// What a signed-in daemon can do whatever its homeserver offers; the login protocols it offers
 /// follow (`Account::offered`).
-const SIGNED_IN_CAPABILITIES: [&str; 2] = ["grant", "delegate"];
+const SIGNED_IN_CAPABILITIES: [&str; 2] = [capabilities::GRANT, capabilities::DELEGATE];
 
 async fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use matrix_linkd_api::{capabilities, options};
 use rand::RngCore;
 use tracing::{info, warn};
 use zbus::{Connection, interface, message::Header, object_server::SignalEmitter, zvariant::OwnedObjectPath};
 
 use super::{
-    Context, FLOW_PATH_PREFIX,
+    Context,
     args::Checked,
     caller::{self, Caller, Owner},
     error::{Error, LinkdError},
@@ -34,7 +35,7 @@ pub struct Manager {
 
 /// The portal's rule for request tokens: letters, digits and `_`, at most 64 of them (the token
 /// goes into an object path and every log line of the flow).
-const MAX_HANDLE_TOKEN: usize = 64;
+const MAX_HANDLE_TOKEN: usize = options::MAX_HANDLE_TOKEN;
 
 fn valid_handle_token(t: &str) -> bool {
     (1..=MAX_HANDLE_TOKEN).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
@@ -59,11 +60,11 @@ impl Manager {
         let opts = Opts(options);
         let caller = caller::identify(conn, hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
-        let detached = opts.boolean("detached", false)?;
+        let detached = opts.boolean(options::DETACHED, false)?;
         if detached && caller.sandbox_app.is_some() {
             return Err(LinkError::NotAllowed("sandboxed callers cannot start detached flows".into()));
         }
-        let path = flow_path(&caller, opts.string("handle_token")?)?;
+        let path = flow_path(&caller, opts.string(options::HANDLE_TOKEN)?)?;
         let cx = requests::Context { config: &self.ctx.config, caller: &caller, qr_code: opts.qr_code()? };
         let parsed = parse(&opts, cx)?;
         debug_assert_eq!(parsed.request.kind(), kind);
@@ -82,7 +83,7 @@ impl Manager {
             .await
             .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
         slot.keep();
-        info!(scanned = options.contains_key("qr_code"), "{} flow started", rules.method);
+        info!(scanned = options.contains_key(options::QR_CODE), "{} flow started", rules.method);
         Ok(path)
     }
 
@@ -196,8 +197,7 @@ fn flow_path(caller: &Caller, token: Option<String>) -> Result<OwnedObjectPath> 
             format!("t{}", hex::encode(b))
         }
     };
-    let sender = caller.unique_name.trim_start_matches(':').replace('.', "_");
-    OwnedObjectPath::try_from(format!("{FLOW_PATH_PREFIX}/{sender}/{token}"))
+    OwnedObjectPath::try_from(matrix_linkd_api::flow_path(&caller.unique_name, &token))
         .map_err(|_| LinkError::InvalidArgs("cannot build a flow path from `handle_token`".into()))
 }
 
@@ -341,8 +341,8 @@ impl Manager {
         let info = self.ctx.account.info();
         let mut caps = info.capabilities;
         if info.state != SessionState::SignedIn {
-            caps.retain(|c| c != "grant" && c != "delegate");
-            caps.insert(0, "login".to_owned());
+            caps.retain(|c| c != capabilities::GRANT && c != capabilities::DELEGATE);
+            caps.insert(0, capabilities::LOGIN.to_owned());
         }
         caps
     }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use zbus::zvariant::{OwnedValue, Value};
 
+use matrix_linkd_api::options as key;
+
 use super::caller::Caller;
 use crate::{
     config::Config,
@@ -59,7 +61,7 @@ impl Opts<'_> {
     }
     /// `qr_code`: the bytes the caller scanned, at most a QR code's worth.
     pub fn qr_code(&self) -> Result<Option<Secret<Vec<u8>>>> {
-        let qr_code = self.bytes("qr_code")?.map(Secret);
+        let qr_code = self.bytes(key::QR_CODE)?.map(Secret);
         if qr_code.as_ref().is_some_and(|q| q.0.is_empty() || q.0.len() > 4096) {
             return Err(LinkError::InvalidQrCode("the QR code is empty or too long".into()));
         }
@@ -67,7 +69,7 @@ impl Opts<'_> {
     }
     /// The `protocol` option, else the config's choice.
     fn generation(&self, config: &Config) -> Result<GenerationChoice> {
-        match self.string("protocol")? {
+        match self.string(key::PROTOCOL)? {
             Some(s) => s.parse(),
             None => Ok(config.protocol),
         }
@@ -95,8 +97,8 @@ pub struct Context<'a> {
 
 /// `notify` and `open_uri` (the config may forbid opening pages).
 fn presentation(opts: &Opts<'_>, config: &Config) -> Result<(bool, bool)> {
-    let notify = opts.boolean("notify", true)?;
-    let open_uri = opts.boolean("open_uri", true)? && config.desktop.open_uri;
+    let notify = opts.boolean(key::NOTIFY, true)?;
+    let open_uri = opts.boolean(key::OPEN_URI, true)? && config.desktop.open_uri;
     Ok((notify, open_uri))
 }
 
@@ -116,7 +118,7 @@ pub fn grant(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
 /// `StartLogin`: `protocol`, `qr_code`, `homeserver`, `device_display_name`. The consent is given
 /// on the other device: nothing is notified or opened here.
 pub fn login(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
-    let homeserver = match opts.string("homeserver")? {
+    let homeserver = match opts.string(key::HOMESERVER)? {
         Some(s) => Some(
             url::Url::parse(&s)
                 .ok()
@@ -126,7 +128,7 @@ pub fn login(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
         None => cx.config.homeserver.clone(),
     };
     let device_display_name =
-        opts.string("device_display_name")?.unwrap_or_else(|| cx.config.device_display_name.clone());
+        opts.string(key::DEVICE_DISPLAY_NAME)?.unwrap_or_else(|| cx.config.device_display_name.clone());
     let request = LoginRequest {
         generation: opts.generation(cx.config)?,
         qr_code: cx.qr_code,
@@ -141,13 +143,13 @@ pub fn login(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
 /// `open_uri`.
 pub fn delegation(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
     let (notify, open_uri) = presentation(opts, cx.config)?;
-    let share_secrets = opts.boolean("share_secrets", false)?;
+    let share_secrets = opts.boolean(key::SHARE_SECRETS, false)?;
     // The user must see who asks: an allow-listed sandboxed app is named by its app ID.
     let client_name = match &cx.caller.sandbox_app {
         Some(app) => app.clone(),
-        None => opts.name("client_name")?.unwrap_or_else(|| "Matrix client".to_owned()),
+        None => opts.name(key::CLIENT_NAME)?.unwrap_or_else(|| "Matrix client".to_owned()),
     };
-    let device_display_name = opts.name("device_display_name")?.unwrap_or_else(|| client_name.clone());
+    let device_display_name = opts.name(key::DEVICE_DISPLAY_NAME)?.unwrap_or_else(|| client_name.clone());
     let timeouts = &cx.config.timeouts;
     let request = DelegationRequest {
         client_name: client_name.clone(),

@@ -5,6 +5,7 @@
 //! (`localhost`, names whose owners never published `.well-known`) only work through the last
 //! two. Every answer read capped, every URL found checked; plain http only for loopback names.
 
+use matrix_linkd_api::results::homeserver_found;
 use matrix_sdk::reqwest;
 use serde_json::Value;
 use tracing::{debug, info};
@@ -34,10 +35,10 @@ pub enum Found {
 impl Found {
     pub fn as_str(self) -> &'static str {
         match self {
-            Found::Url => "url",
-            Found::WellKnown => "well-known",
-            Found::ServerName => "server-name",
-            Found::RendezvousServer => "rendezvous-server",
+            Found::Url => homeserver_found::URL,
+            Found::WellKnown => homeserver_found::WELL_KNOWN,
+            Found::ServerName => homeserver_found::SERVER_NAME,
+            Found::RendezvousServer => homeserver_found::RENDEZVOUS_SERVER,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use matrix_linkd_api::{results::trust, revoke};
 use matrix_sdk::{Client, reqwest};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -58,8 +59,8 @@ pub enum Trust {
 impl Trust {
     pub fn as_str(self) -> &'static str {
         match self {
-            Trust::SecretsShared => "secrets-shared",
-            Trust::SignedByDaemon => "signed-by-daemon",
+            Trust::SecretsShared => trust::SECRETS_SHARED,
+            Trust::SignedByDaemon => trust::SIGNED_BY_DAEMON,
         }
     }
 }
@@ -76,8 +77,8 @@ pub enum Ended {
 impl Ended {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Ended::Revoked => "revoked",
-            Ended::AccountPage(_) => "account-page",
+            Ended::Revoked => revoke::REVOKED,
+            Ended::AccountPage(_) => revoke::ACCOUNT_PAGE,
         }
     }
 }

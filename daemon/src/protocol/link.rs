@@ -3,8 +3,8 @@
 //!
 //! Polling adapts to who acts next. While a machine reply is due (the other device only has to
 //! read, compute and write) we look again after tens of milliseconds and back off; while a person
-//! acts (scanning, typing a code, consenting in a browser) we start a little slower and settle at
-//! one look every two seconds. Every 2024 read is conditional (`If-None-Match`), and no wait runs
+//! acts (scanning, typing a code, consenting in a browser) we look after half a second, then once
+//! a second. Every 2024 read is conditional (`If-None-Match`), and no wait runs
 //! past the session's end: the server's `Expires` (2024) or `expires_in_ms` (latest).
 
 use std::time::Duration;
@@ -51,7 +51,7 @@ impl Pace {
     }
 }
 
-/// How a latest-generation AAD writes the base URL (protocol.md §6.2.4).
+/// How a latest-generation AAD writes the base URL (docs/protocol.md §6.2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseForm {
     /// `Url::as_str()`, with the `/` of a root path: what both Element SDKs bind to.

@@ -1,4 +1,4 @@
-//! The latest generation's associated data (protocol.md §6.2.4):
+//! The latest generation's associated data (docs/protocol.md §6.2.4):
 //! `u16be(len(BaseUrl)) ‖ BaseUrl ‖ u8(len(Id)) ‖ Id ‖ u8(len(Token)) ‖ Token`.
 //!
 //! The base URL is the *normalised* one (`Url::as_str()`, with the trailing `/` of a root path), as
@@ -30,7 +30,7 @@ mod tests {
 
     const ID: &str = "e8da6355-550b-4a32-a193-1619d9830668";
 
-    /// protocol.md §15.2 (no trailing slash, 116 bytes) and the trailing-slash variant (117).
+    /// docs/protocol.md §15.2 (no trailing slash, 116 bytes) and the trailing-slash variant (117).
     #[test]
     fn vector() {
         let want = "002068747470733a2f2f6d61747269782d636c69656e742e6d61747269782e6f72672465386461363335352d353530622d346133322d613139332d3136313964393833303636382c566d62784631335144757354674f437438616f613064325051636e424f586549784571687735615130336f3d";
@@ -48,7 +48,7 @@ mod tests {
         assert!(hex::encode(&normalised).contains("6f72672f"));
     }
 
-    /// protocol.md §15.4: AAD(SEQ1).
+    /// docs/protocol.md §15.4: AAD(SEQ1).
     #[test]
     fn handshake_vector_aad() {
         let want = "002068747470733a2f2f6d61747269782d636c69656e742e6d61747269782e6f72672465386461363335352d353530622d346133322d613139332d3136313964393833303636380453455131";

@@ -1,4 +1,4 @@
-//! The secure channel, both generations (protocol.md §6): 2024 = ECIES over vodozemac 0.10.0, the
+//! The secure channel, both generations (docs/protocol.md §6): 2024 = ECIES over vodozemac 0.10.0, the
 //! one matrix-sdk 0.18 builds on (no AAD; the same bytes as vodozemac 0.11.1's, tested below),
 //! latest = HPKE with the AAD of `aad.rs`, our own implementation of vodozemac 0.11.1's channel
 //! (`hpke.rs`).
@@ -72,7 +72,7 @@ impl Generator {
         }
     }
 
-    /// A latest-generation generator with a known secret key (protocol.md §15.4).
+    /// A latest-generation generator with a known secret key (docs/protocol.md §15.4).
     #[cfg(test)]
     pub(crate) fn latest_from_secret(secret: &[u8; 32]) -> Self {
         Generator::Latest(hpke::Recipient::from_secret(secret))
@@ -220,7 +220,7 @@ impl Channel {
     }
 }
 
-/// The digits of a check code (protocol.md §7): 2024 `b0 % 10, b1 % 10` (00–99, vodozemac's
+/// The digits of a check code (docs/protocol.md §7): 2024 `b0 % 10, b1 % 10` (00–99, vodozemac's
 /// `DigitMode::AllowLeadingZero`); latest `(b0 % 9) + 1, b1 % 10` (10–99, `NoLeadingZero`).
 pub fn check_code_digits(bytes: [u8; 2], generation: Generation) -> u8 {
     let first = match generation {
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(g.accept(&initiate, &[a("T7")], &[a("T2")]).err(), Some(ChannelError::Decrypt));
     }
 
-    /// protocol.md §15.4 with the known keys, through an independent RFC 9180 implementation
+    /// docs/protocol.md §15.4 with the known keys, through an independent RFC 9180 implementation
     /// (the `hpke` crate): our AAD and framing open the published LoginInitiate, the response
     /// context and the check code come out as published.
     #[test]
@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn digit_mapping_vectors() {
-        // protocol.md §15.3, through the same arithmetic vodozemac documents.
+        // docs/protocol.md §15.3, through the same arithmetic vodozemac documents.
         for (bytes, latest, v2024) in
             [([0u8, 0], 10, 0), ([8, 9], 99, 89), ([0xff, 0xff], 45, 55), ([9, 0x0a], 10, 90)]
         {

@@ -1,4 +1,4 @@
-//! The latest generation's secure channel (protocol.md §6.2, §6.3, §7): MSC4388's HPKE channel
+//! The latest generation's secure channel (docs/protocol.md §6.2, §6.3, §7): MSC4388's HPKE channel
 //! exactly as vodozemac 0.11.1 builds it (`src/hpke/`), on the `hpke` crate of matrix-sdk's
 //! RustCrypto generation (`=0.13.0`: x25519-dalek 2, chacha20poly1305 0.10, hkdf 0.12, sha2 0.10),
 //! plus what vodozemac's API cannot do: try several AADs (the two forms of the base URL) and both
@@ -226,7 +226,7 @@ impl Recipient {
         Self { secret, public: public_bytes(&public) }
     }
 
-    /// A recipient with a known secret key (protocol.md §15.4).
+    /// A recipient with a known secret key (docs/protocol.md §15.4).
     #[cfg(test)]
     pub(crate) fn from_secret(secret: &[u8; 32]) -> Self {
         let secret = PrivateKey::from_bytes(secret).expect("32 bytes");
@@ -273,7 +273,7 @@ impl Opened {
         self.respond_with(rn, plaintext, aad)
     }
 
-    /// [`Opened::respond`] with a given response nonce (for the vectors of protocol.md §15.4).
+    /// [`Opened::respond`] with a given response nonce (for the vectors of docs/protocol.md §15.4).
     pub(crate) fn respond_with(
         self,
         rn: [u8; PREFIX],
@@ -346,7 +346,7 @@ pub struct Established {
 }
 
 impl Established {
-    /// The check code's two bytes (protocol.md §7).
+    /// The check code's two bytes (docs/protocol.md §7).
     pub fn check_code(&self) -> [u8; 2] {
         self.check_code
     }

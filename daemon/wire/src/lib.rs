@@ -1,5 +1,5 @@
 //! matrix-linkd-wire: the wire formats of Matrix sign-in with QR code (MSC4108 over MSC4388), in
-//! both generations, as small pure modules tested against the vectors of protocol.md §15:
+//! both generations, as small pure modules tested against the vectors of docs/protocol.md §15:
 //! the QR code, the `m.login.*` messages, the latest generation's AAD, the secure channels (ECIES
 //! for 2024 over vodozemac 0.10.0, the one matrix-sdk 0.18 builds on; HPKE for the latest,
 //! vodozemac 0.11.1's construction on `hpke` 0.13, matrix-sdk's RustCrypto generation, in `hpke`),

@@ -1,4 +1,4 @@
-//! The `m.login.*` messages (protocol.md §8), for both generations: decoding is tolerant where
+//! The `m.login.*` messages (docs/protocol.md §8), for both generations: decoding is tolerant where
 //! real peers differ (unknown fields, `homeserver` as a server name or a URL, unknown failure
 //! reasons) and strict about size and types. `Debug` never prints a secret.
 
@@ -142,7 +142,7 @@ pub enum MessageError {
     Malformed(&'static str),
 }
 
-/// `m.login.failure` reasons (protocol.md §8). Unknown ones from a peer pass through as text.
+/// `m.login.failure` reasons (docs/protocol.md §8). Unknown ones from a peer pass through as text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
     AuthorizationExpired,

@@ -1,4 +1,4 @@
-//! The login QR code, both generations (protocol.md §4): parsing and encoding.
+//! The login QR code, both generations (docs/protocol.md §4): parsing and encoding.
 //!
 //! ```text
 //! 2024:   "MATRIX" 02 <intent 03|04> <key 32> <u16 len> <rendezvous URL> [<u16 len> <server name or URL>]  (04 only)
@@ -234,7 +234,7 @@ impl LoginQr {
     }
 
     /// The base URL for the latest generation as QR encoders write it: without the trailing `/`
-    /// of a root path (protocol.md §4.2).
+    /// of a root path (docs/protocol.md §4.2).
     pub fn qr_base_url(url: &url::Url) -> String {
         let s = url.as_str();
         if url.path() == "/" && url.query().is_none() {
@@ -265,7 +265,7 @@ mod tests {
         hex::decode(KEY_HEX).unwrap().try_into().unwrap()
     }
 
-    /// protocol.md §15.1, all four published variants, both ways.
+    /// docs/protocol.md §15.1, all four published variants, both ways.
     #[test]
     fn msc4388_vectors() {
         let cases = [

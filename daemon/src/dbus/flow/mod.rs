@@ -30,12 +30,10 @@ use crate::{
     protocol::{FlowCommand, FlowKind, FlowState, Secret, WireProtocol, kinds},
 };
 
-pub const INTERFACE: &str = "io.github.matrix_linkd.Linkd1.Flow";
-
 /// `Response` codes.
-const RESPONSE_SUCCESS: u32 = 0;
-const RESPONSE_CANCELLED: u32 = 1;
-const RESPONSE_FAILED: u32 = 2;
+use matrix_linkd_api::response::{
+    CANCELLED as RESPONSE_CANCELLED, FAILED as RESPONSE_FAILED, SUCCESS as RESPONSE_SUCCESS,
+};
 
 pub type Results = HashMap<String, OwnedValue>;
 

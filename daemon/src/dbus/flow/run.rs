@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use matrix_linkd_api::results;
+
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use zbus::{
@@ -216,15 +218,15 @@ async fn finish(
     let (state, code, results, summary) = match &outcome {
         FlowOutcome::Success(Success { user_id, device_id, homeserver_found, trust }) => {
             let mut r = Results::new();
-            r.insert("user_id".into(), ov(Value::from(user_id.as_str())));
+            r.insert(results::USER_ID.into(), ov(Value::from(user_id.as_str())));
             if !device_id.is_empty() {
-                r.insert("device_id".into(), ov(Value::from(device_id.as_str())));
+                r.insert(results::DEVICE_ID.into(), ov(Value::from(device_id.as_str())));
             }
             if let Some(found) = homeserver_found {
-                r.insert("homeserver_found".into(), ov(Value::from(*found)));
+                r.insert(results::HOMESERVER_FOUND.into(), ov(Value::from(*found)));
             }
             if let Some(trust) = trust {
-                r.insert("trust".into(), ov(Value::from(*trust)));
+                r.insert(results::TRUST.into(), ov(Value::from(*trust)));
             }
             (
                 FlowState::Done,
@@ -244,8 +246,8 @@ async fn finish(
             flow.data().error_name = name.clone();
             let _ = iface.get().await.error_name_changed(emitter).await;
             let mut r = Results::new();
-            r.insert("error".into(), ov(Value::from(name.as_str())));
-            r.insert("message".into(), ov(Value::from(e.to_string().as_str())));
+            r.insert(results::ERROR.into(), ov(Value::from(name.as_str())));
+            r.insert(results::MESSAGE.into(), ov(Value::from(e.to_string().as_str())));
             warn!(error = %name, "flow failed");
             (FlowState::Failed, RESPONSE_FAILED, r, ("Device linking failed", "No device was signed in."))
         }

@@ -1,5 +1,6 @@
 //! The daemon's own QR login engine (MSC4108 over MSC4388), both wire generations, both roles, both
-//! QR directions, on vodozemac (`matrix-linkd-wire`), our rendezvous and device-grant clients, and
+//! QR directions, on `matrix-linkd-wire` (the 2024 channel on vodozemac 0.10, the latest on our
+//! HPKE channel), our rendezvous and device-grant clients, and
 //! matrix-sdk's public client, OAuth and encryption APIs for the session it ends with.
 //!
 //! Rules it keeps (docs/protocol.md §9):
@@ -26,6 +27,7 @@ mod login;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use matrix_linkd_api::capabilities;
 use matrix_sdk::{Client, reqwest};
 use matrix_sdk_base::crypto::types::SecretsBundle;
 use serde_json::Value;
@@ -175,10 +177,10 @@ impl Engine for OwnEngine {
         );
         let mut offered = Vec::new();
         if v2024 {
-            offered.push("protocol-2024".to_owned());
+            offered.push(capabilities::PROTOCOL_2024.to_owned());
         }
         if latest == Ok(true) {
-            offered.push("protocol-msc4388".to_owned());
+            offered.push(capabilities::PROTOCOL_MSC4388.to_owned());
         }
         offered
     }

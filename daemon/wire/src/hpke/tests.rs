@@ -1,4 +1,4 @@
-//! The latest generation's channel against the published vectors (protocol.md §15.4), against an
+//! The latest generation's channel against the published vectors (docs/protocol.md §15.4), against an
 //! independent construction of each message with the `hpke` crate of the newer RustCrypto generation
 //! (0.14.1, the one vodozemac 0.11.1 builds on, whose `danger::streaming_enc` builds the response
 //! contexts that `hpke.rs` writes out by hand) and the `hkdf` crate (the test plays the other device
@@ -79,7 +79,7 @@ fn random_rn() -> [u8; 32] {
     rn
 }
 
-// The other device, built straight from protocol.md §6.2.2 with the `hpke` and `hkdf` crates.
+// The other device, built straight from docs/protocol.md §6.2.2 with the `hpke` and `hkdf` crates.
 
 /// G with the known key: SetupBaseR on LoginInitiate, opened with `aad`. Returns ctxG, Sp and the
 /// plaintext.
@@ -152,7 +152,7 @@ fn response_export(ctx: &AeadCtxR<A, F, K>, label: &[u8]) -> [u8; 32] {
     secret
 }
 
-/// (e) protocol.md §15.4 end to end through our G with the known key and response nonce: the
+/// (e) docs/protocol.md §15.4 end to end through our G with the known key and response nonce: the
 /// published LoginInitiate opens (with the second candidate, the base URL without `/`), our
 /// LoginOk and G→S message are the published bytes, the S→G message opens, the code is 80.
 #[test]
