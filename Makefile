@@ -22,7 +22,7 @@ DIST := target/dist
 APP_ID := io.github.matrix_linkd.LinkDevice
 TARGET := target/debug
 
-.PHONY: dist-docs deb deb-deps deb-assets test-package all deps build test test-unit test-integration test-stack test-gtk lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
+.PHONY: release dist-docs deb deb-deps deb-assets test-package all deps build test test-unit test-integration test-stack test-gtk lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
 
 all: build
 
@@ -30,6 +30,12 @@ all: build
 deps:
 	@bash .ci/deps.sh
 
+# One build graph. Every debug build and test run selects the whole workspace with its test
+# targets (`--workspace`), so Cargo resolves one feature set and compiles the dependency graph once:
+# selecting a package alone (`-p`) resolves other features (the interop dev-dependencies', the GTK
+# app's) and compiles much of the graph again. The package test packages these same artefacts.
+# The suites run the programs built here; a suite run by hand after an edit builds them first
+# (tests/src/lib.rs, `ensure_built`).
 build:
 	$(CARGO) build --workspace --all-targets
 
@@ -41,19 +47,19 @@ test-unit:
 	$(CARGO) test --workspace --lib --bins
 
 test-integration:
-	$(CARGO) test -p matrix-linkd-tests --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop --test concurrency --test delegation --test recipes
+	$(CARGO) test --workspace --test flows --test failures --test bus --test desktop --test cli --test boundaries --test sandbox --test interop --test concurrency --test delegation --test recipes
 
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here;
 # the interop cells again against a stack whose server name has no `.well-known`.
 test-stack:
-	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation --test stack_script
-	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test -p matrix-linkd-tests --test stack_sdk --test stack_js
+	stack/with-stack.sh $(CARGO) test --workspace --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation --test stack_script
+	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test --workspace --test stack_sdk --test stack_js
 
 # The GTK app (matrix-link-gtk) under Xvfb, driven through AT-SPI over the real stack: a whole
 # login (scanning the other device's QR code from the screen) and a whole grant; screenshots of each
 # step in target/gtk-artefacts/.
 test-gtk:
-	stack/with-stack.sh $(CARGO) test -p matrix-linkd-tests --test gtk_app
+	stack/with-stack.sh $(CARGO) test --workspace --test gtk_app
 
 # A second stack like many real deployments: the server name `localhost`, no `.well-known`.
 # Every stack port lies below the kernel's ephemeral range (32768-60999): a port in it can be held
@@ -66,17 +72,16 @@ demo: deps build
 
 # Figures (not a test) for the release daemon, against matrix-sdk's own flow in the same run, with
 # a modelled person (BENCH_HUMAN_DELAY, default 2 s, before each human step); see BENCHMARKS.md.
-# The daemon and the CLI are built as `make install` builds them, each on its own, so that Cargo's
-# feature unification does not give them the tests crate's matrix-sdk features (`testing`, ...).
+# The daemon and the CLI are the release build that `make install` and `make deb` ship (`release`
+# below: the three programs in one invocation, one feature set), so the daemon benched is the daemon
+# shipped; without the tests crate, it has none of its matrix-sdk features (`testing`, ...).
 # The driver (matrix-sdk baseline peers, test helpers) uses the cheaper `bench` profile (workspace
 # Cargo.toml), whose output Cargo puts in target/release too. A stack of its own (ports 19108/19180),
 # so that no other run's requests are counted. BENCH_RUNS, BENCH_IDLE_SECS, BENCH_STARTS and
 # BENCH_FLOWS tune it.
 BENCH_STACK := STACK_NAME=bench SYNAPSE_PORT=19108 OAUTH_PORT=19180
 
-bench: deps
-	$(CARGO) build --release -p matrix-linkd --bin matrix-linkd
-	$(CARGO) build --release -p matrix-linkd-client --bin matrix-link
+bench: deps release
 	$(CARGO) build --profile bench -p matrix-linkd-bench
 	$(BENCH_STACK) stack/with-stack.sh env LINKD_DAEMON_BIN=$(abspath target/release/matrix-linkd) target/release/linkd-bench
 
@@ -113,12 +118,19 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The man pages and completions of the three programs into $(DIST)/man and $(DIST)/completions.
-dist-docs:
-	$(CARGO) run -q -p matrix-linkd-xtask -- dist-docs $(DIST)
+# From the workspace build (`cargo run -p` would resolve the xtask's own feature set and compile
+# the graph again).
+dist-docs: build
+	$(TARGET)/matrix-linkd-xtask dist-docs $(DIST)
 
 # The Debian package (cargo-deb; metadata in daemon/Cargo.toml): target/debian/matrix-linkd_*.deb.
 CARGO_DEB_VERSION := 3.8.0
 DEB_PACKAGES := -p matrix-linkd -p matrix-linkd-client -p matrix-link-gtk
+
+# The programs that ship, in release, always built together: `make install`, `make deb` and
+# `make bench` use the same artefacts.
+release:
+	$(CARGO) build --release $(DEB_PACKAGES)
 
 deb-deps:
 	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
@@ -129,23 +141,20 @@ deb-assets: dist-docs
 	sed 's|@bindir@|/usr/bin|g' systemd/io.github.matrix_linkd.Linkd1.service.in > $(DIST)/systemd/io.github.matrix_linkd.Linkd1.service
 	sed 's|@bindir@|/usr/bin|g' systemd/matrix-linkd.service.in > $(DIST)/systemd/matrix-linkd.service
 
-deb: deb-deps deb-assets
-	$(CARGO) build --release $(DEB_PACKAGES)
+deb: deb-deps deb-assets release
 	$(CARGO) deb -p matrix-linkd --no-build
 	lintian --fail-on error --info target/debian/matrix-linkd_*.deb
 
 # The package test: a package of the debug build (no release build), installed with dpkg on this
 # machine (root), D-Bus activation of the installed service, the unit, man pages, desktop and
 # metainfo files checked, then removed and purged leaving nothing behind.
-test-package: deps deb-deps deb-assets
-	$(CARGO) build $(DEB_PACKAGES)
+test-package: deps deb-deps deb-assets build
 	rm -rf target/debian-test
 	$(CARGO) deb -p matrix-linkd --no-build --profile dev --no-strip --no-dbgsym --fast -o target/debian-test/
 	lintian --fail-on error --suppress-tags unstripped-binary-or-object target/debian-test/matrix-linkd_*.deb
 	packaging/test-package.sh target/debian-test/matrix-linkd_*.deb
 
-install: dist-docs
-	$(CARGO) build --release -p matrix-linkd -p matrix-linkd-client -p matrix-link-gtk
+install: dist-docs release
 	install -Dm755 target/release/matrix-linkd $(DESTDIR)$(BINDIR)/matrix-linkd
 	install -Dm755 target/release/matrix-link $(DESTDIR)$(BINDIR)/matrix-link
 	install -Dm755 target/release/matrix-link-gtk $(DESTDIR)$(BINDIR)/matrix-link-gtk

@@ -33,27 +33,93 @@ use zbus::{Connection, fdo::DBusProxy, names::BusName};
 pub use matrix_linkd_client::api;
 pub use matrix_linkd_client::api::{BUS_NAME, MANAGER_PATH};
 
-/// The workspace's build output directory (`target/debug`), from this test binary's location.
+/// The workspace's build output directory (`target/debug`), from this test binary's location. The
+/// programs in it are those of the tree under test: see [`ensure_built`].
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test> or target/debug/<bin> -> target/debug
     let dir = exe.parent().expect("executable dir");
-    if dir.ends_with("deps") { dir.parent().expect("target dir").to_owned() } else { dir.to_owned() }
+    let dir =
+        if dir.ends_with("deps") { dir.parent().expect("target dir").to_owned() } else { dir.to_owned() };
+    ensure_built(&dir);
+    dir
 }
 
-/// The daemon binary; `make test` builds it before the tests run. `LINKD_DAEMON_BIN` runs the
-/// suites against another build (an older commit's, to see a new test fail there).
+/// The workspace's programs the suites run, with the source folders each is built from.
+const PROGRAMS: [(&str, &[&str]); 4] = [
+    ("matrix-linkd", &["daemon", "api"]),
+    ("matrix-link", &["client-lib", "api"]),
+    ("matrix-link-gtk", &["gtk", "client-lib", "api"]),
+    ("matrix-linkd-example-light-client", &["examples/light-client", "client-lib", "api"]),
+];
+
+/// `cargo test` builds the programs of the test's own package only; the daemon, the CLI and the
+/// desktop app are other packages. So a suite run after an edit would run a stale daemon. Once per
+/// test process: when a program is missing or older than a source file it is built from (or the
+/// lock file), the workspace is built as `make test` builds it (`cargo build --workspace
+/// --all-targets`, the same feature set as the tests, so nothing else is rebuilt).
+fn ensure_built(dir: &Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let root = workspace_root();
+        let Some(stale) = PROGRAMS.iter().find(|(program, sources)| {
+            let built = std::fs::metadata(dir.join(program)).and_then(|m| m.modified()).ok();
+            let newest = sources
+                .iter()
+                .map(|s| root.join(s))
+                .chain([root.join("Cargo.lock")])
+                .filter_map(|p| newest_source(&p))
+                .max();
+            match (built, newest) {
+                (Some(built), Some(newest)) => newest > built,
+                (None, _) => true,
+                (Some(_), None) => false,
+            }
+        }) else {
+            return;
+        };
+        eprintln!("{} is older than its sources: building the workspace first", stale.0);
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--workspace", "--all-targets"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building the workspace failed: the tests would run stale programs");
+    });
+}
+
+/// The newest modification time of the Rust sources, manifests and interface files under `path`
+/// (or of `path` itself when it is a file).
+fn newest_source(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    let mut newest = None;
+    for entry in std::fs::read_dir(path).ok()?.flatten() {
+        let p = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let t = if p.is_dir() {
+            if name == "target" || name.starts_with('.') { None } else { newest_source(&p) }
+        } else if name.ends_with(".rs") || name == "Cargo.toml" || name.ends_with(".xml") {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The daemon binary, built from the tree under test. `LINKD_DAEMON_BIN` runs the suites against
+/// another build (an older commit's, to see a new test fail there).
 pub fn daemon_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("LINKD_DAEMON_BIN") {
         return PathBuf::from(bin);
     }
-    let bin = bin_dir().join("matrix-linkd");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace` (make test does) first",
-        bin.display()
-    );
-    bin
+    bin_dir().join("matrix-linkd")
 }
 
 /// The workspace root.
@@ -322,6 +388,25 @@ impl Session {
     }
 
     /// Waits until the daemon's `SessionState` equals `state`.
+    /// Waits until the daemon's restore at start has ended (`SessionState` no longer Unknown or
+    /// Restoring): a test that reads the session right after the daemon took its name would
+    /// otherwise race the restore on a loaded machine.
+    pub async fn wait_session_settled(&self, timeout: Duration) -> Result<api::SessionState> {
+        use api::SessionState::{Restoring, Unknown};
+        let linkd = self.client().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = api::SessionState::from_u32(linkd.manager().session_state().await?);
+            if !matches!(now, Unknown | Restoring) {
+                return Ok(now);
+            }
+            if Instant::now() > deadline {
+                bail!("SessionState stayed {now:?}: the restore at start did not end");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_session_state(&self, state: api::SessionState, timeout: Duration) -> Result<()> {
         let linkd = self.client().await?;
         let deadline = Instant::now() + timeout;
@@ -429,6 +514,7 @@ pub async fn signed_out_setup(flow_timeout: u64) -> Result<(homeserver::MockHome
     let mut session = Session::start().await?;
     session.write_config(&test_config(&hs.uri(), flow_timeout))?;
     let daemon = session.start_daemon(&[]).await?;
+    session.wait_session_settled(Duration::from_secs(30)).await?;
     Ok((hs, session, daemon))
 }
 

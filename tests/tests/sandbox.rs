@@ -18,11 +18,7 @@ const APP_ID: &str = "org.example.Evil";
 
 fn caller_bin() -> PathBuf {
     let bin = bin_dir().join("linkd-caller");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p matrix-linkd-tests --bins` first",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --all-targets` first", bin.display());
     bin
 }
 
