@@ -23,7 +23,7 @@ use matrix_linkd_tests::api::{self, errors};
 use matrix_linkd_tests::{
     BUS_NAME, MANAGER_PATH, error_name,
     homeserver::USER,
-    hostile::{Hostile, rss_kib},
+    hostile::{Hostile, peak_rss_kib, rss_kib},
     peers, qr_2024, quiet_grant, sign_in_daemon, signed_in_setup, signed_out_setup, wait_state,
 };
 use zbus::zvariant::Value;
@@ -292,6 +292,34 @@ async fn handle_tokens_are_bounded() -> Result<()> {
     assert_eq!(grant("x".repeat(64)).await, errors::NOT_SIGNED_IN);
     assert!(session.daemon_running(d));
     assert!(!session.log(d).contains(&"x".repeat(65)), "an oversized token reached the log");
+    Ok(())
+}
+
+/// One call's options are bounded before they become values: an 8 MiB `qr_code` (a QR code holds
+/// at most ~3 KB) is refused with `InvalidArgs`, costs the daemon about its message buffer and not
+/// the 130-fold it cost when every byte became a `zvariant::Value` (1.09 GB peak before), and the
+/// daemon keeps its session. The same for too many options and an overlong string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_options_are_refused_before_they_cost_memory() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let conn = s.session.connect().await?;
+    let manager = ManagerProxy::new(&conn).await?;
+    let pid = s.session.daemon_pid(s.daemon);
+    let before = peak_rss_kib(pid);
+    let huge = vec![0x4du8; 8 << 20];
+    let opts: HashMap<&str, Value<'_>> = HashMap::from([(api::options::QR_CODE, Value::from(&huge[..]))]);
+    let r = manager.start_login(opts).await.map_err(ClientError::from);
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    assert!(grown < 48 * 1024, "an 8 MiB call raised the daemon's peak RSS by {grown} KiB");
+    assert_eq!(error_name(r), errors::INVALID_ARGS);
+    let keys: Vec<String> = (0..100).map(|n| format!("k{n}")).collect();
+    let many: HashMap<&str, Value<'_>> = keys.iter().map(|k| (k.as_str(), Value::from(true))).collect();
+    assert_eq!(error_name(manager.start_grant(many).await.map_err(ClientError::from)), errors::INVALID_ARGS);
+    let long = "https://example.org/".repeat(1000);
+    let opts = HashMap::from([(api::options::HOMESERVER, Value::from(long.as_str()))]);
+    assert_eq!(error_name(manager.start_login(opts).await.map_err(ClientError::from)), errors::INVALID_ARGS);
+    assert!(s.session.daemon_running(s.daemon));
+    assert_still_signed_in(&s.session.client().await?).await?;
     Ok(())
 }
 

@@ -3,10 +3,10 @@
 //! `org.freedesktop.zbus.Error`, which no client expects; wrapped in [`Checked`] it is answered
 //! with the documented `org.freedesktop.DBus.Error.InvalidArgs`.
 
-use std::marker::PhantomData;
+use std::{collections::HashMap, fmt, marker::PhantomData};
 
-use serde::de::{Deserialize, DeserializeSeed, Deserializer};
-use zbus::zvariant::{DynamicDeserialize, DynamicType, Signature, Type};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use zbus::zvariant::{DynamicDeserialize, DynamicType, OwnedValue, Signature, Type};
 
 use crate::error::LinkError;
 
@@ -59,5 +59,265 @@ impl<'de, T: Type + Deserialize<'de>> DeserializeSeed<'de> for Seed<T> {
         } else {
             Ok(Checked(None))
         }
+    }
+}
+
+/// Bounds on a `Start*` call's `a{sv}` options. A QR code is at most a few KB and the options in
+/// total a few hundred bytes; anything larger is refused before it becomes a value.
+pub mod limits {
+    /// Entries in the dictionary.
+    pub const ENTRIES: usize = 32;
+    /// A key's length in bytes.
+    pub const KEY: usize = 64;
+    /// A string value's length in bytes.
+    pub const STRING: usize = 1024;
+    /// A byte-array value's length (`qr_code`).
+    pub const BYTES: usize = 4096;
+}
+
+/// One option's value, as far as the daemon reads options: the types its keys use, or the
+/// signature of any other (a known key with another type is `InvalidArgs`; an unknown key is
+/// ignored).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    Str(String),
+    Bool(bool),
+    Bytes(Vec<u8>),
+    /// Another type, by signature; its value was skipped, not read.
+    Other(String),
+}
+
+/// A `Start*` call's `a{sv}` options, read without turning them into generic values: each value
+/// is read as the type it says it is, within [`limits`], and anything beyond the limits is
+/// skipped in place (an `ay` is borrowed from the message, never copied or expanded) and recorded
+/// as [`Options::refused`]. So a call of any size costs its message buffer and nothing more until
+/// the caller is identified and the call refused with `InvalidArgs`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Options {
+    values: HashMap<String, OptionValue>,
+    /// Why the options are refused, when they are: the first limit they passed.
+    refused: Option<String>,
+}
+
+impl Options {
+    pub fn get(&self, key: &str) -> Option<&OptionValue> {
+        self.values.get(key)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// `InvalidArgs` naming the first limit the options passed.
+    pub fn check(&self) -> Result<(), LinkError> {
+        match &self.refused {
+            Some(why) => Err(LinkError::InvalidArgs(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn refuse(&mut self, why: String) {
+        self.refused.get_or_insert(why);
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, OptionValue)> for Options {
+    fn from_iter<I: IntoIterator<Item = (K, OptionValue)>>(iter: I) -> Self {
+        Self { values: iter.into_iter().map(|(k, v)| (k.into(), v)).collect(), refused: None }
+    }
+}
+
+/// Introspection shows `a{sv}`.
+impl Type for Options {
+    const SIGNATURE: &'static Signature = <HashMap<String, OwnedValue> as Type>::SIGNATURE;
+}
+
+impl<'de> Deserialize<'de> for Options {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OptionsVisitor)
+    }
+}
+
+struct OptionsVisitor;
+
+impl<'de> Visitor<'de> for OptionsVisitor {
+    type Value = Options;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a{sv}")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Options, M::Error> {
+        let mut options = Options::default();
+        let mut entries = 0usize;
+        while let Some(key) = map.next_key::<Key>()? {
+            entries += 1;
+            let Key(Some(key)) = key else {
+                options.refuse(format!("an option name is longer than {} bytes", limits::KEY));
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if entries > limits::ENTRIES {
+                options.refuse(format!("more than {} options", limits::ENTRIES));
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match map.next_value::<Bounded>()? {
+                Bounded::Within(value) => {
+                    options.values.insert(key, value);
+                }
+                Bounded::TooLong(n) => options.refuse(format!("option `{key}` is too long ({n} bytes)")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// A key, or `None` when it is longer than [`limits::KEY`] (borrowed, so never copied).
+struct Key(Option<String>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                Ok(Key((s.len() <= limits::KEY).then(|| s.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// One variant's value within the limits, or the length that passed them.
+enum Bounded {
+    Within(OptionValue),
+    TooLong(usize),
+}
+
+impl<'de> Deserialize<'de> for Bounded {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(VariantVisitor)
+    }
+}
+
+/// A variant is read as (signature, value): the signature says how to read the value.
+struct VariantVisitor;
+
+impl<'de> Visitor<'de> for VariantVisitor {
+    type Value = Bounded;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a variant")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bounded, A::Error> {
+        let signature: Signature =
+            seq.next_element()?.ok_or_else(|| de::Error::custom("a variant without a signature"))?;
+        let missing = || de::Error::custom("a variant without a value");
+        let bounded = match signature.to_string().as_str() {
+            "s" => seq.next_element_seed(BoundedStr)?.ok_or_else(missing)?,
+            "b" => Bounded::Within(OptionValue::Bool(seq.next_element()?.ok_or_else(missing)?)),
+            "ay" => seq.next_element_seed(BoundedBytes)?.ok_or_else(missing)?,
+            other => {
+                seq.next_element::<IgnoredAny>()?.ok_or_else(missing)?;
+                Bounded::Within(OptionValue::Other(other.to_owned()))
+            }
+        };
+        Ok(bounded)
+    }
+}
+
+/// A string value, copied only within [`limits::STRING`].
+struct BoundedStr;
+
+impl<'de> DeserializeSeed<'de> for BoundedStr {
+    type Value = Bounded;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Bounded, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bounded;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Bounded, E> {
+                Ok(if s.len() <= limits::STRING {
+                    Bounded::Within(OptionValue::Str(s.to_owned()))
+                } else {
+                    Bounded::TooLong(s.len())
+                })
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// A byte array, borrowed from the message and copied only within [`limits::BYTES`].
+struct BoundedBytes;
+
+impl<'de> DeserializeSeed<'de> for BoundedBytes {
+    type Value = Bounded;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Bounded, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bounded;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte array")
+            }
+            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Bounded, E> {
+                Ok(if b.len() <= limits::BYTES {
+                    Bounded::Within(OptionValue::Bytes(b.to_vec()))
+                } else {
+                    Bounded::TooLong(b.len())
+                })
+            }
+        }
+        deserializer.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zbus::zvariant::{Value, serialized::Context, to_bytes};
+
+    use super::*;
+
+    fn read(options: &HashMap<&str, Value<'_>>) -> Options {
+        let ctxt = Context::new_dbus(zbus::zvariant::LE, 0);
+        let bytes = to_bytes(ctxt, options).unwrap();
+        bytes.deserialize::<Options>().unwrap().0
+    }
+
+    #[test]
+    fn options_are_read_as_their_types() {
+        let o = read(&HashMap::from([
+            ("qr_code", Value::from(vec![1u8, 2, 3])),
+            ("notify", Value::from(false)),
+            ("protocol", Value::from("2024")),
+            ("timeout", Value::from(5u32)),
+        ]));
+        assert!(o.check().is_ok());
+        assert_eq!(o.get("qr_code"), Some(&OptionValue::Bytes(vec![1, 2, 3])));
+        assert_eq!(o.get("notify"), Some(&OptionValue::Bool(false)));
+        assert_eq!(o.get("protocol"), Some(&OptionValue::Str("2024".into())));
+        assert_eq!(o.get("timeout"), Some(&OptionValue::Other("u".into())));
+    }
+
+    #[test]
+    fn options_past_the_limits_are_refused_and_not_kept() {
+        let big = read(&HashMap::from([("qr_code", Value::from(vec![7u8; 8 << 20]))]));
+        assert!(matches!(big.check(), Err(LinkError::InvalidArgs(m)) if m.contains("qr_code")));
+        assert!(big.get("qr_code").is_none());
+        let long = read(&HashMap::from([("homeserver", Value::from("x".repeat(limits::STRING + 1)))]));
+        assert!(long.check().is_err() && long.get("homeserver").is_none());
+        let keys: Vec<String> = (0..=limits::ENTRIES).map(|n| format!("k{n}")).collect();
+        let many = read(&keys.iter().map(|k| (k.as_str(), Value::from(true))).collect());
+        assert!(matches!(many.check(), Err(LinkError::InvalidArgs(m)) if m.contains("options")));
+        let long_key = "k".repeat(limits::KEY + 1);
+        let odd = read(&HashMap::from([(long_key.as_str(), Value::from(true))]));
+        assert!(odd.check().is_err());
     }
 }

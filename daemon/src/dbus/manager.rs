@@ -60,6 +60,7 @@ impl Manager {
         let opts = Opts(options);
         let caller = caller::identify(conn, hdr).await?;
         caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        options.check()?;
         let detached = opts.boolean(options::DETACHED, false)?;
         if detached && caller.sandbox_app.is_some() {
             return Err(LinkError::NotAllowed("sandboxed callers cannot start detached flows".into()));

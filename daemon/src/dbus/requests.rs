@@ -2,13 +2,10 @@
 //! one typed reader of the options. What every kind shares (the caller, `handle_token`,
 //! `detached`, `qr_code`) is read by `Manager::start_flow`.
 
-use std::collections::HashMap;
-
-use zbus::zvariant::{OwnedValue, Value};
-
 use matrix_linkd_api::options as key;
 
-use super::caller::Caller;
+pub use super::args::Options;
+use super::{args::OptionValue, caller::Caller};
 use crate::{
     config::Config,
     error::{LinkError, Result},
@@ -16,8 +13,6 @@ use crate::{
         DelegationRequest, FlowRequest, GenerationChoice, GrantRequest, LoginRequest, Secret, delegated,
     },
 };
-
-pub type Options = HashMap<String, OwnedValue>;
 
 /// Typed access to `a{sv}` options. Unknown keys are ignored (the dictionary is for extension);
 /// a known key with the wrong type is `InvalidArgs`.
@@ -28,16 +23,16 @@ impl Opts<'_> {
         LinkError::InvalidArgs(format!("option `{key}` must be of type `{ty}`"))
     }
     pub fn string(&self, key: &str) -> Result<Option<String>> {
-        match self.0.get(key).map(|v| &**v) {
+        match self.0.get(key) {
             None => Ok(None),
-            Some(Value::Str(s)) => Ok(Some(s.to_string())),
+            Some(OptionValue::Str(s)) => Ok(Some(s.clone())),
             Some(_) => Err(Self::wrong(key, "s")),
         }
     }
     pub fn boolean(&self, key: &str, default: bool) -> Result<bool> {
-        match self.0.get(key).map(|v| &**v) {
+        match self.0.get(key) {
             None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
+            Some(OptionValue::Bool(b)) => Ok(*b),
             Some(_) => Err(Self::wrong(key, "b")),
         }
     }
@@ -53,16 +48,14 @@ impl Opts<'_> {
     fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self.0.get(key) {
             None => Ok(None),
-            Some(v) => {
-                let v = v.try_clone().map_err(|_| Self::wrong(key, "ay"))?;
-                Vec::<u8>::try_from(v).map(Some).map_err(|_| Self::wrong(key, "ay"))
-            }
+            Some(OptionValue::Bytes(b)) => Ok(Some(b.clone())),
+            Some(_) => Err(Self::wrong(key, "ay")),
         }
     }
     /// `qr_code`: the bytes the caller scanned, at most a QR code's worth.
     pub fn qr_code(&self) -> Result<Option<Secret<Vec<u8>>>> {
         let qr_code = self.bytes(key::QR_CODE)?.map(Secret);
-        if qr_code.as_ref().is_some_and(|q| q.0.is_empty() || q.0.len() > 4096) {
+        if qr_code.as_ref().is_some_and(|q| q.0.is_empty() || q.0.len() > super::args::limits::BYTES) {
             return Err(LinkError::InvalidQrCode("the QR code is empty or too long".into()));
         }
         Ok(qr_code)
