@@ -323,6 +323,30 @@ async fn oversized_options_are_refused_before_they_cost_memory() -> Result<()> {
     Ok(())
 }
 
+/// Names a person reads (`client_name`, `device_display_name`) carry no character that hides what
+/// they say: a right-to-left override, a zero-width space, a line separator are refused with
+/// `InvalidArgs` before anything starts; an ordinary name in any script is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_hidden_characters_are_refused() -> Result<()> {
+    let mut s = signed_in_setup(60).await?;
+    let conn = s.session.connect().await?;
+    let manager = ManagerProxy::new(&conn).await?;
+    for (key, name) in [
+        (api::options::CLIENT_NAME, "Evil\u{202E}gpj.exe"),
+        (api::options::CLIENT_NAME, "Fractal\u{200B}"),
+        (api::options::DEVICE_DISPLAY_NAME, "laptop\u{2028}INFO signed in"),
+    ] {
+        let opts = HashMap::from([(key, Value::from(name)), (api::options::NOTIFY, Value::from(false))]);
+        let r = manager.start_delegation(opts).await.map_err(ClientError::from);
+        assert_eq!(error_name(r), errors::INVALID_ARGS, "{key} = {name:?}");
+    }
+    let opts = HashMap::from([(api::options::DEVICE_DISPLAY_NAME, Value::from("pc\u{202E}"))]);
+    assert_eq!(error_name(manager.start_login(opts).await.map_err(ClientError::from)), errors::INVALID_ARGS);
+    assert!(s.session.daemon_running(s.daemon));
+    assert_still_signed_in(&s.session.client().await?).await?;
+    Ok(())
+}
+
 /// A call with the wrong signature gets the documented `InvalidArgs`, not zbus's own
 /// `org.freedesktop.zbus.Error`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,9 @@
 
 use std::{collections::HashMap, fmt, marker::PhantomData};
 
-use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use zbus::zvariant::{DynamicDeserialize, DynamicType, OwnedValue, Signature, Type};
 
 use crate::error::LinkError;

@@ -121,7 +121,7 @@ pub fn login(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
         None => cx.config.homeserver.clone(),
     };
     let device_display_name =
-        opts.string(key::DEVICE_DISPLAY_NAME)?.unwrap_or_else(|| cx.config.device_display_name.clone());
+        opts.name(key::DEVICE_DISPLAY_NAME)?.unwrap_or_else(|| cx.config.device_display_name.clone());
     let request = LoginRequest {
         generation: opts.generation(cx.config)?,
         qr_code: cx.qr_code,

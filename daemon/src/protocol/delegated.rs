@@ -163,10 +163,20 @@ async fn device_gone(client: &Client, device_id: &str) -> bool {
 }
 
 /// A name a caller may choose (`client_name`, `device_display_name`) or give (a device ID): 1 to
-/// 64 characters, no control characters, not blank.
+/// 64 characters, not blank, and none that a person cannot see for what it is: no control or
+/// format characters (bidirectional overrides such as U+202E, zero-width ones), no line or
+/// paragraph separators, nothing private-use or unassigned. The name reaches the consent page,
+/// the homeserver's device list and `ListDelegations` as given.
 pub fn valid_name(name: &str) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    let hidden = |c: char| {
+        matches!(
+            c.general_category(),
+            G::Control | G::Format | G::LineSeparator | G::ParagraphSeparator | G::PrivateUse | G::Unassigned
+        )
+    };
     let n = name.chars().count();
-    (1..=64).contains(&n) && !name.chars().any(char::is_control) && !name.trim().is_empty()
+    (1..=64).contains(&n) && !name.chars().any(hidden) && !name.trim().is_empty()
 }
 
 #[cfg(test)]
@@ -193,6 +203,10 @@ mod tests {
         assert!(valid_name("Fractal") && valid_name(&"x".repeat(64)));
         assert!(!valid_name("") && !valid_name("   ") && !valid_name(&"x".repeat(65)));
         assert!(!valid_name("a\nb") && !valid_name("a\u{7}"));
+        for hidden in ['\u{202E}', '\u{200B}', '\u{2028}', '\u{2029}', '\u{FEFF}', '\u{E000}', '\u{061C}'] {
+            assert!(!valid_name(&format!("evil{hidden}gpj.exe")), "{:?}", hidden);
+        }
+        assert!(valid_name("Élément — ünïcode ✓ 日本"));
         assert_eq!(Trust::SignedByDaemon.as_str(), "signed-by-daemon");
     }
 
