@@ -14,6 +14,7 @@ use url::Url;
 use crate::{
     error::LinkError,
     net::{self, BodyError, JSON_LIMIT},
+    protocol::wire::policy,
 };
 
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -126,6 +127,11 @@ fn network(_: reqwest::Error) -> GrantError {
     GrantError::Network
 }
 
+/// The server refused: its `error` code (quoted safely, `policy::quote`), else what was asked.
+fn refused(v: &Value, asked: &str) -> GrantError {
+    GrantError::Refused(policy::quote(v.get("error").and_then(Value::as_str).unwrap_or(asked)))
+}
+
 /// Status and JSON body (at most [`JSON_LIMIT`] bytes). Redirects are not followed, so a 3xx is
 /// an answer like any error status.
 async fn json(r: reqwest::Response) -> Result<(u16, Value)> {
@@ -211,9 +217,7 @@ pub async fn register(
     let (status, v) = json(r).await?;
     match v.get("client_id").and_then(Value::as_str) {
         Some(id) if (200..300).contains(&status) => Ok(id.to_owned()),
-        _ => Err(GrantError::Refused(
-            v.get("error").and_then(Value::as_str).unwrap_or("registration").to_owned(),
-        )),
+        _ => Err(refused(&v, "registration")),
     }
 }
 
@@ -242,9 +246,9 @@ pub async fn authorize(
         if (200..300).contains(&status) {
             return serde_json::from_value(v).map_err(|_| GrantError::Malformed);
         }
-        let error = v.get("error").and_then(Value::as_str).unwrap_or("device authorization").to_owned();
-        last = GrantError::Refused(error.clone());
-        if error != "invalid_scope" {
+        let invalid_scope = v.get("error").and_then(Value::as_str) == Some("invalid_scope");
+        last = refused(&v, "device authorization");
+        if !invalid_scope {
             break;
         }
     }
@@ -267,11 +271,7 @@ pub async fn revoke(
         &[("token", token), ("token_type_hint", hint), ("client_id", client_id)],
     )
     .await?;
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(GrantError::Refused(v.get("error").and_then(Value::as_str).unwrap_or("revocation").to_owned()))
-    }
+    if (200..300).contains(&status) { Ok(()) } else { Err(refused(&v, "revocation")) }
 }
 
 /// Ends a session by RFC 7009: the refresh token first (which ends the grant), then the access
@@ -308,7 +308,7 @@ pub async fn refresh(
     if (200..300).contains(&status) {
         serde_json::from_value(v).map_err(|_| GrantError::Malformed)
     } else {
-        Err(GrantError::Refused(v.get("error").and_then(Value::as_str).unwrap_or("refresh").to_owned()))
+        Err(refused(&v, "refresh"))
     }
 }
 
@@ -369,7 +369,7 @@ async fn poll_once(
         Some("slow_down") => Ok(Err(Poll::SlowDown)),
         Some("access_denied") => Err(GrantError::AccessDenied),
         Some("expired_token") => Err(GrantError::Expired),
-        Some(other) => Err(GrantError::Refused(other.to_owned())),
+        Some(_) => Err(refused(&v, "token")),
         None => Err(GrantError::Malformed),
     }
 }
@@ -431,6 +431,44 @@ mod tests {
         assert_eq!(pacing(&a), (MIN_INTERVAL, MIN_INTERVAL));
         (a.expires_in, a.interval) = (600, None);
         assert_eq!(pacing(&a), (Duration::from_secs(5), Duration::from_secs(600)));
+    }
+
+    /// An OAuth server's `error` reaches the log and the caller's `Response.message` one short
+    /// line long: no forged log line, no escape sequence, not 8,000 characters.
+    #[tokio::test]
+    async fn a_servers_error_is_quoted_safely() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+        let server = MockServer::start().await;
+        let evil =
+            format!("bad\n2026-12-07T00:00:00Z  INFO matrix_linkd: signed in\u{1b}[2J{}", "x".repeat(8000));
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(json!({ "error": evil })))
+            .mount(&server)
+            .await;
+        let endpoint = Url::parse(&server.uri()).unwrap();
+        let m = Metadata {
+            issuer: endpoint.clone(),
+            device_authorization_endpoint: Some(endpoint.clone()),
+            token_endpoint: endpoint.clone(),
+            registration_endpoint: Some(endpoint.clone()),
+            grant_types_supported: vec![],
+            revocation_endpoint: Some(endpoint.clone()),
+            account_management_uri: None,
+            account_management_actions_supported: vec![],
+        };
+        let http = net::client();
+        let errors = [
+            register(&http, &m, "bot", &endpoint).await.unwrap_err(),
+            authorize(&http, &m, "cid", "DEV").await.unwrap_err(),
+            refresh(&http, &m, "cid", "rt").await.err().expect("refused"),
+            revoke(&http, &endpoint, "cid", "t", "access_token").await.unwrap_err(),
+        ];
+        for e in errors {
+            let message = LinkError::from(e).to_string();
+            assert!(!message.contains('\n') && !message.contains('\u{1b}'), "{message:?}");
+            assert!(message.chars().count() < 200, "{} characters", message.chars().count());
+            assert!(message.contains("bad\\u{a}2026"), "{message:?}");
+        }
     }
 
     #[test]

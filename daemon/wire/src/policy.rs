@@ -27,6 +27,30 @@ pub enum UrlError {
     ForeignOrigin,
 }
 
+/// How much of a server's own word (an OAuth `error` code) goes into a log line or an error
+/// message.
+pub const QUOTE_LIMIT: usize = 64;
+
+/// A server's own word, made safe to quote in a log line or an error message: characters that are
+/// not plain printable text (newlines, escape sequences, bidirectional overrides) are escaped as
+/// `\u{…}`, and the text is cut to [`QUOTE_LIMIT`] characters (`…` marks a cut). OAuth error codes
+/// are short printable ASCII, so these pass unchanged.
+pub fn quote(text: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == QUOTE_LIMIT {
+            out.push('…');
+            break;
+        }
+        if c.is_ascii_graphic() || c == ' ' || (!c.is_ascii() && !c.is_control() && !c.is_whitespace()) {
+            out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    out
+}
+
 /// `localhost`, `127.0.0.0/8`, `::1`.
 pub fn is_loopback(host: &Host<&str>) -> bool {
     match host {
@@ -219,6 +243,17 @@ mod tests {
 
     fn issuer() -> Url {
         Url::parse("https://account.example.org/").unwrap()
+    }
+
+    #[test]
+    fn quoted_server_words_are_one_short_line() {
+        assert_eq!(quote("invalid_grant"), "invalid_grant");
+        let forged = quote("x\n2026-12-07T00:00:00Z INFO signed in\u{1b}[2J");
+        assert!(!forged.contains('\n') && !forged.contains('\u{1b}'), "{forged}");
+        assert!(forged.starts_with("x\\u{a}2026"), "{forged}");
+        let long = quote(&"e".repeat(8000));
+        assert_eq!(long.chars().count(), QUOTE_LIMIT + 1);
+        assert!(long.ends_with('…'));
     }
 
     #[test]
