@@ -98,7 +98,7 @@ pub enum OptionValue {
 pub struct Options {
     values: HashMap<String, OptionValue>,
     /// Why the options are refused, when they are: the first limit they passed.
-    refused: Option<String>,
+    refused: Option<LinkError>,
 }
 
 impl Options {
@@ -110,16 +110,26 @@ impl Options {
         self.values.contains_key(key)
     }
 
-    /// `InvalidArgs` naming the first limit the options passed.
+    /// The error for the first limit the options passed: `InvalidArgs`, or `InvalidQrCode` for a
+    /// `qr_code` longer than any QR code (as the same call with a code a little too long gets).
     pub fn check(&self) -> Result<(), LinkError> {
         match &self.refused {
-            Some(why) => Err(LinkError::InvalidArgs(why.clone())),
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
 
     fn refuse(&mut self, why: String) {
-        self.refused.get_or_insert(why);
+        self.refused.get_or_insert(LinkError::InvalidArgs(why));
+    }
+
+    fn too_long(&mut self, key: &str, len: usize) {
+        let e = if key == matrix_linkd_api::options::QR_CODE {
+            LinkError::InvalidQrCode("the QR code is empty or too long".into())
+        } else {
+            LinkError::InvalidArgs(format!("option `{key}` is too long ({len} bytes)"))
+        };
+        self.refused.get_or_insert(e);
     }
 }
 
@@ -168,7 +178,7 @@ impl<'de> Visitor<'de> for OptionsVisitor {
                 Bounded::Within(value) => {
                     options.values.insert(key, value);
                 }
-                Bounded::TooLong(n) => options.refuse(format!("option `{key}` is too long ({n} bytes)")),
+                Bounded::TooLong(n) => options.too_long(&key, n),
             }
         }
         Ok(options)
@@ -311,10 +321,11 @@ mod tests {
     #[test]
     fn options_past_the_limits_are_refused_and_not_kept() {
         let big = read(&HashMap::from([("qr_code", Value::from(vec![7u8; 8 << 20]))]));
-        assert!(matches!(big.check(), Err(LinkError::InvalidArgs(m)) if m.contains("qr_code")));
+        assert!(matches!(big.check(), Err(LinkError::InvalidQrCode(_))));
         assert!(big.get("qr_code").is_none());
         let long = read(&HashMap::from([("homeserver", Value::from("x".repeat(limits::STRING + 1)))]));
-        assert!(long.check().is_err() && long.get("homeserver").is_none());
+        assert!(matches!(long.check(), Err(LinkError::InvalidArgs(m)) if m.contains("homeserver")));
+        assert!(long.get("homeserver").is_none());
         let keys: Vec<String> = (0..=limits::ENTRIES).map(|n| format!("k{n}")).collect();
         let many = read(&keys.iter().map(|k| (k.as_str(), Value::from(true))).collect());
         assert!(matches!(many.check(), Err(LinkError::InvalidArgs(m)) if m.contains("options")));
