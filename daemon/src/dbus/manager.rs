@@ -9,9 +9,9 @@ use tracing::{info, warn};
 use zbus::{Connection, interface, message::Header, object_server::SignalEmitter, zvariant::OwnedObjectPath};
 
 use super::{
-    Context,
     args::Checked,
     caller::{self, Caller, Owner},
+    context::Context,
     error::{Error, LinkdError},
     flow::{self, FlowSettings},
     requests::{self, Options, Opts, Parsed},
@@ -80,7 +80,7 @@ impl Manager {
         };
         let account: Arc<dyn AccountPort> = self.ctx.account.clone();
         let handle = self.ctx.engine.start(account, parsed.request).await?;
-        flow::start(self.ctx.clone(), conn, path.clone(), settings, handle)
+        flow::run::start(self.ctx.clone(), conn, path.clone(), settings, handle)
             .await
             .map_err(|e| LinkError::Failed(format!("cannot export the flow: {e}")))?;
         slot.keep();
@@ -353,7 +353,9 @@ impl Manager {
 /// the engine which login protocols a newly signed-in session's homeserver offers.
 pub async fn publish_session(conn: Connection, ctx: Arc<Context>) {
     let mut rx = ctx.account.subscribe();
-    let Ok(iface) = conn.object_server().interface::<_, Manager>(super::MANAGER_PATH).await else { return };
+    let Ok(iface) = conn.object_server().interface::<_, Manager>(matrix_linkd_api::MANAGER_PATH).await else {
+        return;
+    };
     let mut probed = String::new();
     // A session restored before this task subscribed still gets its protocols probed.
     rx.mark_changed();

@@ -9,14 +9,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-pub use notify::{ApprovalRequest, ApprovalTask, notify_result, spawn_approval};
-
-/// The user's answer to the approval notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    Approve,
-    Deny,
-}
+pub use notify::{ApprovalRequest, ApprovalTask, Choice, notify_result, spawn_approval};
 
 /// Opens `uri` in the user's browser: the OpenURI portal first, `xdg-open` second.
 pub async fn open_uri(uri: &str) -> bool {

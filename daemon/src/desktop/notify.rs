@@ -19,14 +19,19 @@ use zbus::{
     zvariant::{DynamicType, Value},
 };
 
-use super::Choice;
-
 const APP_NAME: &str = "matrix-linkd";
 const SERVER_NAME: &str = "org.freedesktop.Notifications";
 const SERVER_PATH: &str = "/org/freedesktop/Notifications";
 const SERVER_INTERFACE: &str = "org.freedesktop.Notifications";
 const DBUS_NAME: &str = "org.freedesktop.DBus";
 const DBUS_PATH: &str = "/org/freedesktop/DBus";
+
+/// The user's answer to the approval notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Approve,
+    Deny,
+}
 
 /// The action keys of the approval notification, with their labels.
 const APPROVE: &str = "approve";

@@ -14,8 +14,8 @@ use url::Url;
 use crate::{
     error::LinkError,
     net::{self, BodyError, JSON_LIMIT},
-    protocol::wire::policy,
 };
+use matrix_linkd_wire::policy;
 
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 

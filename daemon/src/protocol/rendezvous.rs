@@ -156,6 +156,13 @@ impl std::fmt::Debug for Session2024 {
 }
 
 impl Session2024 {
+    /// Whether the homeserver offers the 2024 rendezvous: its `/versions` lists
+    /// `org.matrix.msc4108`.
+    pub async fn offered(http: &reqwest::Client, homeserver: &Url) -> bool {
+        let Some(v) = net::resolve::versions(http, homeserver).await else { return false };
+        v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false)
+    }
+
     /// Creates a session on `homeserver` (G).
     pub async fn create(http: &reqwest::Client, homeserver: &Url) -> Result<Self> {
         let endpoint =

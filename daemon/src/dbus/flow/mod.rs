@@ -1,7 +1,7 @@
 //! One `Flow` object per running flow: its properties and owner-only methods. The task that
 //! drives it is in `run`.
 
-mod run;
+pub mod run;
 
 use std::{
     collections::HashMap,
@@ -36,8 +36,6 @@ use matrix_linkd_api::response::{
 };
 
 pub type Results = HashMap<String, OwnedValue>;
-
-pub use run::start;
 
 /// What the D-Bus layer decided when the flow started.
 pub struct FlowSettings {

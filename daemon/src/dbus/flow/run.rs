@@ -19,7 +19,7 @@ use super::{
     Flow, FlowData, FlowSettings, RESPONSE_CANCELLED, RESPONSE_FAILED, RESPONSE_SUCCESS, Results, Shared, ov,
 };
 use crate::{
-    dbus::{Context, error::error_name},
+    dbus::{context::Context, error::error_name},
     desktop::{self, Choice},
     error::LinkError,
     protocol::{FlowCommand, FlowEvent, FlowHandle, FlowOutcome, FlowState, Success, kinds},

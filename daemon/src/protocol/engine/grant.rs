@@ -1,6 +1,6 @@
 //! Grant: the daemon is the signed-in existing device and lets a new device in.
 
-use super::*;
+use super::{handshake::*, *};
 use crate::protocol::{
     GrantRequest,
     wire::messages::{BackupSecrets, CrossSigningSecrets},

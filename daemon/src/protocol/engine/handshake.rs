@@ -172,7 +172,7 @@ pub(super) async fn choose_generation(
         GenerationChoice::V2024 => Ok(Generation::V2024),
         GenerationChoice::Latest => Ok(Generation::Latest),
         GenerationChoice::Auto => {
-            if offers_2024(http, homeserver).await {
+            if Session2024::offered(http, homeserver).await {
                 return Ok(Generation::V2024);
             }
             match SessionLatest::discover(http, homeserver, access_token).await {
@@ -182,12 +182,6 @@ pub(super) async fn choose_generation(
             }
         }
     }
-}
-
-/// `/versions` lists `org.matrix.msc4108`.
-pub(super) async fn offers_2024(http: &reqwest::Client, homeserver: &Url) -> bool {
-    let Some(v) = net::resolve::versions(http, homeserver).await else { return false };
-    v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// G: creates the session and the QR code. `server` goes into a 2024 reciprocate code.

@@ -7,7 +7,7 @@ use matrix_sdk::{
     store::RoomLoadSettings,
 };
 
-use super::*;
+use super::{handshake::*, *};
 use crate::protocol::{LoginRequest, LoginTarget, wire::messages::HomeserverRef};
 
 impl OwnEngine {

@@ -35,7 +35,6 @@ use tokio::{sync::Mutex, time::Instant};
 use tracing::{Instrument, debug, info, info_span, warn};
 use url::Url;
 
-use self::handshake::*;
 use super::{
     AccountPort, Engine, FlowEvent, FlowHandle, FlowRequest, GenerationChoice, OAuthClient, Secret, Success,
     WireProtocol, delegated,
@@ -172,7 +171,7 @@ impl Engine for OwnEngine {
         let homeserver = client.homeserver();
         let token = client.access_token();
         let (v2024, latest) = tokio::join!(
-            offers_2024(&self.http, &homeserver),
+            Session2024::offered(&self.http, &homeserver),
             SessionLatest::discover(&self.http, &homeserver, token.as_deref()),
         );
         let mut offered = Vec::new();

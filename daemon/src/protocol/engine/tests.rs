@@ -1,6 +1,6 @@
 //! Unit tests of the engine's shared core.
 
-use super::*;
+use super::{handshake::*, *};
 use crate::protocol::{FlowOutcome, wire::policy::Refusal};
 
 fn refused(r: Refusal) -> Stop {
