@@ -162,9 +162,9 @@ impl<'de> Visitor<'de> for OptionsVisitor {
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Options, M::Error> {
         let mut options = Options::default();
         let mut entries = 0usize;
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key_seed(BoundedStr(limits::KEY))? {
             entries += 1;
-            let Key(Some(key)) = key else {
+            let Ok(key) = key else {
                 options.refuse(format!("an option name is longer than {} bytes", limits::KEY));
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -182,25 +182,6 @@ impl<'de> Visitor<'de> for OptionsVisitor {
             }
         }
         Ok(options)
-    }
-}
-
-/// A key, or `None` when it is longer than [`limits::KEY`] (borrowed, so never copied).
-struct Key(Option<String>);
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
-                Ok(Key((s.len() <= limits::KEY).then(|| s.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(V)
     }
 }
 
@@ -231,7 +212,10 @@ impl<'de> Visitor<'de> for VariantVisitor {
             seq.next_element()?.ok_or_else(|| de::Error::custom("a variant without a signature"))?;
         let missing = || de::Error::custom("a variant without a value");
         let bounded = match signature.to_string().as_str() {
-            "s" => seq.next_element_seed(BoundedStr)?.ok_or_else(missing)?,
+            "s" => match seq.next_element_seed(BoundedStr(limits::STRING))?.ok_or_else(missing)? {
+                Ok(s) => Bounded::Within(OptionValue::Str(s)),
+                Err(len) => Bounded::TooLong(len),
+            },
             "b" => Bounded::Within(OptionValue::Bool(seq.next_element()?.ok_or_else(missing)?)),
             "ay" => seq.next_element_seed(BoundedBytes)?.ok_or_else(missing)?,
             other => {
@@ -243,27 +227,24 @@ impl<'de> Visitor<'de> for VariantVisitor {
     }
 }
 
-/// A string value, copied only within [`limits::STRING`].
-struct BoundedStr;
+/// A string (a key or a value), borrowed from the message and copied only within its limit of
+/// bytes; past it, its length.
+struct BoundedStr(usize);
 
 impl<'de> DeserializeSeed<'de> for BoundedStr {
-    type Value = Bounded;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Bounded, D::Error> {
-        struct V;
+    type Value = Result<String, usize>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        struct V(usize);
         impl<'de> Visitor<'de> for V {
-            type Value = Bounded;
+            type Value = Result<String, usize>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Bounded, E> {
-                Ok(if s.len() <= limits::STRING {
-                    Bounded::Within(OptionValue::Str(s.to_owned()))
-                } else {
-                    Bounded::TooLong(s.len())
-                })
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(if s.len() <= self.0 { Ok(s.to_owned()) } else { Err(s.len()) })
             }
         }
-        deserializer.deserialize_str(V)
+        deserializer.deserialize_str(V(self.0))
     }
 }
 
