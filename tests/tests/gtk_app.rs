@@ -60,8 +60,9 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
     let mut session = Session::start().await?;
     session.write_config(&format!(
         "homeserver = \"{}\"\nlog_level = \"debug\"\n[timeouts]\nflow = 120\ndevice_creation = 30\n\
-         [desktop]\nnotifications = false\nopen_uri = true\n",
-        stack.synapse
+         [desktop]\nnotifications = false\nopen_uri = true\n{}",
+        stack.synapse,
+        matrix_linkd_tests::LOCAL_TEST_SETUP
     ))?;
     session.start_daemon(&[]).await?;
     session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;

@@ -51,6 +51,8 @@ pub enum RendezvousError {
     AnswerTooLarge(usize),
     #[error("the rendezvous server answered with a redirect (HTTP {0}), which is not followed")]
     Redirect(u16),
+    #[error("the session URL the rendezvous server answered is refused: {0}")]
+    RefusedUrl(net::UrlError),
 }
 
 /// What a rendezvous failure means for the flow and its caller.
@@ -72,7 +74,8 @@ impl From<RendezvousError> for crate::error::LinkError {
             }
             e @ (RendezvousError::AnswerTooLarge(_)
             | RendezvousError::Redirect(_)
-            | RendezvousError::Malformed(_)) => LinkError::ProtocolError(e.to_string()),
+            | RendezvousError::Malformed(_)
+            | RendezvousError::RefusedUrl(_)) => LinkError::ProtocolError(e.to_string()),
             other => LinkError::Network(other.to_string()),
         }
     }
@@ -147,6 +150,9 @@ pub struct Session2024 {
     url: Url,
     etag: Option<String>,
     expires_at: Option<tokio::time::Instant>,
+    /// We created the session or wrote to it: only then may we delete it. A scanned code's URL
+    /// that we never wrote to may be anybody's (or any local service's) resource.
+    owned: bool,
 }
 
 impl std::fmt::Debug for Session2024 {
@@ -163,8 +169,9 @@ impl Session2024 {
         v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false)
     }
 
-    /// Creates a session on `homeserver` (G).
-    pub async fn create(http: &reqwest::Client, homeserver: &Url) -> Result<Self> {
+    /// Creates a session on `homeserver` (G). The session URL the server answers is held to the
+    /// same rules as every URL from outside (`reach`): it is polled, and it goes into our QR code.
+    pub async fn create(http: &reqwest::Client, homeserver: &Url, reach: net::Reach) -> Result<Self> {
         let endpoint =
             homeserver.join(PATH_2024).map_err(|_| RendezvousError::Malformed("homeserver URL"))?;
         let r = http
@@ -189,12 +196,16 @@ impl Session2024 {
             .and_then(Value::as_str)
             .and_then(|u| Url::parse(u).ok())
             .ok_or(RendezvousError::Malformed("create response has no url"))?;
-        Ok(Self { http: http.clone(), url, etag, expires_at })
+        net::check_transport(&url, reach).map_err(RendezvousError::RefusedUrl)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(RendezvousError::RefusedUrl(net::UrlError::Credentials));
+        }
+        Ok(Self { http: http.clone(), url, etag, expires_at, owned: true })
     }
 
     /// Joins the session at `url` from a scanned QR code (S).
     pub fn join(http: &reqwest::Client, url: Url) -> Self {
-        Self { http: http.clone(), url, etag: None, expires_at: None }
+        Self { http: http.clone(), url, etag: None, expires_at: None, owned: false }
     }
 
     /// When the session ends, as the server last told us (`Expires` − `Date`: no clock skew).
@@ -220,7 +231,10 @@ impl Session2024 {
                     // One conditional read tells what the slot holds now.
                     match self.poll().await? {
                         None => {}
-                        Some(ours) if ours == payload => return Ok(()),
+                        Some(ours) if ours == payload => {
+                            self.owned = true;
+                            return Ok(());
+                        }
                         Some(_) => return Err(RendezvousError::Conflict),
                     }
                     attempt += 1;
@@ -246,6 +260,7 @@ impl Session2024 {
             return Err(map_error(s, &code));
         }
         self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.owned = true;
         Ok(())
     }
 
@@ -279,9 +294,12 @@ impl Session2024 {
         }
     }
 
-    /// Ends the session early; errors are of no consequence.
+    /// Ends the session early, if it is ours (created or written by us); errors are of no
+    /// consequence.
     pub async fn delete(&self) {
-        let _ = self.http.delete(self.url.clone()).send().await;
+        if self.owned {
+            let _ = self.http.delete(self.url.clone()).send().await;
+        }
     }
 }
 
@@ -294,6 +312,8 @@ pub struct SessionLatest {
     id: String,
     token: String,
     expires_in: Duration,
+    /// We created the session or wrote to it: only then may we delete it.
+    owned: bool,
 }
 
 impl std::fmt::Debug for SessionLatest {
@@ -348,6 +368,7 @@ impl SessionLatest {
             id: field(&v, "id")?,
             token: field(&v, "sequence_token")?,
             expires_in,
+            owned: true,
         })
     }
 
@@ -359,6 +380,7 @@ impl SessionLatest {
             id: id.to_owned(),
             token: String::new(),
             expires_in: Duration::ZERO,
+            owned: false,
         };
         let v = json_of(s.http.get(s.session_url()?).send().await.map_err(network)?).await?;
         s.token = field(&v, "sequence_token")?;
@@ -385,6 +407,7 @@ impl SessionLatest {
             id: id.to_owned(),
             token: token.to_owned(),
             expires_in: Duration::from_secs(120),
+            owned: false,
         }
     }
 
@@ -420,6 +443,7 @@ impl SessionLatest {
                 Ok(r) => match json_of(r).await {
                     Ok(v) => {
                         self.token = field(&v, "sequence_token")?;
+                        self.owned = true;
                         return Ok(());
                     }
                     Err(RendezvousError::Conflict) if conflicts < CONFLICT_RETRIES => {
@@ -429,6 +453,7 @@ impl SessionLatest {
                         if token != self.token {
                             if v.get("data").and_then(Value::as_str) == Some(data) {
                                 self.token = token;
+                                self.owned = true;
                                 return Ok(());
                             }
                             return Err(RendezvousError::Conflict);
@@ -457,7 +482,11 @@ impl SessionLatest {
         Ok(Some((data, previous)))
     }
 
+    /// Ends the session early, if it is ours (created or written by us).
     pub async fn delete(&self) {
+        if !self.owned {
+            return;
+        }
         if let Ok(u) = self.session_url() {
             let _ = self.http.delete(u).send().await;
         }
@@ -656,5 +685,67 @@ mod tests {
     fn oversized_payloads_are_refused_locally() {
         assert_eq!(check_size(&"x".repeat(MAX_PAYLOAD + 1)), Err(RendezvousError::TooLarge));
         assert_eq!(check_size(&"x".repeat(MAX_PAYLOAD)), Ok(()));
+    }
+
+    /// A scanned code may name any URL: we delete only what we created or wrote to.
+    #[tokio::test]
+    async fn sessions_we_neither_made_nor_wrote_are_never_deleted() {
+        use wiremock::{Mock, ResponseTemplate, matchers};
+        let server = wiremock::MockServer::start().await;
+        Mock::given(matchers::method("PUT")).respond_with(ResponseTemplate::new(403)).mount(&server).await;
+        Mock::given(matchers::method("GET")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        Mock::given(matchers::method("DELETE")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        let deletes = || async {
+            let all = server.received_requests().await.unwrap();
+            all.iter().filter(|r| r.method == wiremock::http::Method::DELETE).count()
+        };
+        let url = Url::parse(&format!("{}/some/path?query", server.uri())).unwrap();
+        let mut s = Session2024::join(&http_client(), url);
+        assert!(s.send("refused").await.is_err());
+        s.delete().await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let latest = SessionLatest::for_test(&base, "01J", "T1");
+        latest.delete().await;
+        assert_eq!(deletes().await, 0, "a DELETE went to a session that is not ours");
+
+        // Once our write is in, the session is ours to end.
+        server.reset().await;
+        Mock::given(matchers::method("PUT"))
+            .respond_with(ResponseTemplate::new(202).insert_header("ETag", "\"2\""))
+            .mount(&server)
+            .await;
+        Mock::given(matchers::method("DELETE")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        let mut s = Session2024::join(&http_client(), Url::parse(&format!("{}/rv/1", server.uri())).unwrap());
+        s.send("ours").await.unwrap();
+        s.delete().await;
+        assert_eq!(deletes().await, 1);
+    }
+
+    /// The URL in a create answer is polled and goes into our own QR code: same rules as any URL
+    /// from outside.
+    #[tokio::test]
+    async fn a_created_session_url_must_pass_the_transport_rules() {
+        use wiremock::{Mock, ResponseTemplate, matchers};
+        let server = wiremock::MockServer::start().await;
+        let created = |url: &str| ResponseTemplate::new(201).set_body_json(serde_json::json!({ "url": url }));
+        let base = Url::parse(&server.uri()).unwrap();
+        let test_set_up = net::Reach { local_addresses: true, insecure_http: false };
+        for (url, reach, refused) in [
+            ("http://192.0.2.7/rv/1", test_set_up, net::UrlError::InsecureHttp),
+            ("https://169.254.169.254/rv/1", net::Reach::default(), net::UrlError::LocalAddress),
+            ("https://user:pw@hs.example.org/rv/1", test_set_up, net::UrlError::Credentials),
+        ] {
+            server.reset().await;
+            Mock::given(matchers::method("POST")).respond_with(created(url)).mount(&server).await;
+            let err = Session2024::create(&http_client(), &base, reach).await.unwrap_err();
+            assert_eq!(err, RendezvousError::RefusedUrl(refused), "{url}");
+            assert!(crate::error::LinkError::from(err).to_string().contains("refused"));
+        }
+        server.reset().await;
+        Mock::given(matchers::method("POST"))
+            .respond_with(created("https://hs.example.org/rv/1"))
+            .mount(&server)
+            .await;
+        assert!(Session2024::create(&http_client(), &base, test_set_up).await.is_ok());
     }
 }
