@@ -15,7 +15,10 @@ use super::{
     device_grant::{self, Metadata, Tokens},
     devices,
 };
-use crate::error::{LinkError, Result};
+use crate::{
+    error::{LinkError, Result},
+    net::Reach,
+};
 
 /// Bound on waiting for the homeserver to forget a device after its session was revoked.
 const FORGET_LIMIT: Duration = Duration::from_secs(10);
@@ -35,6 +38,10 @@ pub struct Record {
     /// The tokens as handed over: valid until the program refreshes them (rotation).
     pub access_token: String,
     pub refresh_token: Option<String>,
+    /// The sandboxed app the device is for (its Flatpak or Snap app ID); `None` for a program
+    /// outside a sandbox. A sandboxed app sees and revokes only its own devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
 }
 
 impl std::fmt::Debug for Record {
@@ -88,13 +95,13 @@ impl Ended {
 /// ends it (MSC4191 `org.matrix.session_end`).
 pub async fn end_session(
     http: &reqwest::Client,
-    allow_http: bool,
+    reach: Reach,
     client: &Client,
     record: &Record,
     revoke_only: bool,
 ) -> Result<Option<Ended>> {
     let homeserver = client.homeserver();
-    let m = device_grant::server_metadata(http, &homeserver, allow_http).await?;
+    let m = device_grant::server_metadata(http, &homeserver, reach).await?;
     if let Some(tokens) = valid_tokens(http, &homeserver, &m, record).await {
         let _ = revoke(http, &m, &record.client_id, &tokens).await;
         if device_gone(client, &record.device_id).await {
@@ -193,6 +200,7 @@ mod tests {
             client_id: "cid".into(),
             access_token: "ACCESS-SECRET".into(),
             refresh_token: Some("REFRESH-SECRET".into()),
+            app_id: None,
         };
         let s = format!("{r:?}");
         assert!(s.contains("DEV") && !s.contains("SECRET"), "{s}");
