@@ -42,9 +42,22 @@ pub fn client() -> reqwest::Client {
     client_for(Reach::ANYWHERE)
 }
 
+/// Every answer we read is small (rendezvous payloads of a few KB, JSON documents), so none is
+/// worth compressing, and a compressing proxy changes more than the body: nginx with `gzip on`
+/// turns a rendezvous `ETag: "T"` into `W/"T"`, which the homeserver then refuses in `If-Match`
+/// (docs/protocol.md §5). So we ask for the identity encoding and no transformation.
+fn default_headers() -> reqwest::header::HeaderMap {
+    use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, HeaderMap, HeaderValue};
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-transform"));
+    headers
+}
+
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("matrix-linkd/", env!("CARGO_PKG_VERSION")))
+        .default_headers(default_headers())
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
         .read_timeout(READ_TIMEOUT)

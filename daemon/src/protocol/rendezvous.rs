@@ -53,6 +53,12 @@ pub enum RendezvousError {
     Redirect(u16),
     #[error("the session URL the rendezvous server answered is refused: {0}")]
     RefusedUrl(net::UrlError),
+    #[error(
+        "the rendezvous server refused our write as a conflict although the session still holds what \
+         we last read: a proxy in front of the homeserver alters ETags (often gzip compression; \
+         serve /_matrix/client/*/rendezvous uncompressed, or keep ETags unchanged)"
+    )]
+    AlteredEtag,
 }
 
 /// What a rendezvous failure means for the flow and its caller.
@@ -75,7 +81,8 @@ impl From<RendezvousError> for crate::error::LinkError {
             e @ (RendezvousError::AnswerTooLarge(_)
             | RendezvousError::Redirect(_)
             | RendezvousError::Malformed(_)
-            | RendezvousError::RefusedUrl(_)) => LinkError::ProtocolError(e.to_string()),
+            | RendezvousError::RefusedUrl(_)
+            | RendezvousError::AlteredEtag) => LinkError::ProtocolError(e.to_string()),
             other => LinkError::Network(other.to_string()),
         }
     }
@@ -139,6 +146,23 @@ fn ttl_of(headers: &header::HeaderMap) -> Option<Duration> {
     date(header::EXPIRES)?.duration_since(date(header::DATE)?).ok()
 }
 
+/// The session's ETag as the homeserver made it. Proxies that compress rewrite it on the way: nginx
+/// weakens it (`W/"T"`), Apache appends the encoding (`"T-gzip"`). The homeserver compares
+/// `If-Match` strictly, so we keep the strong tag it sent: a weak prefix and an encoding suffix
+/// are taken off.
+fn etag_of(headers: &header::HeaderMap) -> Option<String> {
+    let tag = headers.get(header::ETAG)?.to_str().ok()?.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return Some(tag.to_owned());
+    };
+    let inner = ["-gzip", "-br", "-deflate", "-zstd"]
+        .iter()
+        .find_map(|suffix| inner.strip_suffix(suffix).filter(|rest| !rest.is_empty()))
+        .unwrap_or(inner);
+    Some(format!("\"{inner}\""))
+}
+
 fn check_size(payload: &str) -> Result<()> {
     if payload.len() > MAX_PAYLOAD { Err(RendezvousError::TooLarge) } else { Ok(()) }
 }
@@ -187,7 +211,7 @@ impl Session2024 {
             let (s, code) = errcode(r).await;
             return Err(map_error(s, &code));
         }
-        let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let etag = etag_of(r.headers());
         let expires_at = ttl_of(r.headers()).map(deadline_in);
         let body: Value = serde_json::from_slice(&body(r).await?)
             .map_err(|_| RendezvousError::Malformed("create response is not JSON"))?;
@@ -227,7 +251,19 @@ impl Session2024 {
         let mut attempt = 0;
         loop {
             match self.put(payload).await {
-                Err(RendezvousError::Conflict) if attempt < CONFLICT_RETRIES => {
+                // Refused again and again while the slot holds what we last read: nobody else
+                // wrote, our precondition itself is what fails.
+                Err(RendezvousError::Conflict) if attempt == CONFLICT_RETRIES => {
+                    return match self.poll().await? {
+                        None => Err(RendezvousError::AlteredEtag),
+                        Some(ours) if ours == payload => {
+                            self.owned = true;
+                            Ok(())
+                        }
+                        Some(_) => Err(RendezvousError::Conflict),
+                    };
+                }
+                Err(RendezvousError::Conflict) => {
                     // One conditional read tells what the slot holds now.
                     match self.poll().await? {
                         None => {}
@@ -259,7 +295,7 @@ impl Session2024 {
             let (s, code) = errcode(r).await;
             return Err(map_error(s, &code));
         }
-        self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.etag = etag_of(r.headers());
         self.owned = true;
         Ok(())
     }
@@ -274,7 +310,7 @@ impl Session2024 {
         match r.status() {
             StatusCode::NOT_MODIFIED => Ok(None),
             s if s.is_success() => {
-                let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let etag = etag_of(r.headers());
                 let ttl = ttl_of(r.headers());
                 // The new ETag is kept only with the body it belongs to: a read dropped half-way
                 // (a flow step that ends while this one is in flight) must not mark the message
@@ -747,5 +783,105 @@ mod tests {
             .mount(&server)
             .await;
         assert!(Session2024::create(&http_client(), &base, test_set_up).await.is_ok());
+    }
+
+    /// A homeserver behind a proxy that rewrites ETags as deployments do: `Weaken` is nginx with
+    /// `gzip on` (a client that accepts gzip gets `W/"T"`), `Always` weakens every answer,
+    /// `Suffix` is Apache's `"T-gzip"`, `Mangle` makes the tag unrecognisable. The homeserver
+    /// behind it compares `If-Match` strictly, as Synapse does.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Rewrite {
+        Weaken,
+        Always,
+        Suffix,
+        Mangle,
+    }
+
+    struct Proxy {
+        rewrite: Rewrite,
+        state: std::sync::Mutex<(u64, String)>,
+    }
+
+    impl wiremock::Respond for Proxy {
+        fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
+            use wiremock::ResponseTemplate as R;
+            let mut st = self.state.lock().unwrap();
+            let (etag, data) = &mut *st;
+            let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let gzip = header("accept-encoding").is_some_and(|a| a.contains("gzip"));
+            let shown = |n: u64| match self.rewrite {
+                Rewrite::Weaken if gzip => format!("W/\"{n}\""),
+                Rewrite::Weaken => format!("\"{n}\""),
+                Rewrite::Always => format!("W/\"{n}\""),
+                Rewrite::Suffix => format!("\"{n}-gzip\""),
+                Rewrite::Mangle => format!("\"x{n}y\""),
+            };
+            let strong = format!("\"{etag}\"");
+            match req.method.as_str() {
+                // If-None-Match compares weakly (RFC 9110), at the proxy or the server.
+                "GET" if header("if-none-match").is_some_and(|t| t.trim_start_matches("W/") == shown(*etag).trim_start_matches("W/") || t == strong) => {
+                    R::new(304).insert_header("ETag", shown(*etag))
+                }
+                "GET" => R::new(200).insert_header("ETag", shown(*etag)).set_body_string(data.clone()),
+                "PUT" if header("if-match").as_deref() != Some(strong.as_str()) => {
+                    R::new(412).set_body_json(json!({"errcode": "M_CONCURRENT_WRITE"}))
+                }
+                "PUT" => {
+                    *etag += 1;
+                    *data = String::from_utf8(req.body.clone()).unwrap();
+                    R::new(202).insert_header("ETag", shown(*etag))
+                }
+                _ => R::new(405),
+            }
+        }
+    }
+
+    async fn behind(rewrite: Rewrite) -> wiremock::MockServer {
+        let server = wiremock::MockServer::start().await;
+        let proxy = Proxy { rewrite, state: std::sync::Mutex::new((1, String::new())) };
+        wiremock::Mock::given(wiremock::matchers::any()).respond_with(proxy).mount(&server).await;
+        server
+    }
+
+    /// The most common deployment, a TLS proxy with gzip on, broke every flow: our tag came back
+    /// weakened, the homeserver refused it, and the daemon blamed another writer.
+    #[tokio::test]
+    async fn etags_survive_proxies_that_rewrite_them() {
+        for rewrite in [Rewrite::Weaken, Rewrite::Always, Rewrite::Suffix] {
+            let server = behind(rewrite).await;
+            let url = Url::parse(&format!("{}/rv/1", server.uri())).unwrap();
+            let mut s = Session2024::join(&http_client(), url);
+            assert_eq!(s.poll().await, Ok(None));
+            s.send("one").await.unwrap();
+            s.send("two").await.unwrap();
+            let asked: Vec<_> = server.received_requests().await.unwrap();
+            assert!(
+                asked.iter().all(|r| r.headers.get("accept-encoding").is_some_and(|v| v == "identity")),
+                "every read asks for the identity encoding"
+            );
+        }
+        // A tag changed past recognition is named for what it is, for an administrator to act on.
+        let server = behind(Rewrite::Mangle).await;
+        let mut s = Session2024::join(&http_client(), Url::parse(&format!("{}/rv/1", server.uri())).unwrap());
+        assert_eq!(s.poll().await, Ok(None));
+        let err = s.send("one").await.unwrap_err();
+        assert_eq!(err, RendezvousError::AlteredEtag);
+        let message = crate::error::LinkError::from(err).to_string();
+        assert!(message.contains("proxy") && message.contains("ETag"), "{message}");
+    }
+
+    #[test]
+    fn rewritten_etags_are_read_as_the_server_made_them() {
+        let tag = |t: &str| {
+            let mut h = header::HeaderMap::new();
+            h.insert(header::ETAG, header::HeaderValue::from_str(t).unwrap());
+            etag_of(&h).unwrap()
+        };
+        assert_eq!(tag("\"7\""), "\"7\"");
+        assert_eq!(tag("W/\"7\""), "\"7\"");
+        assert_eq!(tag("\"7-gzip\""), "\"7\"");
+        assert_eq!(tag("W/\"7-br\""), "\"7\"");
+        assert_eq!(tag("\"-gzip\""), "\"-gzip\"", "nothing left: kept as it is");
+        assert_eq!(tag("unquoted"), "unquoted");
     }
 }
