@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_channel::{Receiver, Sender};
 use futures_util::{FutureExt as _, StreamExt};
+use matrix_link_gtk::errors;
 use matrix_linkd_client::{
     ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SignedIn, State, Status, api,
 };
@@ -49,7 +50,10 @@ impl From<ClientError> for ErrInfo {
     fn from(e: ClientError) -> Self {
         let short = match &e {
             ClientError::Cancelled => "Cancelled".to_owned(),
-            ClientError::Bus(_) => "Bus".to_owned(),
+            ClientError::Bus(_) => errors::NO_BUS.to_owned(),
+            ClientError::Daemon { name, .. } if errors::service_missing(name) => {
+                errors::NOT_RUNNING.to_owned()
+            }
             other => other.short_name().unwrap_or("Failed").to_owned(),
         };
         let message = match e {

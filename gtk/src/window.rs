@@ -276,15 +276,19 @@ impl Ui {
 
     fn error(&self, e: &ErrInfo) {
         *self.in_flow.borrow_mut() = false;
-        let (title, text) = match e.short.as_str() {
-            "Bus" => {
-                ("The link service is not available", "matrix-linkd could not be reached on the session bus.")
-            }
-            short => errors::describe(short),
-        };
+        let (title, text) = errors::describe(&e.short);
         let p = &self.pages;
         p.error.set_title(title);
-        let detail = if e.message.is_empty() { text.to_owned() } else { format!("{text}\n\n{}", e.message) };
+        let detail = match e.short.as_str() {
+            // The bus's own words ("The name … was not provided by any .service files") are for
+            // the log, not for the person.
+            errors::NOT_RUNNING => {
+                eprintln!("matrix-link-gtk: {}", e.message);
+                text.to_owned()
+            }
+            _ if e.message.is_empty() => text.to_owned(),
+            _ => format!("{text}\n\n{}", e.message),
+        };
         p.error.set_description(Some(&detail));
         self.show("error");
         self.send(Cmd::Refresh);
@@ -327,7 +331,16 @@ impl Ui {
                 false,
             ),
             Ok(_) => ("Signed out".to_owned(), "This computer is not signed in to Matrix.".to_owned(), false),
-            Err(e) => ("The link service is not available".to_owned(), e.message.clone(), false),
+            Err(e) if [errors::NOT_RUNNING, errors::NO_BUS].contains(&e.short.as_str()) => {
+                eprintln!("matrix-link-gtk: the service is not available: {}", e.message);
+                let (title, text) = errors::describe(&e.short);
+                (title.to_owned(), text.to_owned(), false)
+            }
+            Err(e) => (
+                "The link service is not available".to_owned(),
+                format!("matrix-linkd answered with an error: {}", e.message),
+                false,
+            ),
         };
         p.status.set_title(&title);
         p.status.set_description(Some(&description).filter(|d| !d.is_empty()).map(String::as_str));
