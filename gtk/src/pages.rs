@@ -43,10 +43,10 @@ pub struct Pages {
     pub done_btn: gtk::Button,
     pub error: adw::StatusPage,
     pub error_btn: gtk::Button,
-
-    /// The Cancel button of each flow page.
-    pub cancel_btns: Vec<gtk::Button>,
 }
+
+/// The pages that show the Cancel button (below the pages, outside the toasts' area).
+pub const WITH_CANCEL: [&str; 4] = ["progress", "qr", "enter-code", "show-code"];
 
 fn status_page(name: &str, icon: &str, title: &str) -> adw::StatusPage {
     let page = adw::StatusPage::builder().icon_name(icon).title(title).vexpand(true).build();
@@ -86,13 +86,6 @@ impl Pages {
         let stack = gtk::Stack::new();
         stack.set_transition_type(gtk::StackTransitionType::Crossfade);
         stack.set_transition_duration(150);
-        let mut cancel_btns = Vec::new();
-        let mut cancel = || {
-            let b = button("Cancel", None);
-            cancel_btns.push(b.clone());
-            b
-        };
-
         // Status.
         let status = status_page("status", "network-workgroup-symbolic", "Link a Device");
         let grant_btn = button("Link a new device", Some("suggested-action"));
@@ -136,7 +129,7 @@ impl Pages {
         let spinner = gtk::Spinner::new();
         spinner.set_size_request(32, 32);
         spinner.start();
-        progress.set_child(Some(&column(&[spinner.upcast_ref(), cancel().upcast_ref()])));
+        progress.set_child(Some(&column(&[spinner.upcast_ref()])));
         stack.add_named(&progress, Some("progress"));
 
         // The QR code we show.
@@ -157,7 +150,6 @@ impl Pages {
             qr_picture.upcast_ref(),
             qr_warning.upcast_ref(),
             qr_note.upcast_ref(),
-            cancel().upcast_ref(),
         ]);
         qr_box.set_margin_top(18);
         qr_box.set_margin_bottom(18);
@@ -176,11 +168,7 @@ impl Pages {
         code_entry.update_property(&[gtk::accessible::Property::Label("Check code")]);
         let code_btn = button("Continue", Some("suggested-action"));
         code_btn.set_sensitive(false);
-        enter_code.set_child(Some(&column(&[
-            code_entry.upcast_ref(),
-            code_btn.upcast_ref(),
-            cancel().upcast_ref(),
-        ])));
+        enter_code.set_child(Some(&column(&[code_entry.upcast_ref(), code_btn.upcast_ref()])));
         stack.add_named(&enter_code, Some("enter-code"));
 
         // Check code: we show it.
@@ -189,7 +177,7 @@ impl Pages {
         show_code.set_description(Some("The other device asks for this two-digit code."));
         let show_code_label = gtk::Label::new(Some("--"));
         show_code_label.add_css_class("title-1");
-        show_code.set_child(Some(&column(&[show_code_label.upcast_ref(), cancel().upcast_ref()])));
+        show_code.set_child(Some(&column(&[show_code_label.upcast_ref()])));
         stack.add_named(&show_code, Some("show-code"));
 
         // Consent.
@@ -254,7 +242,6 @@ impl Pages {
             done_btn,
             error,
             error_btn,
-            cancel_btns,
         }
     }
 }

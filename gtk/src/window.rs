@@ -13,7 +13,7 @@ use matrix_linkd_client::{SessionState, State, Status};
 
 use crate::{
     backend::{self, Cmd, ErrInfo, Event, Kind},
-    pages::Pages,
+    pages::{self, Pages},
     picker,
 };
 
@@ -21,6 +21,10 @@ struct Ui {
     window: adw::ApplicationWindow,
     toasts: adw::ToastOverlay,
     pages: Pages,
+    /// Below the pages, outside the toasts' area, so that no toast ever covers it: the Cancel
+    /// button of the flow pages (`pages::WITH_CANCEL`).
+    cancel_bar: gtk::Box,
+    cancel_btn: gtk::Button,
     cmd: Sender<Cmd>,
     kind: RefCell<Kind>,
     in_flow: RefCell<bool>,
@@ -40,9 +44,18 @@ pub fn build(app: &adw::Application, args: &Args) {
     header.set_title_widget(Some(&adw::WindowTitle::new("Link a Device", "")));
     let toasts = adw::ToastOverlay::new();
     toasts.set_child(Some(&pages.stack));
+    toasts.set_vexpand(true);
+    let cancel_btn = pages::button("Cancel", None);
+    let cancel_bar = gtk::Box::new(gtk::Orientation::Horizontal, 0);
+    cancel_bar.set_halign(gtk::Align::Center);
+    cancel_bar.set_margin_top(6);
+    cancel_bar.set_margin_bottom(18);
+    cancel_bar.append(&cancel_btn);
+    cancel_bar.set_visible(false);
     let content = gtk::Box::new(gtk::Orientation::Vertical, 0);
     content.append(&header);
     content.append(&toasts);
+    content.append(&cancel_bar);
     let window = adw::ApplicationWindow::builder()
         .application(app)
         .title("Link a Device")
@@ -56,6 +69,8 @@ pub fn build(app: &adw::Application, args: &Args) {
         window: window.clone(),
         toasts,
         pages,
+        cancel_bar,
+        cancel_btn,
         cmd,
         kind: RefCell::new(Kind::Grant),
         in_flow: RefCell::new(false),
@@ -140,9 +155,7 @@ fn connect(ui: &Rc<Ui>) {
             }
         });
     });
-    for b in &p.cancel_btns {
-        on_click(b, ui, |ui| ui.cancel());
-    }
+    on_click(&ui.cancel_btn, ui, |ui| ui.cancel());
     on_click(&p.deny_btn, ui, |ui| ui.cancel());
     on_click(&p.approve_btn, ui, |ui| {
         ui.pages.approve_btn.set_sensitive(false);
@@ -193,6 +206,7 @@ impl Ui {
             toast.dismiss();
         }
         stack.set_visible_child_name(page);
+        self.cancel_bar.set_visible(pages::WITH_CANCEL.contains(&page));
         // GTK 4.8 exposes every page to assistive technologies as visible: mark the others hidden.
         let shown = stack.visible_child();
         let mut child = stack.first_child();
@@ -368,13 +382,18 @@ impl Ui {
             Event::Scanned(Err(e)) => self.scan_failed(&e),
             Event::Qr { png, replaced } => {
                 p.qr_picture.set_paintable(picker::png_texture(&png).as_ref());
+                // On the page itself, not in a toast: nothing covers the code or Cancel.
                 p.qr_note.set_text(if replaced {
                     "The previous code expired unscanned: this is a new one."
                 } else {
                     "The code is valid for a few minutes; a new one appears by itself."
                 });
                 if replaced {
-                    self.toast("A new QR code replaced the expired one");
+                    p.qr_note.remove_css_class("dim-label");
+                    p.qr_note.add_css_class("accent");
+                } else {
+                    p.qr_note.remove_css_class("accent");
+                    p.qr_note.add_css_class("dim-label");
                 }
                 p.qr_title.set_text(match *self.kind.borrow() {
                     Kind::Grant => "Scan this QR code with the new device",
