@@ -3,6 +3,8 @@
 
 use adw::prelude::*;
 
+use crate::listpage::ListPage;
+
 /// Text of the warning shown next to every QR code and scanning choice (as Element words it).
 pub const NEVER_SCAN: &str = "Never scan a code that someone sent you, and never show this code to anyone: whoever scans it can get into your account.";
 
@@ -13,6 +15,10 @@ pub struct Pages {
     pub login_btn: gtk::Button,
     pub signout_btn: gtk::Button,
     pub refresh_btn: gtk::Button,
+    /// To the devices of programs (signed in).
+    pub delegations_btn: gtk::Button,
+    /// To sandboxed apps' remembered answers.
+    pub answers_btn: gtk::Button,
 
     pub choose: adw::StatusPage,
     pub homeserver: adw::EntryRow,
@@ -43,6 +49,9 @@ pub struct Pages {
     pub done_btn: gtk::Button,
     pub error: adw::StatusPage,
     pub error_btn: gtk::Button,
+
+    pub delegations: ListPage,
+    pub answers: ListPage,
 }
 
 /// The pages that show the Cancel button (below the pages, outside the toasts' area).
@@ -92,9 +101,13 @@ impl Pages {
         let login_btn = button("Sign this computer in", Some("suggested-action"));
         let signout_btn = button("Sign out", Some("destructive-action"));
         let refresh_btn = button("Refresh", None);
+        let delegations_btn = button("Devices of programs", None);
+        let answers_btn = button("Answers to sandboxed apps", None);
         status.set_child(Some(&column(&[
             grant_btn.upcast_ref(),
             login_btn.upcast_ref(),
+            delegations_btn.upcast_ref(),
+            answers_btn.upcast_ref(),
             signout_btn.upcast_ref(),
             refresh_btn.upcast_ref(),
         ])));
@@ -211,6 +224,19 @@ impl Pages {
         error.set_child(Some(&column(&[error_btn.upcast_ref()])));
         stack.add_named(&error, Some("error"));
 
+        let delegations = ListPage::build(
+            "delegations",
+            "Devices of programs",
+            "Programs on this computer that got a Matrix device of their own from matrix-linkd. Revoke one to sign its device out of your account.",
+        );
+        stack.add_named(&delegations.root, Some("delegations"));
+        let answers = ListPage::build(
+            "answers",
+            "Answers to sandboxed apps",
+            "What you answered when a sandboxed app (Flatpak) asked to use matrix-linkd. Reset an app to be asked again next time.",
+        );
+        stack.add_named(&answers.root, Some("answers"));
+
         Pages {
             stack,
             status,
@@ -218,6 +244,8 @@ impl Pages {
             login_btn,
             signout_btn,
             refresh_btn,
+            delegations_btn,
+            answers_btn,
             choose,
             homeserver,
             homeserver_group,
@@ -242,6 +270,8 @@ impl Pages {
             done_btn,
             error,
             error_btn,
+            delegations,
+            answers,
         }
     }
 }

@@ -13,14 +13,15 @@ use matrix_linkd_client::{SessionState, State, Status};
 
 use crate::{
     backend::{self, Cmd, ErrInfo, Event, Kind},
+    delegations,
     pages::{self, Pages},
-    picker,
+    permissions, picker,
 };
 
-struct Ui {
-    window: adw::ApplicationWindow,
+pub(crate) struct Ui {
+    pub(crate) window: adw::ApplicationWindow,
     toasts: adw::ToastOverlay,
-    pages: Pages,
+    pub(crate) pages: Pages,
     /// Below the pages, outside the toasts' area, so that no toast ever covers it: the Cancel
     /// button of the flow pages (`pages::WITH_CANCEL`).
     cancel_bar: gtk::Box,
@@ -156,6 +157,12 @@ fn connect(ui: &Rc<Ui>) {
         });
     });
     on_click(&ui.cancel_btn, ui, |ui| ui.cancel());
+    on_click(&p.delegations_btn, ui, delegations::open);
+    on_click(&p.delegations.back_btn, ui, |ui| ui.home());
+    on_click(&p.delegations.refresh_btn, ui, delegations::open);
+    on_click(&p.answers_btn, ui, permissions::open);
+    on_click(&p.answers.back_btn, ui, |ui| ui.home());
+    on_click(&p.answers.refresh_btn, ui, permissions::open);
     on_click(&p.deny_btn, ui, |ui| ui.cancel());
     on_click(&p.approve_btn, ui, |ui| {
         ui.pages.approve_btn.set_sensitive(false);
@@ -193,12 +200,12 @@ fn parse_code(text: &str) -> Option<u8> {
 }
 
 impl Ui {
-    fn send(&self, cmd: Cmd) {
+    pub(crate) fn send(&self, cmd: Cmd) {
         // Unbounded: never blocks the GTK thread.
         let _ = self.cmd.try_send(cmd);
     }
 
-    fn show(&self, page: &str) {
+    pub(crate) fn show(&self, page: &str) {
         let stack = &self.pages.stack;
         if stack.visible_child_name().as_deref() != Some(page)
             && let Some(toast) = self.last_toast.take()
@@ -224,7 +231,7 @@ impl Ui {
         }
     }
 
-    fn home(&self) {
+    pub(crate) fn home(&self) {
         *self.in_flow.borrow_mut() = false;
         *self.scanning.borrow_mut() = false;
         self.send(Cmd::Refresh);
@@ -361,10 +368,14 @@ impl Ui {
         p.grant_btn.set_visible(signed_in);
         p.signout_btn.set_visible(signed_in);
         p.login_btn.set_visible(matches!(&status, Ok(s) if s.state == SessionState::SignedOut));
+        p.delegations_btn.set_visible(signed_in);
+        if !signed_in && self.pages.stack.visible_child_name().as_deref() == Some("delegations") {
+            self.show("status");
+        }
         *self.status.borrow_mut() = status.ok();
     }
 
-    fn handle(&self, ev: Event) {
+    fn handle(self: &Rc<Self>, ev: Event) {
         let p = &self.pages;
         match ev {
             // Also sent whenever the daemon's session changes (the backend follows it).
@@ -459,6 +470,10 @@ impl Ui {
                 let (title, _) = errors::describe(&e.short);
                 self.toast(&format!("{title}: {}", e.message));
             }
+            Event::Delegations(list) => delegations::listed(self, list),
+            Event::Revoked { device_id, result } => delegations::revoked(self, &device_id, result),
+            Event::Answers(apps) => permissions::listed(self, apps),
+            Event::AnswersReset { app_id, result } => permissions::reset_done(self, &app_id, result),
         }
     }
 }

@@ -19,7 +19,9 @@
 //!
 //! Each step's screenshot goes to `target/gtk-artefacts/`, and each step checks the widgets shown.
 //!
-//! The pages that need no stack are tested in `gtk_app/local.rs`.
+//! The pages that need no stack (no daemon on the bus, sandboxed apps' answers in the real
+//! permission store, the devices of programs and a replaced QR code over the mock homeserver) are
+//! tested in `gtk_app/local.rs`.
 
 #[path = "gtk_app/desktop.rs"]
 mod desktop;
