@@ -18,9 +18,15 @@
 //! 5. A QR code that is no sign-in code, pasted from the clipboard: the `InvalidQrCode` page.
 //!
 //! Each step's screenshot goes to `target/gtk-artefacts/`, and each step checks the widgets shown.
+//!
+//! The pages that need no stack (no daemon on the bus, sandboxed apps' answers in the real
+//! permission store, the devices of programs and a replaced QR code over the mock homeserver) are
+//! tested in `gtk_app/local.rs`.
 
 #[path = "gtk_app/desktop.rs"]
 mod desktop;
+#[path = "gtk_app/local.rs"]
+mod local;
 #[path = "gtk_app/portal.rs"]
 mod portal;
 
