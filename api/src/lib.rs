@@ -482,7 +482,5 @@ pub mod properties {
 /// The name of the Flow's signal that carries its outcome.
 pub const RESPONSE_SIGNAL: &str = "Response";
 
-pub mod permissions;
-
 #[cfg(test)]
 mod tests;

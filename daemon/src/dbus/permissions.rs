@@ -79,9 +79,7 @@ async fn remembered(
     );
     let reply = match tokio::time::timeout(STORE_TIMEOUT, call).await {
         Ok(Ok(reply)) => reply,
-        Ok(Err(zbus::Error::MethodError(name, _, _)))
-            if name.as_str() == "org.freedesktop.portal.Error.NotFound" =>
-        {
+        Ok(Err(zbus::Error::MethodError(name, _, _))) if name.as_str() == store::STORE_NOT_FOUND => {
             return Ok(None);
         }
         Ok(Err(e)) => {

@@ -819,7 +819,11 @@ mod tests {
             let strong = format!("\"{etag}\"");
             match req.method.as_str() {
                 // If-None-Match compares weakly (RFC 9110), at the proxy or the server.
-                "GET" if header("if-none-match").is_some_and(|t| t.trim_start_matches("W/") == shown(*etag).trim_start_matches("W/") || t == strong) => {
+                "GET"
+                    if header("if-none-match").is_some_and(|t| {
+                        t.trim_start_matches("W/") == shown(*etag).trim_start_matches("W/") || t == strong
+                    }) =>
+                {
                     R::new(304).insert_header("ETag", shown(*etag))
                 }
                 "GET" => R::new(200).insert_header("ETag", shown(*etag)).set_body_string(data.clone()),
