@@ -379,3 +379,41 @@ async fn ended_flows_leave_no_nodes_behind() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every property is read-only, and `Set` says so with the standard error, on the Manager and on a
+/// flow; an unknown property is named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_a_property_is_refused_as_read_only() -> Result<()> {
+    let (hs, session, _d) = signed_out_setup(60).await?;
+    let conn = session.connect().await?;
+    let set = |path: String, iface: &'static str, name: &'static str| {
+        let conn = conn.clone();
+        async move {
+            let proxy =
+                zbus::fdo::PropertiesProxy::builder(&conn).destination(BUS_NAME)?.path(path)?.build().await?;
+            let iface = zbus::names::InterfaceName::try_from(iface)?;
+            match proxy.set(iface, name, zbus::zvariant::Value::from(2u32)).await {
+                Ok(()) => anyhow::Ok("set".to_owned()),
+                Err(zbus::fdo::Error::ZBus(zbus::Error::MethodError(n, _, _))) => Ok(n.to_string()),
+                Err(e) => Ok(zbus::DBusError::name(&e).to_string()),
+            }
+        }
+    };
+    const READ_ONLY: &str = "org.freedesktop.DBus.Error.PropertyReadOnly";
+    assert_eq!(set(MANAGER_PATH.to_owned(), api::MANAGER_INTERFACE, "Version").await?, READ_ONLY);
+    assert_eq!(set(MANAGER_PATH.to_owned(), api::MANAGER_INTERFACE, "UserId").await?, READ_ONLY);
+    assert_eq!(
+        set(MANAGER_PATH.to_owned(), api::MANAGER_INTERFACE, "NoSuchThing").await?,
+        "org.freedesktop.DBus.Error.UnknownProperty"
+    );
+    let linkd = matrix_linkd_client::Linkd::with_connection(conn.clone()).await?;
+    let options = matrix_linkd_client::LoginOptions { homeserver: Some(hs.uri()), ..Default::default() };
+    let mut flow = linkd.start_login(options).await?;
+    wait_state(&mut flow, State::QrReady).await?;
+    assert_eq!(set(flow.path().to_string(), api::FLOW_INTERFACE, "State").await?, READ_ONLY);
+    // Reads still work, through the same interface.
+    assert_eq!(flow.proxy().state().await?, State::QrReady as u32);
+    assert_eq!(linkd.manager().version().await?, 1);
+    flow.cancel().await?;
+    Ok(())
+}

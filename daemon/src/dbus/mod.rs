@@ -12,6 +12,7 @@ pub mod flow;
 mod handover;
 pub mod manager;
 mod permissions;
+mod properties;
 mod requests;
 pub mod service;
 mod slots;

@@ -10,9 +10,10 @@ use tracing::{info, warn};
 use zbus::{
     Connection, connection,
     fdo::{DBusProxy, RequestNameFlags, RequestNameReply},
+    zvariant::ObjectPath,
 };
 
-use super::{context::Context, flow, manager};
+use super::{context::Context, flow, manager, properties};
 
 /// How the daemon could not take its place on the bus.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,7 @@ pub enum ServeError {
 pub async fn serve(ctx: Arc<Context>) -> Result<Connection, ServeError> {
     let manager = manager::Manager { ctx: ctx.clone() };
     let conn = connection::Builder::session()?.serve_at(MANAGER_PATH, manager)?.build().await?;
+    properties::take_over(&conn, &ObjectPath::from_static_str_unchecked(MANAGER_PATH)).await?;
     match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into()).await {
         Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}
         Ok(RequestNameReply::InQueue | RequestNameReply::Exists) | Err(zbus::Error::NameTaken) => {

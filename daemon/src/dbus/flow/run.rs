@@ -52,6 +52,7 @@ pub async fn start(
     };
     let tree = ctx.tree().await;
     conn.object_server().at(&path, flow.clone()).await?;
+    super::super::properties::take_over(conn, &path).await?;
     drop(tree);
     let iface: InterfaceRef<Flow> = conn.object_server().interface(&path).await?;
     let span = info_span!("flow", id = %short_id(&path), kind = ?flow.shared.settings.kind);
