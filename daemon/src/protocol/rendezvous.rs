@@ -16,6 +16,10 @@ use crate::net::{self, BodyError, RENDEZVOUS_LIMIT};
 /// Largest payload a rendezvous session holds.
 pub const MAX_PAYLOAD: usize = 4096;
 
+/// A session gone this long before its announced end was lost, not run out (clocks are not
+/// involved: the end is the server's `Expires` − `Date`).
+const LOST_SLACK: Duration = Duration::from_secs(5);
+
 /// How often a write refused as a conflict is tried again, when the slot shows nobody else wrote.
 const CONFLICT_RETRIES: u32 = 3;
 
@@ -35,6 +39,14 @@ const PATH_LATEST_UNSTABLE: &str = "_matrix/client/unstable/io.element.msc4388/r
 pub enum RendezvousError {
     #[error("the rendezvous session expired or was deleted")]
     Expired,
+    /// Gone well before the end its server announced: the other device ended it, or a homeserver
+    /// with workers lost it (a worker without the session answered).
+    #[error("the rendezvous session is gone before its end")]
+    Lost,
+    /// The server creates sessions only for signed-in devices (Synapse's
+    /// `msc4388_mode: authenticated` answers 401 `M_MISSING_TOKEN` where the MSC says 403).
+    #[error("the rendezvous server creates sessions only for signed-in devices")]
+    SignInRequired,
     #[error("the other device wrote at the same time (concurrent write)")]
     Conflict,
     #[error("the payload is too large for the rendezvous server")]
@@ -69,6 +81,18 @@ impl From<RendezvousError> for crate::error::LinkError {
             RendezvousError::Expired => {
                 LinkError::Expired("the rendezvous session expired or the other device ended it".into())
             }
+            RendezvousError::Lost => LinkError::Expired(
+                "the rendezvous session is gone before its end: the other device ended it, or the \
+                 homeserver lost it (with workers, every request of a session must reach the same \
+                 worker: route /rendezvous/ by session, or keep sessions in shared storage)"
+                    .into(),
+            ),
+            RendezvousError::SignInRequired => LinkError::Unsupported(
+                "the homeserver creates rendezvous sessions only for signed-in devices (Synapse: \
+                 experimental_features msc4388_mode = \"authenticated\"): scan the QR code that a \
+                 signed-in device shows instead"
+                    .into(),
+            ),
             RendezvousError::Unavailable(_) => {
                 LinkError::Unsupported("the homeserver offers no rendezvous session here".into())
             }
@@ -121,6 +145,7 @@ async fn errcode(r: reqwest::Response) -> (u16, String) {
 fn map_error(status: u16, code: &str) -> RendezvousError {
     match (status, code) {
         (404, "M_NOT_FOUND") => RendezvousError::Expired,
+        (401, "M_MISSING_TOKEN" | "M_UNKNOWN_TOKEN") => RendezvousError::SignInRequired,
         (404, _) | (401, _) | (403, _) | (405, _) => RendezvousError::Unavailable(status),
         (409, _) | (412, _) => RendezvousError::Conflict,
         (413, _) => RendezvousError::TooLarge,
@@ -325,9 +350,16 @@ impl Session2024 {
             }
             _ => {
                 let (s, code) = errcode(r).await;
-                Err(map_error(s, &code))
+                Err(self.lost_early(map_error(s, &code)))
             }
         }
+    }
+
+    /// An `Expired` answer long before the end the server announced is a session lost (or ended
+    /// by the other device), not one that ran out.
+    fn lost_early(&self, e: RendezvousError) -> RendezvousError {
+        let early = self.expires_at.is_some_and(|end| tokio::time::Instant::now() + LOST_SLACK < end);
+        if e == RendezvousError::Expired && early { RendezvousError::Lost } else { e }
     }
 
     /// Ends the session early, if it is ours (created or written by us); errors are of no
@@ -385,8 +417,13 @@ impl SessionLatest {
         if let Some(t) = access_token {
             req = req.bearer_auth(t);
         }
-        let v = json_of(req.send().await.map_err(network)?).await?;
-        Ok(v.get("create_available").and_then(Value::as_bool).unwrap_or(false))
+        match json_of(req.send().await.map_err(network)?).await {
+            Ok(v) => Ok(v.get("create_available").and_then(Value::as_bool).unwrap_or(false)),
+            // The MSC answers an unauthenticated client 403; Synapse in `msc4388_mode:
+            // authenticated` answers 401 `M_MISSING_TOKEN`. Both mean: not for this client.
+            Err(RendezvousError::SignInRequired | RendezvousError::Unavailable(401 | 403)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates a session (G), on our own homeserver or a configured default.
@@ -545,7 +582,12 @@ mod tests {
         assert_eq!(map_error(412, "M_CONCURRENT_WRITE"), RendezvousError::Conflict);
         assert_eq!(map_error(409, "IO_ELEMENT_MSC4388_CONCURRENT_WRITE"), RendezvousError::Conflict);
         assert_eq!(map_error(413, "M_TOO_LARGE"), RendezvousError::TooLarge);
-        assert_eq!(map_error(401, "M_MISSING_TOKEN"), RendezvousError::Unavailable(401));
+        assert_eq!(map_error(401, "M_MISSING_TOKEN"), RendezvousError::SignInRequired);
+        assert_eq!(map_error(401, ""), RendezvousError::Unavailable(401));
+        let told = crate::error::LinkError::from(RendezvousError::SignInRequired).to_string();
+        assert!(told.contains("msc4388_mode"), "{told}");
+        let told = crate::error::LinkError::from(RendezvousError::Lost).to_string();
+        assert!(told.contains("worker"), "{told}");
         assert_eq!(map_error(500, ""), RendezvousError::Status(500));
     }
 
@@ -887,5 +929,50 @@ mod tests {
         assert_eq!(tag("W/\"7-br\""), "\"7\"");
         assert_eq!(tag("\"-gzip\""), "\"-gzip\"", "nothing left: kept as it is");
         assert_eq!(tag("unquoted"), "unquoted");
+    }
+
+    /// Servers as they differ: Synapse's `msc4388_mode: authenticated` refuses an unauthenticated
+    /// discovery with 401 where the MSC says 403; a worker without the session answers 404 long
+    /// before the session's announced end.
+    #[tokio::test]
+    async fn servers_as_they_differ_get_named_answers() {
+        use wiremock::{Mock, ResponseTemplate, matchers};
+        let server = wiremock::MockServer::start().await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let missing = serde_json::json!({"errcode": "M_MISSING_TOKEN", "error": "Missing access token"});
+        Mock::given(matchers::method("GET"))
+            .and(matchers::path_regex("rendezvous$"))
+            .respond_with(ResponseTemplate::new(401).set_body_json(missing.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(matchers::method("POST"))
+            .respond_with(ResponseTemplate::new(401).set_body_json(missing))
+            .mount(&server)
+            .await;
+        assert_eq!(SessionLatest::discover(&http_client(), &base, None).await, Ok(false));
+        let created = SessionLatest::create(&http_client(), &base, None).await.unwrap_err();
+        assert_eq!(created, RendezvousError::SignInRequired);
+
+        server.reset().await;
+        let now = std::time::SystemTime::now();
+        Mock::given(matchers::method("GET"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("ETag", "\"1\"")
+                    .insert_header("Date", httpdate::fmt_http_date(now))
+                    .insert_header("Expires", httpdate::fmt_http_date(now + Duration::from_secs(120))),
+            )
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(matchers::method("GET"))
+            .respond_with(
+                ResponseTemplate::new(404).set_body_json(serde_json::json!({"errcode": "M_NOT_FOUND"})),
+            )
+            .mount(&server)
+            .await;
+        let mut s = Session2024::join(&http_client(), Url::parse(&format!("{}/rv/1", server.uri())).unwrap());
+        assert_eq!(s.poll().await, Ok(None));
+        assert_eq!(s.poll().await, Err(RendezvousError::Lost), "120 s before its end");
     }
 }
