@@ -8,8 +8,8 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
-use url::Url;
+use matrix_linkd_wire::messages::HomeserverRef;
+use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// Directory name under the XDG base directories.
 pub const APP_DIR: &str = "matrix-linkd";
@@ -18,8 +18,10 @@ pub const CONFIG_FILE: &str = "config.toml";
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Homeserver for `StartLogin` when the daemon shows the QR and the caller gives none.
-    pub homeserver: Option<Url>,
+    /// Homeserver for `StartLogin` when the daemon shows the QR and the caller gives none: the
+    /// server name a user knows (`example.org`, resolved through `.well-known`) or a URL.
+    #[serde(deserialize_with = "homeserver_named")]
+    pub homeserver: Option<HomeserverRef>,
     /// Wire generation when the daemon shows the QR code: `auto`, `2024` or `latest`.
     pub protocol: crate::protocol::GenerationChoice,
     /// Display name the daemon gives its own device when it signs in.
@@ -95,6 +97,16 @@ impl Security {
             local_addresses: self.allow_local_addresses,
         }
     }
+}
+
+/// `homeserver`: a server name or an http(s) URL.
+fn homeserver_named<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HomeserverRef>, D::Error> {
+    let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    HomeserverRef::parse(s.trim()).map(Some).ok_or_else(|| {
+        D::Error::custom(format!(
+            "`homeserver`: `{s}` is neither a server name (example.org, example.org:8448) nor an http(s) URL"
+        ))
+    })
 }
 
 /// The `[oauth]` table: how the daemon registers itself (the engine's own type).
@@ -274,10 +286,11 @@ impl Config {
             ));
         }
         if let Some(hs) = &self.homeserver {
-            if !matches!(hs.scheme(), "https" | "http") {
-                return Err(invalid("homeserver", format!("scheme `{}` is not http or https", hs.scheme())));
-            }
-            crate::net::check_transport(hs, self.security.reach()).map_err(|e| match e {
+            let named = match hs {
+                HomeserverRef::Url(u) => u.as_str(),
+                HomeserverRef::ServerName(n) => n.as_str(),
+            };
+            matrix_linkd_wire::policy::homeserver(named, self.security.reach()).map_err(|e| match e {
                 crate::net::UrlError::InsecureHttp => {
                     invalid("homeserver", format!("{e} (set security.allow_insecure_http for a test set-up)"))
                 }
@@ -367,6 +380,13 @@ mod tests {
         assert!(err.contains("`homeserver`") && err.contains("security.allow_local_addresses"), "{err}");
         let local = "homeserver = \"http://127.0.0.1:8008\"\n[security]\nallow_local_addresses = true\n";
         assert!(parse(local).is_ok());
+        for known in ["example.org", "example.org:8448", "https://example.org", "https://matrix.example.org/"]
+        {
+            let config = parse(&format!("homeserver = \"{known}\"\n")).unwrap();
+            assert!(config.homeserver.is_some(), "{known}");
+        }
+        let err = parse("homeserver = \"localhost:8448\"\n").unwrap_err().to_string();
+        assert!(err.contains("security.allow_local_addresses"), "{err}");
         let allowed = "homeserver = \"http://matrix.example.org\"\n[security]\nallow_insecure_http = true\n";
         assert!(parse(allowed).is_ok());
         let err = parse("protocol = \"2025\"\n").unwrap_err().to_string();

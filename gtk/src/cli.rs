@@ -13,9 +13,9 @@ pub struct Args {
     /// Start on "Sign this computer in" (another device, already signed in, lets this one in).
     #[arg(long)]
     pub login: bool,
-    /// Homeserver URL to meet on when this computer signs in and shows the QR code (default: the
-    /// daemon's configuration).
-    #[arg(long, value_name = "URL")]
+    /// Homeserver to meet on when this computer signs in and shows the QR code: the server name
+    /// a user knows (example.org) or a URL (default: the daemon's configuration).
+    #[arg(long, value_name = "NAME|URL")]
     pub homeserver: Option<String>,
 }
 

@@ -221,3 +221,61 @@ async fn a_session_deleted_while_the_user_types_the_code_ends_the_flow() -> Resu
     assert!(gone.elapsed() < Duration::from_secs(15), "noticed after {:?}", gone.elapsed());
     Ok(())
 }
+
+/// The server name a user knows is enough: in the config and in the `homeserver` option, a name
+/// goes through its `.well-known`, a URL that serves no client API through its host's
+/// `.well-known`; a name that leads nowhere gets an error that says what was tried. (A URL was
+/// taken as the client-API base as it was, and a name was refused at start.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_name_a_user_knows_is_enough() -> Result<()> {
+    use wiremock::{Mock, ResponseTemplate, matchers};
+    let hs = matrix_linkd_tests::homeserver::MockHomeserver::start().await;
+    // The server name's own host publishes only `.well-known`.
+    let named = wiremock::MockServer::start().await;
+    Mock::given(matchers::path("/.well-known/matrix/client"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "m.homeserver": { "base_url": hs.uri() }
+        })))
+        .mount(&named)
+        .await;
+    let server_name = format!("127.0.0.1:{}", named.address().port());
+    let mut session = matrix_linkd_tests::Session::start().await?;
+    session.write_config(&matrix_linkd_tests::test_config(&server_name, 60))?;
+    session.start_daemon(&[]).await?;
+    session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;
+    let linkd = session.client().await?;
+    let shows_a_code = |options: LoginOptions| {
+        let linkd = &linkd;
+        let hs = &hs;
+        async move {
+            let before = hs.rendezvous_sessions_created();
+            let mut flow = linkd.start_login(options).await?;
+            wait_state(&mut flow, State::QrReady).await?;
+            anyhow::ensure!(hs.rendezvous_sessions_created() > before, "the session is on the homeserver");
+            flow.cancel().await?;
+            let _ = flow.result().await;
+            anyhow::Ok(())
+        }
+    };
+    // The config's server name.
+    shows_a_code(LoginOptions::default()).await?;
+    // The option: the name, and a URL of the name's host (no client API there).
+    shows_a_code(LoginOptions { homeserver: Some(server_name.clone()), ..Default::default() }).await?;
+    shows_a_code(LoginOptions { homeserver: Some(named.uri()), ..Default::default() }).await?;
+    // A name nothing answers for.
+    let unresolved = match linkd
+        .start_login(LoginOptions { homeserver: Some("127.0.0.1:1".into()), ..Default::default() })
+        .await
+    {
+        Ok(flow) => flow.result().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match unresolved {
+        Err(ClientError::Daemon { name, message }) => {
+            assert_eq!(name, errors::NETWORK, "{message}");
+            assert!(message.contains("cannot find the homeserver of `127.0.0.1:1`"), "{message}");
+        }
+        other => bail!("expected Network, got {other:?}"),
+    }
+    Ok(())
+}

@@ -26,8 +26,9 @@ pub enum Command {
     Login {
         #[command(flatten)]
         qr: QrInput,
-        /// Homeserver URL to meet on when the daemon shows the QR code (default: the daemon's config).
-        #[arg(long, value_name = "URL")]
+        /// Homeserver to meet on when the daemon shows the QR code: the server name a user knows
+        /// (example.org) or a URL (default: the daemon's config).
+        #[arg(long, value_name = "NAME|URL")]
         homeserver: Option<String>,
         /// Display name of the daemon's new device.
         #[arg(long, value_name = "NAME")]

@@ -116,12 +116,13 @@ pub fn grant(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
 /// on the other device: nothing is notified or opened here.
 pub fn login(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
     let homeserver = match opts.string(key::HOMESERVER)? {
-        Some(s) => Some(
-            url::Url::parse(&s)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| LinkError::InvalidArgs("`homeserver` must be an http(s) URL".into()))?,
-        ),
+        Some(s) => Some(matrix_linkd_wire::policy::homeserver(s.trim(), cx.config.security.reach()).map_err(
+            |e| {
+                LinkError::InvalidArgs(format!(
+                    "`homeserver` must be a server name (example.org) or an https URL: the one given is refused: {e}"
+                ))
+            },
+        )?),
         None => cx.config.homeserver.clone(),
     };
     let device_display_name =

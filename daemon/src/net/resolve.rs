@@ -73,9 +73,18 @@ async fn find(
     let origin = Url::parse(&format!("{scheme}://{name}/"))
         .map_err(|_| LinkError::InvalidArgs("the homeserver name is not a server name".into()))?;
     check_transport(&origin, reach).map_err(|e| insecure(&e))?;
-    if let Some(found) = well_known(http, &origin).await {
-        check_transport(&found, reach).map_err(|e| insecure(&e))?;
-        return Ok((found, Found::WellKnown));
+    // The spec's `.well-known` is on the name's host without its port (`example.org:8448` is
+    // usually the federation port); then at the name as given (a test stack's `127.0.0.1:18008`).
+    let host_only = origin.port().map(|_| {
+        let mut u = origin.clone();
+        let _ = u.set_port(None);
+        u
+    });
+    for base in host_only.iter().chain([&origin]) {
+        if let Some(found) = well_known(http, base).await {
+            check_transport(&found, reach).map_err(|e| insecure(&e))?;
+            return Ok((found, Found::WellKnown));
+        }
     }
     if serves_client_api(http, &origin).await {
         return Ok((origin, Found::ServerName));
@@ -89,6 +98,40 @@ async fn find(
     Err(LinkError::Network(format!(
         "cannot find the homeserver of `{name}` (no .well-known, no client API at the name or at the \
          rendezvous server)"
+    )))
+}
+
+/// The client-server API base of a homeserver as a user gives it (the config, the `homeserver`
+/// option, the CLI, the desktop app): a server name (`example.org`, `example.org:8448`) through
+/// its `.well-known`, then its own address; a URL (`https://example.org`,
+/// `https://matrix.example.org/`) as the client-API base when it serves the client API, else
+/// through its host's `.well-known`. The error says what was tried.
+pub async fn given(http: &reqwest::Client, named: &HomeserverRef, reach: Reach) -> Result<Url, LinkError> {
+    let url = match named {
+        HomeserverRef::ServerName(_) => {
+            return homeserver(http, named, None, reach).await.map(|(url, _)| url);
+        }
+        HomeserverRef::Url(url) => url,
+    };
+    check_transport(url, reach).map_err(|e| insecure(&e))?;
+    if serves_client_api(http, url).await {
+        info!(how = Found::Url.as_str(), "homeserver found");
+        return Ok(url.clone());
+    }
+    let mut origin = url.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    if let Some(found) = well_known(http, &origin).await {
+        check_transport(&found, reach).map_err(|e| insecure(&e))?;
+        if serves_client_api(http, &found).await {
+            info!(how = Found::WellKnown.as_str(), "homeserver found");
+            return Ok(found);
+        }
+    }
+    Err(LinkError::Network(format!(
+        "cannot find the homeserver at `{url}` (no client API there, and no .well-known/matrix/client \
+         at `{origin}` naming one)"
     )))
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 use crate::error::{LinkError, Result};
+use matrix_linkd_wire::messages::HomeserverRef;
 
 /// The D-Bus enums (the Flow's `Kind`, `Protocol` and `State` properties, with their `u32`
 /// values): declared once in the `matrix-linkd-api` crate, which clients share.
@@ -198,8 +199,9 @@ pub struct LoginRequest {
     pub generation: GenerationChoice,
     /// Bytes the caller scanned from the existing device; `None` = the daemon shows the QR.
     pub qr_code: Option<Secret<Vec<u8>>>,
-    /// Homeserver to create the rendezvous on when the daemon shows the QR.
-    pub homeserver: Option<Url>,
+    /// Homeserver to create the rendezvous on when the daemon shows the QR, as the user gave it:
+    /// a server name or a URL ([`crate::net::resolve::given`]).
+    pub homeserver: Option<HomeserverRef>,
     pub device_display_name: String,
     pub timeout: Duration,
 }

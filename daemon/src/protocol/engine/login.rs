@@ -24,7 +24,7 @@ impl OwnEngine {
             .as_ref()
             .map(|b| scanned_qr(&b.0, Intent::Reciprocate, self.reach))
             .transpose()?;
-        if let Some(homeserver) = &request.homeserver {
+        if let Some(HomeserverRef::Url(homeserver)) = &request.homeserver {
             net::check_transport(homeserver, self.reach)
                 .map_err(|e| LinkError::InvalidArgs(format!("the homeserver URL is refused: {e}")))?;
         }
@@ -60,12 +60,13 @@ impl OwnEngine {
                 (LoginStart::Scanned { qr, server }, Opening { generation, created: None })
             }
             None => {
-                let homeserver = request.homeserver.clone().ok_or_else(|| {
+                let named = request.homeserver.clone().ok_or_else(|| {
                     LinkError::InvalidArgs(
                         "no homeserver: pass the `homeserver` option or set `homeserver` in config.toml"
                             .into(),
                     )
                 })?;
+                let homeserver = net::resolve::given(&self.http, &named, self.reach).await?;
                 let generation = choose_generation(&self.http, request.generation, &homeserver, None).await?;
                 let maker = QrMaker {
                     http: self.http.clone(),
