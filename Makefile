@@ -54,6 +54,7 @@ test-integration:
 test-stack:
 	stack/with-stack.sh $(CARGO) test --workspace --test stack_sdk --test stack_js --test stack_failures --test stack_rendezvous --test stack_device_grant --test stack_latest --test stack_balancer --test stack_delegation --test stack_script
 	$(LOCALHOST_STACK) stack/with-stack.sh env LINKD_STACK=localhost $(CARGO) test --workspace --test stack_sdk --test stack_js
+	$(PROXY_STACK) stack/with-stack.sh env LINKD_STACK=proxy $(PROXY_TRUST) $(CARGO) test --workspace --test stack_proxy
 
 # The GTK app (matrix-link-gtk) under Xvfb, driven through AT-SPI over the real stack: a whole
 # login (scanning the other device's QR code from the screen) and a whole grant; screenshots of each
@@ -65,6 +66,14 @@ test-gtk:
 # Every stack port lies below the kernel's ephemeral range (32768-60999): a port in it can be held
 # for a minute by a closed client connection in TIME_WAIT, and the stack would not start.
 LOCALHOST_STACK := STACK_NAME=localhost SYNAPSE_PORT=28208 OAUTH_PORT=28280 SERVER_NAME=localhost SERVE_WELLKNOWN=false
+
+# A production-shaped deployment (stack/proxy.sh; root): the server name example.test with its
+# .well-known, Synapse and the OAuth server behind Debian's nginx with TLS from a CA made for the
+# run and gzip on. The CA is trusted as a user's session would trust it: the trust-roots file
+# (SSL_CERT_FILE: the daemon, matrix-sdk, curl), and Node's extra CAs (matrix-js-sdk).
+PROXY_STACK := STACK_NAME=proxy SYNAPSE_PORT=28308 OAUTH_PORT=28380 PROXY_DOMAIN=example.test
+PROXY_TRUST := SSL_CERT_FILE=$(CURDIR)/.stack/proxy/tls/bundle.crt CURL_CA_BUNDLE=$(CURDIR)/.stack/proxy/tls/bundle.crt \
+	NODE_EXTRA_CA_CERTS=$(CURDIR)/.stack/proxy/tls/ca.crt
 
 # The main job: a stack of its own (ports 19008/19080), a private bus, the daemon, a full link.
 demo: deps build

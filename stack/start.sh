@@ -9,6 +9,12 @@
 #   SERVER_NAME=localhost SERVE_WELLKNOWN=false …   a server name with no `.well-known` (as many
 #                                                   real ones): clients must find the homeserver
 #                                                   some other way
+#   PROXY_DOMAIN=example.test …   a production-shaped deployment (stack/proxy.sh): the server name
+#                                 `example.test` with its `.well-known` on that host, Synapse at
+#                                 https://matrix.example.test and the OAuth server at
+#                                 https://auth.example.test, behind a real nginx with TLS from a CA
+#                                 made here and `gzip on` as deployments have it. Needs root (it
+#                                 binds 127.0.0.1:443 and names the hosts in /etc/hosts).
 #
 # Writes .stack/<name>/stack.env (URLs, ports) and PID files; stack/stop.sh stops it by PID.
 set -euo pipefail
@@ -19,6 +25,7 @@ OAUTH_PORT=${OAUTH_PORT:-18080}
 SECRET=${MAS_SECRET:-test-shared-secret-between-synapse-and-mas}
 SERVER_NAME=${SERVER_NAME:-127.0.0.1:$SYNAPSE_PORT}
 SERVE_WELLKNOWN=${SERVE_WELLKNOWN:-true}
+PROXY_DOMAIN=${PROXY_DOMAIN:-}
 SYNAPSE_VERSION=1.163.2
 DIR=$ROOT/.stack/$NAME
 VENV=$ROOT/.stack/venv
@@ -57,18 +64,28 @@ done
 
 rm -rf "$DIR"; mkdir -p "$DIR/synapse"
 D=$DIR/synapse
+# What the servers call themselves: their own loopback address, or the proxy's https names.
+PUBLIC_SYNAPSE=http://127.0.0.1:$SYNAPSE_PORT/
+PUBLIC_OAUTH=http://127.0.0.1:$OAUTH_PORT/
+X_FORWARDED=false
+if [ -n "$PROXY_DOMAIN" ]; then
+  SERVER_NAME=$PROXY_DOMAIN; SERVE_WELLKNOWN=true
+  PUBLIC_SYNAPSE=https://matrix.$PROXY_DOMAIN/
+  PUBLIC_OAUTH=https://auth.$PROXY_DOMAIN/
+  X_FORWARDED=true
+fi
 
 cat > "$D/homeserver.yaml" <<YAML
 server_name: "$SERVER_NAME"
 serve_client_wellknown: $SERVE_WELLKNOWN
 pid_file: $D/homeserver.pid
-public_baseurl: "http://127.0.0.1:$SYNAPSE_PORT/"
+public_baseurl: "$PUBLIC_SYNAPSE"
 listeners:
   - port: $SYNAPSE_PORT
     bind_addresses: ['127.0.0.1']
     type: http
     tls: false
-    x_forwarded: false
+    x_forwarded: $X_FORWARDED
     resources: [{names: [client], compress: false}]
 database: {name: sqlite3, args: {database: $D/homeserver.db}}
 media_store_path: $D/media_store
@@ -100,7 +117,7 @@ disable_existing_loggers: false
 YAML
 
 log "OAuth server on 127.0.0.1:$OAUTH_PORT"
-OAUTH_PORT=$OAUTH_PORT SYNAPSE_URL=http://127.0.0.1:$SYNAPSE_PORT MAS_SECRET=$SECRET \
+OAUTH_PORT=$OAUTH_PORT OAUTH_ISSUER=$PUBLIC_OAUTH SYNAPSE_URL=http://127.0.0.1:$SYNAPSE_PORT MAS_SECRET=$SECRET \
   DEVICE_CODE_TTL=${DEVICE_CODE_TTL:-600} ACCESS_TOKEN_TTL=${ACCESS_TOKEN_TTL:-300} \
   setsid "$NODE" "$NODE_DIR/oauth-server.mjs" >"$DIR/oauth.log" 2>&1 </dev/null &
 echo $! >"$DIR/oauth.pid"
@@ -114,10 +131,15 @@ up() { curl -sf --max-time 2 "$1" >/dev/null; }
 for _ in $(seq 300); do
   if up "http://127.0.0.1:$SYNAPSE_PORT/_matrix/client/versions" && up "http://127.0.0.1:$OAUTH_PORT/.well-known/openid-configuration" \
      && up "http://127.0.0.1:$SYNAPSE_PORT/_matrix/client/v1/auth_metadata"; then
+    if [ -n "$PROXY_DOMAIN" ]; then
+      PROXY_DOMAIN=$PROXY_DOMAIN DIR=$DIR SYNAPSE_PORT=$SYNAPSE_PORT OAUTH_PORT=$OAUTH_PORT "$ROOT/stack/proxy.sh" \
+        || { "$ROOT/stack/stop.sh" || true; exit 1; }
+    fi
     cat >"$DIR/stack.env" <<ENV
 STACK_NAME=$NAME
-SYNAPSE_URL=http://127.0.0.1:$SYNAPSE_PORT/
-OAUTH_URL=http://127.0.0.1:$OAUTH_PORT/
+SYNAPSE_URL=$PUBLIC_SYNAPSE
+OAUTH_URL=$PUBLIC_OAUTH
+PROXY_DOMAIN=$PROXY_DOMAIN
 SYNAPSE_PORT=$SYNAPSE_PORT
 OAUTH_PORT=$OAUTH_PORT
 SERVER_NAME=$SERVER_NAME

@@ -5,7 +5,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NAME=${STACK_NAME:-main}
 started=""
-if [ -f "$ROOT/.stack/$NAME/stack.env" ] && curl -sf --max-time 2 \
+if [ -f "$ROOT/.stack/$NAME/stack.env" ] && curl -sfk --max-time 2 \
      "$(grep ^SYNAPSE_URL= "$ROOT/.stack/$NAME/stack.env" | cut -d= -f2)_matrix/client/versions" >/dev/null; then
   echo "[stack:$NAME] reusing the running stack" >&2
 else

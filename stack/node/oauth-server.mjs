@@ -15,7 +15,8 @@
 //     confirming the end of that device's session).
 // MAS itself is not installable from any registry this project can reach; see README.
 //
-// Environment: OAUTH_PORT (18080), SYNAPSE_URL (http://127.0.0.1:18008), MAS_SECRET,
+// Environment: OAUTH_PORT (18080), OAUTH_ISSUER (http://127.0.0.1:<port>/), SYNAPSE_URL
+// (http://127.0.0.1:18008), MAS_SECRET,
 // DEVICE_CODE_TTL (600 s), ACCESS_TOKEN_TTL (300 s).
 
 import http from 'node:http';
@@ -23,7 +24,8 @@ import Provider from 'oidc-provider';
 import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
 const PORT = Number(process.env.OAUTH_PORT || 18080);
-const ISSUER = `http://127.0.0.1:${PORT}/`;
+// The issuer: our own address, or the https name a proxy in front serves us under (OAUTH_ISSUER).
+const ISSUER = process.env.OAUTH_ISSUER || `http://127.0.0.1:${PORT}/`;
 const SYNAPSE = (process.env.SYNAPSE_URL || 'http://127.0.0.1:18008').replace(/\/$/, '');
 const SECRET = process.env.MAS_SECRET || 'test-shared-secret-between-synapse-and-mas';
 
@@ -63,7 +65,8 @@ const provider = new Provider(ISSUER, {
   },
   cookies: { keys: ['test-cookie-key-not-secret'] },
 });
-provider.proxy = false;
+// Behind a TLS proxy, trust its X-Forwarded-Proto (secure cookies, https URLs).
+provider.proxy = ISSUER.startsWith('https:');
 
 const DEVICE_SCOPE = /^urn:matrix:(?:org\.matrix\.msc2967\.)?client:device:([A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255})$/;
 const API_SCOPES = ['urn:matrix:client:api:*', 'urn:matrix:org.matrix.msc2967.client:api:*'];
@@ -249,8 +252,15 @@ async function introspect(req, res, body) {
   });
 }
 
+const PUBLIC = new URL(ISSUER);
 const server = http.createServer(async (req, res) => {
   try {
+    // Synapse reads our metadata at our own address, past the proxy: answer as MAS does, with
+    // the public URLs (its `public_base`), not ones made from this request's address.
+    if (provider.proxy && !req.headers['x-forwarded-proto']) {
+      req.headers['x-forwarded-proto'] = PUBLIC.protocol.replace(':', '');
+      req.headers['x-forwarded-host'] = PUBLIC.host;
+    }
     const url = new URL(req.url, ISSUER);
     const ctype = req.headers['content-type'] || '';
     if (req.method === 'POST' && url.pathname === '/oauth2/introspect') {

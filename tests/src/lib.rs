@@ -222,6 +222,12 @@ impl Session {
         if let Some(bus) = bus {
             cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
         }
+        // Trust roots as the user's session has them (the proxy stack's CA: stack/proxy.sh).
+        for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
     }
 
     /// A command that runs inside this session (its bus, home and XDG dirs).

@@ -47,6 +47,14 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(20)).build().expect("http client")
 }
 
+/// An HTTP client for matrix-sdk that asks for the identity encoding, as the daemon does: a
+/// compressing proxy leaves its answers (and their ETags) as the server made them.
+pub fn identity_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::ACCEPT_ENCODING, reqwest::header::HeaderValue::from_static("identity"));
+    reqwest::Client::builder().default_headers(headers).build().expect("http client")
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -244,8 +252,16 @@ impl Stack {
 
     /// A matrix-sdk client restored from tokens of the device grant.
     async fn client_from(&self, t: DeviceTokens) -> Result<Client> {
-        let client =
-            Client::builder().homeserver_url(self.synapse.clone()).handle_refresh_tokens().build().await?;
+        self.client_over(t, None).await
+    }
+
+    /// [`Self::client_from`] over a given HTTP client (matrix-sdk's own otherwise).
+    async fn client_over(&self, t: DeviceTokens, http: Option<reqwest::Client>) -> Result<Client> {
+        let mut builder = Client::builder().homeserver_url(self.synapse.clone()).handle_refresh_tokens();
+        if let Some(http) = http {
+            builder = builder.http_client(http);
+        }
+        let client = builder.build().await?;
         let meta = SessionMeta { user_id: t.user_id.parse()?, device_id: t.device_id.as_str().into() };
         let tokens = SessionTokens { access_token: t.access_token, refresh_token: Some(t.refresh_token) };
         let session =
@@ -257,9 +273,16 @@ impl Stack {
     /// A signed-in matrix-sdk device ("the phone") of a fresh account, with cross-signing and
     /// key backup set up by the client itself.
     pub async fn existing_device(&self, login: &str) -> Result<Client> {
+        self.existing_device_over(login, None).await
+    }
+
+    /// [`Self::existing_device`] over a given HTTP client: behind a compressing proxy, one that
+    /// asks for the identity encoding as the daemon does ([`identity_http`]) gets the rendezvous
+    /// ETags as the homeserver made them, where matrix-sdk's own (gzip) gets them weakened.
+    pub async fn existing_device_over(&self, login: &str, http: Option<reqwest::Client>) -> Result<Client> {
         let t =
             self.device_login(login, &format!("PHONE{}", &Self::new_login("")[..6].to_uppercase())).await?;
-        let client = self.client_from(t).await?;
+        let client = self.client_over(t, http).await?;
         client.encryption().bootstrap_cross_signing(None).await.context("bootstrap cross-signing")?;
         client.encryption().recovery().enable().await.context("enable key backup and recovery")?;
         Ok(client)
