@@ -17,6 +17,9 @@
 //!    code by itself after 60 s; Cancel there.
 //! 5. A QR code that is no sign-in code, pasted from the clipboard: the `InvalidQrCode` page.
 //!
+//! And a daemon whose config names no homeserver signs in with the server name typed into the
+//! app's homeserver field (`gtk_app_signs_in_with_the_server_name_typed`).
+//!
 //! Each step's screenshot goes to `target/gtk-artefacts/`, and each step checks the widgets shown.
 //!
 //! The pages that need no stack (no daemon on the bus, sandboxed apps' answers in the real
@@ -255,5 +258,49 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
         started.elapsed().as_secs_f64(),
         artefacts.display()
     );
+    Ok(())
+}
+
+/// The server name a user knows, typed in the app's homeserver field, is enough: a daemon whose
+/// config names no homeserver signs in with the QR code it shows for that name (the js-sdk device
+/// scans it off the screen): the config names none, so the field alone names where to meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gtk_app_signs_in_with_the_server_name_typed() -> Result<()> {
+    let stack = Stack::main()?;
+    let login = Stack::new_login("gtkn");
+    let artefacts = workspace_root().join("target/gtk-artefacts/server-name");
+    let _ = std::fs::remove_dir_all(&artefacts);
+    let mut session = Session::start().await?;
+    session.write_config(&format!(
+        "log_level = \"debug\"\n[timeouts]\nflow = 120\ndevice_creation = 30\n\
+         [desktop]\nnotifications = false\nopen_uri = false\n{}",
+        matrix_linkd_tests::LOCAL_TEST_SETUP
+    ))?;
+    session.start_daemon(&[]).await?;
+    session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;
+    let mut desk = Desktop::start(&session, &artefacts)?;
+    let _portal = Portal::start(&session.bus_address, &desk.display, artefacts.clone()).await?;
+    desk.start_app(&session, &[])?;
+    desk.drive(&session, &["wait", "Signed out", "panel"])?;
+    desk.drive(&session, &["click", "Sign this computer in"])?;
+    desk.drive(&session, &["enter", "Homeserver (optional)", &stack.server_name])?;
+    desk.screenshot("server-name-typed")?;
+    desk.drive(&session, &["click", "Show a QR code"])?;
+    desk.drive(&session, &["--timeout", "60", "wait", "Scan this QR code with your signed-in device"])?;
+    let qr = desk.screen_qr("server-name-qr", |_| true).context("the QR code on the screen")?;
+    let mut js = JsPeer::start(&stack, Role::Existing, Mode::Scan, &login)?;
+    js.read("ready", Duration::from_secs(60)).await?;
+    js.write("qr.hex", &hex::encode(&qr))?;
+    let code = js.check_code().await?;
+    desk.drive(&session, &["--timeout", "60", "wait", "Enter the check code"])?;
+    desk.drive(&session, &["enter", "Check code", &format!("{code:02}")])?;
+    desk.drive(&session, &["click", "Continue"])?;
+    let uri = js.read("verification_uri", Duration::from_secs(60)).await?;
+    stack.approve_uri(&uri, &login, false)?;
+    let v = desk.drive(&session, &["--timeout", "90", "wait", "This computer is signed in"])?;
+    ensure!(shows(&v, "label", &format!("Signed in as {}.", stack.user_id(&login))), "done page: {v}");
+    desk.screenshot("server-name-signed-in")?;
+    let js_result = js.result().await?;
+    ensure!(js_result["ok"] == true, "js existing device failed: {js_result}\n{}", js.log());
     Ok(())
 }
