@@ -310,6 +310,12 @@ const server = http.createServer(async (req, res) => {
   }
 });
 
+// Keep idle connections longer than Synapse's client pool does (reqwest: 90 s): with Node's
+// default of 5 s, Synapse reused a connection Node was closing, its token introspection was reset,
+// and it answered the client 503 "Unable to introspect the access token" (MAS keeps them open).
+server.keepAliveTimeout = 120_000;
+server.headersTimeout = 125_000;
+
 // A port that cannot be had is named, not thrown as an unhandled 'error' event.
 server.on('error', (e) => {
   console.error(`oauth server: cannot listen on 127.0.0.1:${PORT}: ${e.code || e.message}`);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use matrix_sdk::reqwest::{self, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::debug;
 use url::Url;
 
 use crate::{
@@ -312,6 +313,10 @@ pub async fn refresh(
     }
 }
 
+/// The waits before each further `whoami` after a transient failure.
+const WHOAMI_RETRIES: [Duration; 3] =
+    [Duration::from_millis(250), Duration::from_secs(1), Duration::from_secs(2)];
+
 /// `GET /account/whoami` with a fresh token: the user ID and the device ID the homeserver sees.
 pub async fn whoami(
     http: &reqwest::Client,
@@ -321,12 +326,28 @@ pub async fn whoami(
     let url = homeserver
         .join("_matrix/client/v3/account/whoami")
         .map_err(|_| LinkError::Failed("bad homeserver URL".into()))?;
-    let r = http
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|_| LinkError::Network("asking the homeserver who we are failed".into()))?;
+    // The last step of a sign-in that the user has already consented to: a homeserver that is
+    // briefly unavailable (502/503/504: a worker restarting, its auth service's connection reset)
+    // or a lost connection gets a few more tries before the sign-in fails. A GET, so tried again
+    // safely.
+    let mut waits = WHOAMI_RETRIES.iter();
+    let r = loop {
+        let sent = http.get(url.clone()).bearer_auth(token).send().await;
+        let transient = match &sent {
+            Ok(r) => matches!(r.status().as_u16(), 502..=504),
+            Err(e) => !e.is_timeout(),
+        };
+        match waits.next() {
+            Some(wait) if transient => {
+                debug!(status = ?sent.as_ref().ok().map(|r| r.status().as_u16()), "whoami: tried again");
+                tokio::time::sleep(*wait).await;
+            }
+            _ => {
+                break sent
+                    .map_err(|_| LinkError::Network("asking the homeserver who we are failed".into()))?;
+            }
+        }
+    };
     if !r.status().is_success() {
         return Err(LinkError::Network(format!("whoami answered HTTP {}", r.status().as_u16())));
     }
@@ -407,6 +428,42 @@ pub async fn poll_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A homeserver briefly unavailable at the sign-in's last step (Synapse answers 503 when its
+    /// auth service's connection was reset) does not fail a sign-in the user consented to; one
+    /// that stays unavailable does, after a bounded number of tries.
+    #[tokio::test]
+    async fn whoami_rides_out_a_brief_unavailability() {
+        use wiremock::{Mock, ResponseTemplate, matchers};
+        let server = wiremock::MockServer::start().await;
+        let base = Url::parse(&format!("{}/", server.uri())).unwrap();
+        Mock::given(matchers::path("/_matrix/client/v3/account/whoami"))
+            .respond_with(
+                ResponseTemplate::new(503).set_body_json(serde_json::json!({"errcode": "M_UNKNOWN"})),
+            )
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(matchers::path("/_matrix/client/v3/account/whoami"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"user_id": "@a:example.org", "device_id": "D"})),
+            )
+            .mount(&server)
+            .await;
+        let (user, device) = whoami(&net::client(), &base, "t").await.unwrap();
+        assert_eq!((user.as_str(), device.as_deref()), ("@a:example.org", Some("D")));
+
+        server.reset().await;
+        Mock::given(matchers::path("/_matrix/client/v3/account/whoami"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let err = whoami(&net::client(), &base, "t").await.unwrap_err();
+        assert!(err.to_string().contains("503"), "{err}");
+        let asked = server.received_requests().await.unwrap().len();
+        assert_eq!(asked, 1 + WHOAMI_RETRIES.len(), "bounded tries");
+    }
 
     #[test]
     fn device_ids_are_scope_safe() {
