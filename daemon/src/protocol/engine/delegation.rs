@@ -54,7 +54,7 @@ impl OwnEngine {
             }
             None
         };
-        let metadata = device_grant::metadata(&self.http, &client.homeserver(), self.reach).await?;
+        let metadata = device_grant::metadata(self.http(), &client.homeserver(), self.reach).await?;
         if metadata.registration_endpoint.is_none() {
             return Err(GrantError::NoRegistration.into());
         }
@@ -63,14 +63,14 @@ impl OwnEngine {
         let span = info_span!("delegation", share_secrets = request.share_secrets);
         let records: Arc<dyn DelegationRecords> = account;
         let left = Leftovers {
-            http: self.http.clone(),
+            http: self.http().clone(),
             metadata: metadata.clone(),
             records: records.clone(),
             issued: None,
             remembered: None,
         };
         let flow = DelegationFlow {
-            http: self.http.clone(),
+            http: self.http().clone(),
             reach: self.reach,
             client_uri: self.oauth.client_uri.clone(),
             client,

@@ -28,7 +28,7 @@ impl OwnEngine {
         let issuer = self
             .issuers
             .get_or(homeserver.as_str(), async || {
-                let metadata = device_grant::server_metadata(&self.http, &homeserver, self.reach).await;
+                let metadata = device_grant::server_metadata(self.http(), &homeserver, self.reach).await;
                 metadata.map(|m| m.issuer).map_err(LinkError::from)
             })
             .await?;
@@ -42,11 +42,12 @@ impl OwnEngine {
                 let generation = self
                     .generations
                     .get_or(&key, async || {
-                        choose_generation(&self.http, request.generation, &homeserver, token.as_deref()).await
+                        choose_generation(self.http(), request.generation, &homeserver, token.as_deref())
+                            .await
                     })
                     .await?;
                 let maker = QrMaker {
-                    http: self.http.clone(),
+                    http: self.http().clone(),
                     generation,
                     homeserver: homeserver.clone(),
                     access_token: token.clone(),
@@ -61,7 +62,7 @@ impl OwnEngine {
         let span = info_span!("grant", scanned = opening.created.is_none(), generation = ?opening.generation);
         let (left, first) = opening.split();
         let flow = GrantFlow {
-            http: self.http.clone(),
+            http: self.http().clone(),
             client,
             bundle,
             device_creation_timeout: request.device_creation_timeout,

@@ -66,10 +66,11 @@ impl OwnEngine {
                             .into(),
                     )
                 })?;
-                let homeserver = net::resolve::given(&self.http, &named, self.reach).await?;
-                let generation = choose_generation(&self.http, request.generation, &homeserver, None).await?;
+                let homeserver = net::resolve::given(self.http(), &named, self.reach).await?;
+                let generation =
+                    choose_generation(self.http(), request.generation, &homeserver, None).await?;
                 let maker = QrMaker {
-                    http: self.http.clone(),
+                    http: self.http().clone(),
                     generation,
                     homeserver: homeserver.clone(),
                     access_token: None,
@@ -85,7 +86,7 @@ impl OwnEngine {
         let span = info_span!("login", scanned = opening.created.is_none(), generation = ?opening.generation);
         let (left, first) = opening.split();
         let flow = LoginFlow {
-            http: self.http.clone(),
+            http: self.http().clone(),
             target: target.clone(),
             oauth: self.oauth.clone(),
             client_ids: self.client_ids.clone(),

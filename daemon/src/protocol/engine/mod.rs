@@ -58,7 +58,9 @@ use crate::{
 /// The own engine. One instance per daemon; flows run as tasks.
 pub struct OwnEngine {
     oauth: OAuthClient,
-    http: reqwest::Client,
+    /// Built on first use: building it loads the system's trust roots, which a signed-out
+    /// daemon that is only starting needs not wait for.
+    http_client: std::sync::OnceLock<reqwest::Client>,
     /// Dynamic registrations, by issuer: one client ID per OAuth server for the daemon's life.
     client_ids: Arc<Mutex<HashMap<String, String>>>,
     /// The servers flows may reach (`security.allow_insecure_http`, `allow_local_addresses`).
@@ -69,10 +71,15 @@ pub struct OwnEngine {
 }
 
 impl OwnEngine {
+    /// The client for every request a flow makes ([`net::client_for`] this engine's reach).
+    fn http(&self) -> &reqwest::Client {
+        self.http_client.get_or_init(|| net::client_for(self.reach))
+    }
+
     pub fn new(oauth: &OAuthClient, reach: Reach) -> Self {
         Self {
             oauth: oauth.clone(),
-            http: net::client_for(reach),
+            http_client: std::sync::OnceLock::new(),
             client_ids: Default::default(),
             reach,
             issuers: Default::default(),
@@ -171,8 +178,8 @@ impl Engine for OwnEngine {
         let homeserver = client.homeserver();
         let token = client.access_token();
         let (v2024, latest) = tokio::join!(
-            Session2024::offered(&self.http, &homeserver),
-            SessionLatest::discover(&self.http, &homeserver, token.as_deref()),
+            Session2024::offered(self.http(), &homeserver),
+            SessionLatest::discover(self.http(), &homeserver, token.as_deref()),
         );
         let mut offered = Vec::new();
         if v2024 {
@@ -194,7 +201,7 @@ impl Engine for OwnEngine {
         record: &delegated::Record,
         revoke_only: bool,
     ) -> Result<Option<delegated::Ended>> {
-        delegated::end_session(&self.http, self.reach, client, record, revoke_only).await
+        delegated::end_session(self.http(), self.reach, client, record, revoke_only).await
     }
 }
 

@@ -217,3 +217,14 @@ async fn a_panicking_flow_still_tells_and_cleans_up() {
     let requests = server.received_requests().await.unwrap();
     assert!(requests.iter().any(|r| r.method.as_str() == "DELETE"), "the session was not deleted");
 }
+
+/// Start-up: a new engine has not built its HTTP client (loading the system's trust roots takes
+/// milliseconds a signed-out daemon need not spend before it takes its bus name); the first flow
+/// builds it, once.
+#[test]
+fn the_http_client_is_built_on_first_use() {
+    let engine = OwnEngine::new(&OAuthClient::default(), Reach::ANYWHERE);
+    assert!(engine.http_client.get().is_none(), "built at start-up");
+    let first: *const reqwest::Client = engine.http();
+    assert!(std::ptr::eq(first, engine.http()), "built once");
+}
