@@ -4,7 +4,8 @@ set -euo pipefail
 packages=(dbus dbus-daemon dbus-bin dbus-user-session gnome-keyring libsecret-tools libnotify-bin xvfb dunst
           libsqlite3-dev pkg-config curl ca-certificates python3-venv systemd
           gjs python3-gi gir1.2-glib-2.0 lintian man-db appstream desktop-file-utils dpkg-dev
-          libgtk-4-dev libadwaita-1-dev at-spi2-core python3-pyatspi imagemagick xclip)
+          libgtk-4-dev libadwaita-1-dev at-spi2-core python3-pyatspi imagemagick xclip
+          xdg-desktop-portal flatpak)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+pub mod permissions;
+
 /// The well-known name the daemon owns on the session bus.
 pub const BUS_NAME: &str = "io.github.matrix_linkd.Linkd1";
 /// The object path of the Manager.

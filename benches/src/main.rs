@@ -118,8 +118,10 @@ async fn run() -> Result<()> {
     println!("\nconcurrency: {} grants at once", s.flows);
     let mut busy = Session::start().await?;
     busy.write_config(&format!(
-        "homeserver = \"{}\"\n[limits]\nmax_flows = {}\n[desktop]\nopen_uri = false\nnotifications = false\n",
-        stack.synapse, s.flows
+        "homeserver = \"{}\"\n[limits]\nmax_flows = {}\n[desktop]\nopen_uri = false\nnotifications = false\n{}",
+        stack.synapse,
+        s.flows,
+        matrix_linkd_tests::LOCAL_TEST_SETUP
     ))?;
     busy.start_daemon(&[]).await?;
     busy.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
@@ -138,7 +140,11 @@ async fn run() -> Result<()> {
     let (restored, signed_in_starts) =
         startup::series(&busy, "signed in", SessionState::SignedIn as u32, s.starts).await?;
     let fresh = Session::start().await?;
-    fresh.write_config(&format!("homeserver = \"{}\"\n[desktop]\nopen_uri = false\n", stack.synapse))?;
+    fresh.write_config(&format!(
+        "homeserver = \"{}\"\n[desktop]\nopen_uri = false\n{}",
+        stack.synapse,
+        matrix_linkd_tests::LOCAL_TEST_SETUP
+    ))?;
     let (signed_out, signed_out_starts) =
         startup::series(&fresh, "signed out", SessionState::SignedOut as u32, s.starts).await?;
 

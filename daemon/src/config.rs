@@ -80,6 +80,21 @@ pub struct Security {
     /// Plain http to hosts other than this machine (homeservers, rendezvous and OAuth servers,
     /// consent pages). Tokens would travel in clear: for test set-ups only.
     pub allow_insecure_http: bool,
+    /// Servers on this machine (loopback), link-local and unspecified addresses, whoever names
+    /// them: the config, a QR code, the other device, a server's answer. Off, a stranger's QR code
+    /// cannot make the daemon reach the local services of the user's machine. For test set-ups
+    /// (a homeserver on this machine) only.
+    pub allow_local_addresses: bool,
+}
+
+impl Security {
+    /// The servers a flow may reach, as the config allows.
+    pub fn reach(&self) -> crate::net::Reach {
+        crate::net::Reach {
+            insecure_http: self.allow_insecure_http,
+            local_addresses: self.allow_local_addresses,
+        }
+    }
 }
 
 /// The `[oauth]` table: how the daemon registers itself (the engine's own type).
@@ -262,8 +277,11 @@ impl Config {
             if !matches!(hs.scheme(), "https" | "http") {
                 return Err(invalid("homeserver", format!("scheme `{}` is not http or https", hs.scheme())));
             }
-            crate::net::check_transport(hs, self.security.allow_insecure_http).map_err(|e| {
-                invalid("homeserver", format!("{e} (set security.allow_insecure_http for a test set-up)"))
+            crate::net::check_transport(hs, self.security.reach()).map_err(|e| match e {
+                crate::net::UrlError::InsecureHttp => {
+                    invalid("homeserver", format!("{e} (set security.allow_insecure_http for a test set-up)"))
+                }
+                e => invalid("homeserver", e.to_string()),
             })?;
         }
         if self.device_display_name.trim().is_empty() {
@@ -345,7 +363,10 @@ mod tests {
         assert!(err.contains("homeserver"), "{err}");
         let err = parse("homeserver = \"http://matrix.example.org\"\n").unwrap_err().to_string();
         assert!(err.contains("`homeserver`") && err.contains("plain http"), "{err}");
-        assert!(parse("homeserver = \"http://127.0.0.1:8008\"\n").is_ok());
+        let err = parse("homeserver = \"http://127.0.0.1:8008\"\n").unwrap_err().to_string();
+        assert!(err.contains("`homeserver`") && err.contains("security.allow_local_addresses"), "{err}");
+        let local = "homeserver = \"http://127.0.0.1:8008\"\n[security]\nallow_local_addresses = true\n";
+        assert!(parse(local).is_ok());
         let allowed = "homeserver = \"http://matrix.example.org\"\n[security]\nallow_insecure_http = true\n";
         assert!(parse(allowed).is_ok());
         let err = parse("protocol = \"2025\"\n").unwrap_err().to_string();

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 async fn run(cfg: Config, source: Source) -> ExitCode {
     info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting");
     let cfg = Arc::new(cfg);
-    let engine: Arc<dyn Engine> = Arc::new(OwnEngine::new(&cfg.oauth, cfg.security.allow_insecure_http));
+    let engine: Arc<dyn Engine> = Arc::new(OwnEngine::new(&cfg.oauth, cfg.security.reach()));
     let data_dir = config::data_dir();
     // One daemon per data directory, whatever bus it is on; then one per bus.
     let _lock = match InstanceLock::acquire(&data_dir) {

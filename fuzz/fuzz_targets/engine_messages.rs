@@ -20,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use matrix_linkd_wire::{
     channel::{Channel, Generation, Generator, Initiated},
     messages::{HomeserverRef, LoginMessage},
-    policy::{self, Refusal},
+    policy::{self, Reach, Refusal},
 };
 use url::Url;
 
@@ -82,20 +82,18 @@ fn step<T>(
     }
 }
 
-fn grant(messages: &[Vec<u8>], issuer: &Url, allow_http: bool) {
+fn grant(messages: &[Vec<u8>], issuer: &Url, reach: Reach) {
     let mut it = messages.iter();
     let request_ok = step(
         &mut it,
-        |m| policy::sign_in_request(m, issuer, allow_http),
+        |m| policy::sign_in_request(m, issuer, reach),
         |request| {
             let id = &request.device_id;
             assert!(!id.is_empty() && id.len() <= 255 && !id.chars().any(char::is_control));
             assert_eq!(request.consent_page.origin(), issuer.origin());
             assert!(request.consent_page.fragment().is_none());
             assert!(request.consent_page.username().is_empty() && request.consent_page.password().is_none());
-            if !allow_http {
-                assert!(policy::check_transport(&request.consent_page, false).is_ok());
-            }
+            assert!(policy::check_transport(&request.consent_page, reach).is_ok());
         },
     );
     if request_ok {
@@ -103,19 +101,20 @@ fn grant(messages: &[Vec<u8>], issuer: &Url, allow_http: bool) {
     }
 }
 
-fn login(messages: &[Vec<u8>], allow_http: bool) {
+fn login(messages: &[Vec<u8>], reach: Reach) {
     let mut it = messages.iter();
     let offered = step(
         &mut it,
-        |m| policy::offered_homeserver(m, allow_http),
+        |m| policy::offered_homeserver(m, reach),
         |homeserver| match homeserver {
             HomeserverRef::Url(url) => {
                 assert!(matches!(url.scheme(), "https" | "http"));
-                if !allow_http {
-                    assert!(policy::check_transport(&url, false).is_ok());
-                }
+                assert!(policy::check_transport(&url, reach).is_ok());
             }
-            HomeserverRef::ServerName(name) => assert!(!name.is_empty() && name.len() <= 255),
+            HomeserverRef::ServerName(name) => {
+                assert!(!name.is_empty() && name.len() <= 255);
+                assert!(reach.local_addresses || !policy::is_loopback_name(&name));
+            }
         },
     );
     if offered && step(&mut it, |m| policy::expect_signal(m, "m.login.protocol_accepted"), |()| {}) {
@@ -127,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else { return };
     let generation = usize::from(first & 1);
     let issuer = Url::parse(ISSUERS[usize::from((first >> 1) & 1)]).expect("static URL");
-    let allow_http = first & 4 != 0;
+    let reach = Reach { insecure_http: first & 4 != 0, local_addresses: first & 8 != 0 };
     let mut pairs = PAIRS.lock().unwrap_or_else(|e| e.into_inner());
     let pair = &mut pairs[generation];
     let opened: Vec<Vec<u8>> = rest
@@ -141,6 +140,6 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     drop(pairs);
-    grant(&opened, &issuer, allow_http);
-    login(&opened, allow_http);
+    grant(&opened, &issuer, reach);
+    login(&opened, reach);
 });

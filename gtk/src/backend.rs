@@ -5,8 +5,13 @@ use std::collections::HashMap;
 
 use async_channel::{Receiver, Sender};
 use futures_util::{FutureExt as _, StreamExt};
+use matrix_link_gtk::{
+    answers::{self, AppAnswers, StoreError},
+    errors,
+};
 use matrix_linkd_client::{
-    ClientError, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, SignedIn, State, Status, api,
+    ClientError, Delegation, Flow, FlowEvent, GrantOptions, Linkd, LoginOptions, Revoked, SignedIn, State,
+    Status, api,
 };
 
 use crate::scan;
@@ -28,6 +33,14 @@ pub enum Cmd {
     ScanScreen,
     /// Decode the QR code in a PNG image (a file or the clipboard, converted by GTK).
     DecodePng(Vec<u8>),
+    /// The devices of programs (`ListDelegations`).
+    ListDelegations,
+    /// End a program's device (`RevokeDelegation`).
+    Revoke(String),
+    /// Sandboxed apps' remembered answers (the permission store).
+    ListAnswers,
+    /// Forget an app's answers (its ID).
+    ResetAnswers(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +62,10 @@ impl From<ClientError> for ErrInfo {
     fn from(e: ClientError) -> Self {
         let short = match &e {
             ClientError::Cancelled => "Cancelled".to_owned(),
-            ClientError::Bus(_) => "Bus".to_owned(),
+            ClientError::Bus(_) => errors::NO_BUS.to_owned(),
+            ClientError::Daemon { name, .. } if errors::service_missing(name) => {
+                errors::NOT_RUNNING.to_owned()
+            }
             other => other.short_name().unwrap_or("Failed").to_owned(),
         };
         let message = match e {
@@ -87,6 +103,30 @@ pub enum Event {
     ActionFailed(ErrInfo),
     /// A scanned QR code (its raw bytes), or why none was found.
     Scanned(Result<Vec<u8>, String>),
+    Delegations(Result<Vec<Delegation>, ErrInfo>),
+    Revoked {
+        device_id: String,
+        result: Result<Revoked, ErrInfo>,
+    },
+    Answers(Result<Vec<AppAnswers>, StoreError>),
+    AnswersReset {
+        app_id: String,
+        result: Result<(), StoreError>,
+    },
+}
+
+/// What a command that could not reach the bus tells the window.
+fn unreachable(cmd: Cmd, err: ErrInfo) -> Event {
+    match cmd {
+        Cmd::Refresh => Event::Status(Err(err)),
+        Cmd::ListDelegations => Event::Delegations(Err(err)),
+        Cmd::Revoke(device_id) => Event::Revoked { device_id, result: Err(err) },
+        Cmd::ListAnswers => Event::Answers(Err(StoreError::Failed(err.message))),
+        Cmd::ResetAnswers(app_id) => {
+            Event::AnswersReset { app_id, result: Err(StoreError::Failed(err.message)) }
+        }
+        _ => Event::Failed(err),
+    }
 }
 
 /// Starts the backend thread; returns the command sender and the event receiver.
@@ -126,12 +166,7 @@ async fn run(cmds: Receiver<Cmd>, events: Sender<Event>) {
                     linkd = Some(l)
                 }
                 Err(e) => {
-                    let err = ErrInfo::from(e);
-                    let ev = match cmd {
-                        Cmd::Refresh => Event::Status(Err(err)),
-                        _ => Event::Failed(err),
-                    };
-                    let _ = events.send(ev).await;
+                    let _ = events.send(unreachable(cmd, ErrInfo::from(e))).await;
                     continue;
                 }
             }
@@ -185,6 +220,33 @@ async fn run(cmds: Receiver<Cmd>, events: Sender<Event>) {
                 tokio::spawn(async move {
                     let result = scan::screen(&conn).await;
                     let _ = events.send(Event::Scanned(result)).await;
+                });
+            }
+            Cmd::ListDelegations => {
+                let (l, events) = (l.clone(), events.clone());
+                tokio::spawn(async move {
+                    let list = l.list_delegations().await.map_err(ErrInfo::from);
+                    let _ = events.send(Event::Delegations(list)).await;
+                });
+            }
+            Cmd::Revoke(device_id) => {
+                let (l, events) = (l.clone(), events.clone());
+                tokio::spawn(async move {
+                    let result = l.revoke_delegation(&device_id).await.map_err(ErrInfo::from);
+                    let _ = events.send(Event::Revoked { device_id, result }).await;
+                });
+            }
+            Cmd::ListAnswers => {
+                let (conn, events) = (l.connection().clone(), events.clone());
+                tokio::spawn(async move {
+                    let _ = events.send(Event::Answers(answers::read(&conn).await)).await;
+                });
+            }
+            Cmd::ResetAnswers(app_id) => {
+                let (conn, events) = (l.connection().clone(), events.clone());
+                tokio::spawn(async move {
+                    let result = answers::reset(&conn, &app_id).await;
+                    let _ = events.send(Event::AnswersReset { app_id, result }).await;
                 });
             }
             Cmd::DecodePng(png) => {

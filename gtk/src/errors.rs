@@ -1,10 +1,34 @@
 //! Human texts for the daemon's named errors (`ClientError::short_name`, the `<Name>` of
 //! `matrix_linkd_client::api::errors`).
 
+/// The local short name of an error that means matrix-linkd is not on the session bus.
+pub const NOT_RUNNING: &str = "NotRunning";
+/// The local short name of an error that means the session bus itself could not be reached.
+pub const NO_BUS: &str = "Bus";
+
+/// Whether a D-Bus error name means that no program serves the name called: nothing owns it and
+/// the bus cannot start one (no such service, or starting it failed).
+pub fn service_missing(error_name: &str) -> bool {
+    matches!(
+        error_name,
+        "org.freedesktop.DBus.Error.ServiceUnknown"
+            | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            | "org.freedesktop.systemd1.NoSuchUnit"
+    ) || error_name.starts_with("org.freedesktop.DBus.Error.Spawn.")
+}
+
 /// A title and an explanation for an error short name (`NotSignedIn`, …); unknown names get a
 /// generic text (the daemon's own message is shown below it).
 pub fn describe(short_name: &str) -> (&'static str, &'static str) {
     match short_name {
+        NOT_RUNNING => (
+            "The link service is not available",
+            "matrix-linkd is not installed or not running. To start it, run “systemctl --user start matrix-linkd”.",
+        ),
+        NO_BUS => (
+            "The link service is not available",
+            "The session bus could not be reached, so matrix-linkd cannot be asked. Log out and in again.",
+        ),
         "NotSignedIn" => (
             "This computer is not signed in",
             "Sign this computer in first, then you can link new devices from it.",
@@ -73,5 +97,26 @@ mod tests {
         for name in named.filter(|n| !["Failed", "InvalidState"].contains(n)) {
             assert_ne!(describe(name).0, generic, "{name} has no text of its own");
         }
+    }
+
+    /// A daemon that is not on the bus is named in plain words, with how to start it.
+    #[test]
+    fn a_missing_service_is_told_plainly() {
+        for name in [
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "org.freedesktop.DBus.Error.NameHasNoOwner",
+            "org.freedesktop.DBus.Error.Spawn.ChildExited",
+        ] {
+            assert!(service_missing(name), "{name}");
+        }
+        for name in [errors::NOT_SIGNED_IN, errors::ACCESS_DENIED, "org.freedesktop.DBus.Error.NoReply"] {
+            assert!(!service_missing(name), "{name}");
+        }
+        let (title, text) = describe(NOT_RUNNING);
+        assert_eq!(title, "The link service is not available");
+        assert!(
+            text.contains("not installed or not running")
+                && text.contains("systemctl --user start matrix-linkd")
+        );
     }
 }

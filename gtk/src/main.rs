@@ -1,7 +1,10 @@
 //! `matrix-link-gtk`: a GTK 4 + libadwaita app to link devices through matrix-linkd.
 
 mod backend;
+mod delegations;
+mod listpage;
 mod pages;
+mod permissions;
 mod picker;
 mod scan;
 mod window;

@@ -3,6 +3,8 @@
 
 use adw::prelude::*;
 
+use crate::listpage::ListPage;
+
 /// Text of the warning shown next to every QR code and scanning choice (as Element words it).
 pub const NEVER_SCAN: &str = "Never scan a code that someone sent you, and never show this code to anyone: whoever scans it can get into your account.";
 
@@ -13,6 +15,10 @@ pub struct Pages {
     pub login_btn: gtk::Button,
     pub signout_btn: gtk::Button,
     pub refresh_btn: gtk::Button,
+    /// To the devices of programs (signed in).
+    pub delegations_btn: gtk::Button,
+    /// To sandboxed apps' remembered answers.
+    pub answers_btn: gtk::Button,
 
     pub choose: adw::StatusPage,
     pub homeserver: adw::EntryRow,
@@ -44,9 +50,12 @@ pub struct Pages {
     pub error: adw::StatusPage,
     pub error_btn: gtk::Button,
 
-    /// The Cancel button of each flow page.
-    pub cancel_btns: Vec<gtk::Button>,
+    pub delegations: ListPage,
+    pub answers: ListPage,
 }
+
+/// The pages that show the Cancel button (below the pages, outside the toasts' area).
+pub const WITH_CANCEL: [&str; 4] = ["progress", "qr", "enter-code", "show-code"];
 
 fn status_page(name: &str, icon: &str, title: &str) -> adw::StatusPage {
     let page = adw::StatusPage::builder().icon_name(icon).title(title).vexpand(true).build();
@@ -86,22 +95,19 @@ impl Pages {
         let stack = gtk::Stack::new();
         stack.set_transition_type(gtk::StackTransitionType::Crossfade);
         stack.set_transition_duration(150);
-        let mut cancel_btns = Vec::new();
-        let mut cancel = || {
-            let b = button("Cancel", None);
-            cancel_btns.push(b.clone());
-            b
-        };
-
         // Status.
         let status = status_page("status", "network-workgroup-symbolic", "Link a Device");
         let grant_btn = button("Link a new device", Some("suggested-action"));
         let login_btn = button("Sign this computer in", Some("suggested-action"));
         let signout_btn = button("Sign out", Some("destructive-action"));
         let refresh_btn = button("Refresh", None);
+        let delegations_btn = button("Devices of programs", None);
+        let answers_btn = button("Answers to sandboxed apps", None);
         status.set_child(Some(&column(&[
             grant_btn.upcast_ref(),
             login_btn.upcast_ref(),
+            delegations_btn.upcast_ref(),
+            answers_btn.upcast_ref(),
             signout_btn.upcast_ref(),
             refresh_btn.upcast_ref(),
         ])));
@@ -136,7 +142,7 @@ impl Pages {
         let spinner = gtk::Spinner::new();
         spinner.set_size_request(32, 32);
         spinner.start();
-        progress.set_child(Some(&column(&[spinner.upcast_ref(), cancel().upcast_ref()])));
+        progress.set_child(Some(&column(&[spinner.upcast_ref()])));
         stack.add_named(&progress, Some("progress"));
 
         // The QR code we show.
@@ -157,7 +163,6 @@ impl Pages {
             qr_picture.upcast_ref(),
             qr_warning.upcast_ref(),
             qr_note.upcast_ref(),
-            cancel().upcast_ref(),
         ]);
         qr_box.set_margin_top(18);
         qr_box.set_margin_bottom(18);
@@ -176,11 +181,7 @@ impl Pages {
         code_entry.update_property(&[gtk::accessible::Property::Label("Check code")]);
         let code_btn = button("Continue", Some("suggested-action"));
         code_btn.set_sensitive(false);
-        enter_code.set_child(Some(&column(&[
-            code_entry.upcast_ref(),
-            code_btn.upcast_ref(),
-            cancel().upcast_ref(),
-        ])));
+        enter_code.set_child(Some(&column(&[code_entry.upcast_ref(), code_btn.upcast_ref()])));
         stack.add_named(&enter_code, Some("enter-code"));
 
         // Check code: we show it.
@@ -189,7 +190,7 @@ impl Pages {
         show_code.set_description(Some("The other device asks for this two-digit code."));
         let show_code_label = gtk::Label::new(Some("--"));
         show_code_label.add_css_class("title-1");
-        show_code.set_child(Some(&column(&[show_code_label.upcast_ref(), cancel().upcast_ref()])));
+        show_code.set_child(Some(&column(&[show_code_label.upcast_ref()])));
         stack.add_named(&show_code, Some("show-code"));
 
         // Consent.
@@ -223,6 +224,19 @@ impl Pages {
         error.set_child(Some(&column(&[error_btn.upcast_ref()])));
         stack.add_named(&error, Some("error"));
 
+        let delegations = ListPage::build(
+            "delegations",
+            "Devices of programs",
+            "Programs on this computer that got a Matrix device of their own from matrix-linkd. Revoke one to sign its device out of your account.",
+        );
+        stack.add_named(&delegations.root, Some("delegations"));
+        let answers = ListPage::build(
+            "answers",
+            "Answers to sandboxed apps",
+            "What you answered when a sandboxed app (Flatpak) asked to use matrix-linkd. Reset an app to be asked again next time.",
+        );
+        stack.add_named(&answers.root, Some("answers"));
+
         Pages {
             stack,
             status,
@@ -230,6 +244,8 @@ impl Pages {
             login_btn,
             signout_btn,
             refresh_btn,
+            delegations_btn,
+            answers_btn,
             choose,
             homeserver,
             homeserver_group,
@@ -254,7 +270,8 @@ impl Pages {
             done_btn,
             error,
             error_btn,
-            cancel_btns,
+            delegations,
+            answers,
         }
     }
 }

@@ -13,14 +13,19 @@ use matrix_linkd_client::{SessionState, State, Status};
 
 use crate::{
     backend::{self, Cmd, ErrInfo, Event, Kind},
-    pages::Pages,
-    picker,
+    delegations,
+    pages::{self, Pages},
+    permissions, picker,
 };
 
-struct Ui {
-    window: adw::ApplicationWindow,
+pub(crate) struct Ui {
+    pub(crate) window: adw::ApplicationWindow,
     toasts: adw::ToastOverlay,
-    pages: Pages,
+    pub(crate) pages: Pages,
+    /// Below the pages, outside the toasts' area, so that no toast ever covers it: the Cancel
+    /// button of the flow pages (`pages::WITH_CANCEL`).
+    cancel_bar: gtk::Box,
+    cancel_btn: gtk::Button,
     cmd: Sender<Cmd>,
     kind: RefCell<Kind>,
     in_flow: RefCell<bool>,
@@ -40,9 +45,18 @@ pub fn build(app: &adw::Application, args: &Args) {
     header.set_title_widget(Some(&adw::WindowTitle::new("Link a Device", "")));
     let toasts = adw::ToastOverlay::new();
     toasts.set_child(Some(&pages.stack));
+    toasts.set_vexpand(true);
+    let cancel_btn = pages::button("Cancel", None);
+    let cancel_bar = gtk::Box::new(gtk::Orientation::Horizontal, 0);
+    cancel_bar.set_halign(gtk::Align::Center);
+    cancel_bar.set_margin_top(6);
+    cancel_bar.set_margin_bottom(18);
+    cancel_bar.append(&cancel_btn);
+    cancel_bar.set_visible(false);
     let content = gtk::Box::new(gtk::Orientation::Vertical, 0);
     content.append(&header);
     content.append(&toasts);
+    content.append(&cancel_bar);
     let window = adw::ApplicationWindow::builder()
         .application(app)
         .title("Link a Device")
@@ -56,6 +70,8 @@ pub fn build(app: &adw::Application, args: &Args) {
         window: window.clone(),
         toasts,
         pages,
+        cancel_bar,
+        cancel_btn,
         cmd,
         kind: RefCell::new(Kind::Grant),
         in_flow: RefCell::new(false),
@@ -140,9 +156,13 @@ fn connect(ui: &Rc<Ui>) {
             }
         });
     });
-    for b in &p.cancel_btns {
-        on_click(b, ui, |ui| ui.cancel());
-    }
+    on_click(&ui.cancel_btn, ui, |ui| ui.cancel());
+    on_click(&p.delegations_btn, ui, delegations::open);
+    on_click(&p.delegations.back_btn, ui, |ui| ui.home());
+    on_click(&p.delegations.refresh_btn, ui, delegations::open);
+    on_click(&p.answers_btn, ui, permissions::open);
+    on_click(&p.answers.back_btn, ui, |ui| ui.home());
+    on_click(&p.answers.refresh_btn, ui, permissions::open);
     on_click(&p.deny_btn, ui, |ui| ui.cancel());
     on_click(&p.approve_btn, ui, |ui| {
         ui.pages.approve_btn.set_sensitive(false);
@@ -180,12 +200,12 @@ fn parse_code(text: &str) -> Option<u8> {
 }
 
 impl Ui {
-    fn send(&self, cmd: Cmd) {
+    pub(crate) fn send(&self, cmd: Cmd) {
         // Unbounded: never blocks the GTK thread.
         let _ = self.cmd.try_send(cmd);
     }
 
-    fn show(&self, page: &str) {
+    pub(crate) fn show(&self, page: &str) {
         let stack = &self.pages.stack;
         if stack.visible_child_name().as_deref() != Some(page)
             && let Some(toast) = self.last_toast.take()
@@ -193,6 +213,7 @@ impl Ui {
             toast.dismiss();
         }
         stack.set_visible_child_name(page);
+        self.cancel_bar.set_visible(pages::WITH_CANCEL.contains(&page));
         // GTK 4.8 exposes every page to assistive technologies as visible: mark the others hidden.
         let shown = stack.visible_child();
         let mut child = stack.first_child();
@@ -210,7 +231,7 @@ impl Ui {
         }
     }
 
-    fn home(&self) {
+    pub(crate) fn home(&self) {
         *self.in_flow.borrow_mut() = false;
         *self.scanning.borrow_mut() = false;
         self.send(Cmd::Refresh);
@@ -276,15 +297,19 @@ impl Ui {
 
     fn error(&self, e: &ErrInfo) {
         *self.in_flow.borrow_mut() = false;
-        let (title, text) = match e.short.as_str() {
-            "Bus" => {
-                ("The link service is not available", "matrix-linkd could not be reached on the session bus.")
-            }
-            short => errors::describe(short),
-        };
+        let (title, text) = errors::describe(&e.short);
         let p = &self.pages;
         p.error.set_title(title);
-        let detail = if e.message.is_empty() { text.to_owned() } else { format!("{text}\n\n{}", e.message) };
+        let detail = match e.short.as_str() {
+            // The bus's own words ("The name … was not provided by any .service files") are for
+            // the log, not for the person.
+            errors::NOT_RUNNING => {
+                eprintln!("matrix-link-gtk: {}", e.message);
+                text.to_owned()
+            }
+            _ if e.message.is_empty() => text.to_owned(),
+            _ => format!("{text}\n\n{}", e.message),
+        };
         p.error.set_description(Some(&detail));
         self.show("error");
         self.send(Cmd::Refresh);
@@ -327,17 +352,30 @@ impl Ui {
                 false,
             ),
             Ok(_) => ("Signed out".to_owned(), "This computer is not signed in to Matrix.".to_owned(), false),
-            Err(e) => ("The link service is not available".to_owned(), e.message.clone(), false),
+            Err(e) if [errors::NOT_RUNNING, errors::NO_BUS].contains(&e.short.as_str()) => {
+                eprintln!("matrix-link-gtk: the service is not available: {}", e.message);
+                let (title, text) = errors::describe(&e.short);
+                (title.to_owned(), text.to_owned(), false)
+            }
+            Err(e) => (
+                "The link service is not available".to_owned(),
+                format!("matrix-linkd answered with an error: {}", e.message),
+                false,
+            ),
         };
         p.status.set_title(&title);
         p.status.set_description(Some(&description).filter(|d| !d.is_empty()).map(String::as_str));
         p.grant_btn.set_visible(signed_in);
         p.signout_btn.set_visible(signed_in);
         p.login_btn.set_visible(matches!(&status, Ok(s) if s.state == SessionState::SignedOut));
+        p.delegations_btn.set_visible(signed_in);
+        if !signed_in && self.pages.stack.visible_child_name().as_deref() == Some("delegations") {
+            self.show("status");
+        }
         *self.status.borrow_mut() = status.ok();
     }
 
-    fn handle(&self, ev: Event) {
+    fn handle(self: &Rc<Self>, ev: Event) {
         let p = &self.pages;
         match ev {
             // Also sent whenever the daemon's session changes (the backend follows it).
@@ -355,13 +393,18 @@ impl Ui {
             Event::Scanned(Err(e)) => self.scan_failed(&e),
             Event::Qr { png, replaced } => {
                 p.qr_picture.set_paintable(picker::png_texture(&png).as_ref());
+                // On the page itself, not in a toast: nothing covers the code or Cancel.
                 p.qr_note.set_text(if replaced {
                     "The previous code expired unscanned: this is a new one."
                 } else {
                     "The code is valid for a few minutes; a new one appears by itself."
                 });
                 if replaced {
-                    self.toast("A new QR code replaced the expired one");
+                    p.qr_note.remove_css_class("dim-label");
+                    p.qr_note.add_css_class("accent");
+                } else {
+                    p.qr_note.remove_css_class("accent");
+                    p.qr_note.add_css_class("dim-label");
                 }
                 p.qr_title.set_text(match *self.kind.borrow() {
                     Kind::Grant => "Scan this QR code with the new device",
@@ -427,6 +470,10 @@ impl Ui {
                 let (title, _) = errors::describe(&e.short);
                 self.toast(&format!("{title}: {}", e.message));
             }
+            Event::Delegations(list) => delegations::listed(self, list),
+            Event::Revoked { device_id, result } => delegations::revoked(self, &device_id, result),
+            Event::Answers(apps) => permissions::listed(self, apps),
+            Event::AnswersReset { app_id, result } => permissions::reset_done(self, &app_id, result),
         }
     }
 }

@@ -10,6 +10,8 @@ Commands (each waits up to the timeout for its widget, then prints one JSON line
     click NAME              a shown, sensitive push button named NAME: its "click" action
     enter NAME TEXT         a shown text field named NAME: its text (EditableText)
     digits                  the name of the shown label that is a two-digit number
+    uncovered NAME          a shown push button named NAME that no other named widget overlaps
+                            (a toast, say); "covering" lists those that do
 
 The output's "visible" lists what was shown when the command succeeded, for the test to check
 each step's widgets. GTK 4.8 removes hidden stack pages from the tree (the app marks them hidden).
@@ -82,6 +84,38 @@ def wait_for(pred, timeout):
         time.sleep(0.2)
 
 
+def extents(acc):
+    box = acc.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+    return (box.x, box.y, box.width, box.height)
+
+
+def lineage(acc):
+    """acc and its ancestors."""
+    out = []
+    while acc is not None and len(out) < 100:
+        out.append(acc)
+        acc = acc.parent
+    return out
+
+
+def covering(target, items):
+    """The shown, named widgets other than target, its ancestors and its descendants whose
+    extents overlap target's."""
+    tx, ty, tw, th = extents(target)
+    ancestors = lineage(target)
+    out = []
+    for role, name, _, acc in items:
+        if not name or any(acc == a for a in ancestors) or any(target == a for a in lineage(acc)):
+            continue
+        try:
+            x, y, w, h = extents(acc)
+        except Exception:
+            continue
+        if x < tx + tw and tx < x + w and y < ty + th and ty < y + h and w > 0 and h > 0:
+            out.append([role, name, [x, y, w, h]])
+    return out
+
+
 def main(argv):
     timeout = 30.0
     if argv[:1] == ["--timeout"]:
@@ -110,6 +144,13 @@ def main(argv):
         result["ok"] = hit is not None
         if hit:
             hit[3].queryEditableText().setTextContents(args[1])
+    elif cmd == "uncovered":
+        hit, items = wait_for(lambda i: i[0] == "push button" and i[1] == args[0], timeout)
+        result["ok"] = hit is not None
+        if hit:
+            result["extents"] = list(extents(hit[3]))
+            result["covering"] = covering(hit[3], items)
+            result["ok"] = not result["covering"]
     elif cmd == "digits":
         hit, items = wait_for(lambda i: i[0] == "label" and re.fullmatch(r"\d\d", i[1]) is not None, timeout)
         result["ok"] = hit is not None
@@ -120,6 +161,8 @@ def main(argv):
     result["visible"] = visible_list(items)
     if not result["ok"]:
         result["error"] = f"{cmd} {' '.join(args)}: not shown within {timeout:.0f} s"
+        if result.get("covering"):
+            result["error"] = f"{cmd} {' '.join(args)}: covered by {result['covering']}"
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

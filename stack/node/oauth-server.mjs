@@ -190,7 +190,7 @@ function accountPage(res, q) {
 ${known ? `<p>Action: <code>${escapeHtml(known)}</code></p>` : '<p>Your account.</p>'}
 ${deviceId ? `<p>Device: <code>${escapeHtml(deviceId.slice(0, 255))}</code></p>` : ''}
 ${known === 'org.matrix.session_end' || known === 'org.matrix.device_delete' ? `<form method="post" action="/account">
-<input type="hidden" name="action" value="org.matrix.session_end">
+<input type="hidden" name="action" value="${escapeHtml(known)}">
 <input type="hidden" name="device_id" value="${escapeHtml(deviceId.slice(0, 255))}">
 <label>Login <input name="login"></label>
 <button type="submit">Sign out this device</button></form>` : ''}

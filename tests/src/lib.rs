@@ -58,9 +58,13 @@ const PROGRAMS: [(&str, &[&str]); 4] = [
 /// test process: when a program is missing or older than a source file it is built from (or the
 /// lock file), the workspace is built as `make test` builds it (`cargo build --workspace
 /// --all-targets`, the same feature set as the tests, so nothing else is rebuilt).
+/// `LINKD_NO_REBUILD=1` runs the programs as they are (a developer editing while a suite runs).
 fn ensure_built(dir: &Path) {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
+        if std::env::var_os("LINKD_NO_REBUILD").is_some() {
+            return;
+        }
         let root = workspace_root();
         let Some(stale) = PROGRAMS.iter().find(|(program, sources)| {
             let built = std::fs::metadata(dir.join(program)).and_then(|m| m.modified()).ok();
@@ -444,10 +448,15 @@ impl Drop for Session {
     }
 }
 
+/// The last table of every test config: the servers of a test run on this machine, which a daemon
+/// refuses to reach unless told this is a test set-up. Ends with `[security]`, so a test can add
+/// keys of that table after it.
+pub const LOCAL_TEST_SETUP: &str = "[security]\nallow_local_addresses = true\n";
+
 /// Config for tests: fast, quiet, nothing opened on the desktop.
 pub fn test_config(homeserver: &str, flow_timeout: u64) -> String {
     format!(
-        "homeserver = \"{homeserver}\"\nlog_level = \"debug\"\n[timeouts]\nflow = {flow_timeout}\ndevice_creation = 10\n[desktop]\nopen_uri = false\n"
+        "homeserver = \"{homeserver}\"\nlog_level = \"debug\"\n[timeouts]\nflow = {flow_timeout}\ndevice_creation = 10\n[desktop]\nopen_uri = false\n{LOCAL_TEST_SETUP}"
     )
 }
 

@@ -64,8 +64,12 @@ pub async fn delegation_daemon_session(stack: &Stack, settings: &DaemonSettings)
     let mut session = Session::start().await?;
     session.write_config(&format!(
         "homeserver = \"{}\"\nlog_level = \"{}\"\n[timeouts]\nflow = 300\ndevice_creation = 30\n\
-         delegation_keys = {}\n[desktop]\nopen_uri = {}\n",
-        stack.synapse, settings.log_level, settings.delegation_keys, settings.open_uri
+         delegation_keys = {}\n[desktop]\nopen_uri = {}\n{}",
+        stack.synapse,
+        settings.log_level,
+        settings.delegation_keys,
+        settings.open_uri,
+        crate::LOCAL_TEST_SETUP
     ))?;
     session.start_daemon(&[]).await?;
     session.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;

@@ -77,3 +77,65 @@ impl OpenUriPortal {
         4
     }
 }
+
+/// The real permission store of xdg-desktop-portal (`xdg-permission-store`, Debian package
+/// `xdg-desktop-portal`) on a session's bus, keeping its tables in the session's private home.
+/// Stopped when dropped.
+pub struct PermissionStore {
+    child: std::process::Child,
+}
+
+impl PermissionStore {
+    pub const PROGRAM: &str = "/usr/libexec/xdg-permission-store";
+
+    /// Starts it (`--replace`, no D-Bus activation on the private bus) and waits for its name.
+    pub async fn start(session: &Session) -> Result<Self> {
+        use zbus::names::BusName;
+        let child = session
+            .command(Self::PROGRAM)
+            .arg("--replace")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("{} (apt-get install xdg-desktop-portal): {e}", Self::PROGRAM))?;
+        let store = Self { child };
+        let conn = session.connect().await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let name = BusName::try_from(crate::api::permissions::STORE_BUS_NAME)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !dbus.name_has_owner(name.clone()).await? {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the permission store did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(store)
+    }
+
+    /// The answers kept for `id` in our table: app ID → values.
+    pub async fn lookup(session: &Session, id: &str) -> Result<HashMap<String, Vec<String>>> {
+        use crate::api::permissions as p;
+        let conn = session.connect().await?;
+        let reply = conn
+            .call_method(
+                Some(p::STORE_BUS_NAME),
+                p::STORE_PATH,
+                Some(p::STORE_INTERFACE),
+                "Lookup",
+                &(p::TABLE, id),
+            )
+            .await;
+        match reply {
+            Ok(msg) => Ok(msg.body().deserialize::<(HashMap<String, Vec<String>>, OwnedValue)>()?.0),
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with(".NotFound") => {
+                Ok(HashMap::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for PermissionStore {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}

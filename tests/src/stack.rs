@@ -287,8 +287,9 @@ pub fn user_code_of(verification_uri: &str) -> Option<String> {
 pub async fn daemon_session(stack: &Stack, flow_timeout: u64) -> Result<crate::Session> {
     let mut session = crate::Session::start().await?;
     session.write_config(&format!(
-        "homeserver = \"{}\"\nlog_level = \"debug\"\n[timeouts]\nflow = {flow_timeout}\ndevice_creation = 30\n[desktop]\nopen_uri = false\n",
-        stack.synapse
+        "homeserver = \"{}\"\nlog_level = \"debug\"\n[timeouts]\nflow = {flow_timeout}\ndevice_creation = 30\n[desktop]\nopen_uri = false\n{}",
+        stack.synapse,
+        crate::LOCAL_TEST_SETUP
     ))?;
     session.start_daemon(&[]).await?;
     session

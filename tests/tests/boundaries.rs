@@ -260,6 +260,42 @@ async fn plain_http_to_other_hosts_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A code from a stranger's picture cannot make the daemon reach this machine's own services or
+/// the link's (cloud metadata): outside a test set-up (`security.allow_local_addresses`), a code
+/// or a homeserver naming loopback, link-local or unspecified addresses is refused before any
+/// request goes out. Private networks over https stay allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanned_codes_cannot_reach_local_services() -> Result<()> {
+    // Any local HTTP service: it must see no request at all.
+    let service = wiremock::MockServer::start().await;
+    let port = service.address().port();
+    let mut session = matrix_linkd_tests::Session::start().await?;
+    session.write_config("log_level = \"debug\"\n[desktop]\nopen_uri = false\n")?;
+    let d = session.start_daemon(&[]).await?;
+    session.wait_session_state(api::SessionState::SignedOut, Duration::from_secs(20)).await?;
+    let linkd = session.client().await?;
+    let start = |options: LoginOptions| {
+        let linkd = &linkd;
+        async move { error_name(linkd.start_login(options).await.map(|f| f.path().clone())) }
+    };
+    let on_this_machine = [
+        qr_2024(0x04, &format!("http://127.0.0.1:{port}/some/path?query"), None),
+        qr_2024(0x04, &format!("http://localhost:{port}/rendezvous/1"), None),
+        qr_2024(0x04, "https://169.254.169.254/latest/meta-data", None),
+        qr_2024(0x04, "https://[::]/rendezvous/1", None),
+        qr_2024(0x04, "https://hs.example.org/rendezvous/1", Some(&format!("127.0.0.1:{port}"))),
+    ];
+    for code in on_this_machine {
+        let options = LoginOptions { qr_code: Some(code), ..Default::default() };
+        assert_eq!(start(options).await, errors::INVALID_QR_CODE);
+    }
+    let option = LoginOptions { homeserver: Some(format!("http://127.0.0.1:{port}")), ..Default::default() };
+    assert_eq!(start(option).await, errors::INVALID_ARGS);
+    assert!(service.received_requests().await.unwrap_or_default().is_empty(), "a local service was reached");
+    assert!(session.daemon_running(d));
+    Ok(())
+}
+
 /// An OAuth server that answers `expires_in` and `interval` of `u64::MAX` does not break a login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_numbers_from_the_oauth_server_do_not_break_a_login() -> Result<()> {

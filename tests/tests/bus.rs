@@ -341,3 +341,41 @@ async fn status_changes_follow_the_daemon_and_ignore_forged_signals() -> Result<
     next(&mut changes, "the daemon came back").await?;
     Ok(())
 }
+
+/// A connection that ran flows leaves nothing in the object tree once they ended: no empty
+/// `/flow/<sender>` node for each connection that ever ran one (30 connections left 30 nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_flows_leave_no_nodes_behind() -> Result<()> {
+    let (hs, session, _d) = signed_out_setup(60).await?;
+    for _ in 0..5 {
+        let conn = session.connect().await?;
+        let linkd = matrix_linkd_client::Linkd::with_connection(conn.clone()).await?;
+        let options = matrix_linkd_client::LoginOptions { homeserver: Some(hs.uri()), ..Default::default() };
+        let mut flow = linkd.start_login(options).await?;
+        wait_state(&mut flow, State::QrReady).await?;
+        flow.cancel().await?;
+        assert!(flow.result().await.is_err(), "a cancelled flow");
+        drop(linkd);
+        conn.close().await?;
+    }
+    let conn = session.connect().await?;
+    let proxy = zbus::fdo::IntrospectableProxy::builder(&conn)
+        .destination(BUS_NAME)?
+        .path(api::FLOW_PATH_PREFIX)?
+        .build()
+        .await?;
+    // The last flow's object goes just after its `Response`: wait for the tree to settle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let xml = proxy.introspect().await.unwrap_or_default();
+        let nodes = xml.matches("<node name=").count();
+        if nodes == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{nodes} nodes left under {}: {xml}", api::FLOW_PATH_PREFIX);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -18,9 +18,15 @@
 //! 5. A QR code that is no sign-in code, pasted from the clipboard: the `InvalidQrCode` page.
 //!
 //! Each step's screenshot goes to `target/gtk-artefacts/`, and each step checks the widgets shown.
+//!
+//! The pages that need no stack (no daemon on the bus, sandboxed apps' answers in the real
+//! permission store, the devices of programs and a replaced QR code over the mock homeserver) are
+//! tested in `gtk_app/local.rs`.
 
 #[path = "gtk_app/desktop.rs"]
 mod desktop;
+#[path = "gtk_app/local.rs"]
+mod local;
 #[path = "gtk_app/portal.rs"]
 mod portal;
 
@@ -60,8 +66,9 @@ async fn gtk_app_login_grant_sign_out() -> Result<()> {
     let mut session = Session::start().await?;
     session.write_config(&format!(
         "homeserver = \"{}\"\nlog_level = \"debug\"\n[timeouts]\nflow = 120\ndevice_creation = 30\n\
-         [desktop]\nnotifications = false\nopen_uri = true\n",
-        stack.synapse
+         [desktop]\nnotifications = false\nopen_uri = true\n{}",
+        stack.synapse,
+        matrix_linkd_tests::LOCAL_TEST_SETUP
     ))?;
     session.start_daemon(&[]).await?;
     session.wait_session_state(matrix_linkd_client::SessionState::SignedOut, Duration::from_secs(20)).await?;

@@ -71,6 +71,26 @@ async fn the_daemon_leaves_with_its_bus_and_tells_the_other_device() -> Result<(
     Ok(())
 }
 
+/// A server whose sessions die at once (a life of 0 s: `Expires` equal to `Date`) does not make the
+/// daemon create sessions in a tight loop for the whole flow (it made ~27 a second): a session
+/// that lived less than a minimum is replaced only after a growing wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_die_at_once_are_not_replaced_in_a_tight_loop() -> Result<()> {
+    let s = signed_in_setup(10).await?;
+    s.hs.set_next_rendezvous_ttls(0, 100_000);
+    let before = s.hs.rendezvous_sessions_created();
+    let linkd = s.session.client().await?;
+    let flow = linkd.start_grant(quiet_grant()).await?;
+    // The flow's own time-out (10 s) ends it.
+    let ended = tokio::time::timeout(Duration::from_secs(30), flow.result()).await?;
+    assert!(ended.is_err(), "{ended:?}");
+    let created = s.hs.rendezvous_sessions_created() - before;
+    eprintln!("{created} sessions created");
+    assert!(created <= 5, "{created} sessions in 10 s");
+    assert!(s.session.log(s.daemon).contains("lived only briefly"), "the wait is logged");
+    Ok(())
+}
+
 /// A QR code whose rendezvous session expires before anybody scanned it is replaced, not fatal:
 /// the daemon shows a new one (`QrCodeSerial` counts them) until the flow's own time-out. Here two
 /// codes expire, and the third is scanned and the grant succeeds.

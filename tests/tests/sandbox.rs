@@ -39,7 +39,7 @@ fn plain_caller(session: &Session) -> Command {
 }
 
 fn allow_list_config(hs: &MockHomeserver) -> String {
-    format!("{}[security]\nallowed_sandboxed_apps = [\"{APP_ID}\"]\n", test_config(&hs.uri(), 60))
+    format!("{}allowed_sandboxed_apps = [\"{APP_ID}\"]\n", test_config(&hs.uri(), 60))
 }
 
 /// A fake Flatpak: a root directory holding the host's `/usr` (and its `bin`/`lib` links), `/etc`,
@@ -99,6 +99,12 @@ async fn fake_flatpak_is_refused_unless_allow_listed() -> Result<()> {
     // The same binary, outside and inside the fake Flatpak.
     assert_eq!(answer(&mut plain_caller(&session))?, NOT_SIGNED_IN);
     assert_eq!(answer(&mut flatpak.caller(&session))?, NOT_ALLOWED);
+    // It reads whether the daemon is there, not the account's details.
+    ensure!(answer(flatpak.caller(&session).args(["--get", "Version"]))?.starts_with("OK "));
+    for property in ["UserId", "DeviceId", "Homeserver"] {
+        let read = answer(flatpak.caller(&session).args(["--get", property]))?;
+        assert_eq!(read, "org.freedesktop.DBus.Error.AccessDenied", "{property}");
+    }
 
     // Allow-listed, it is served (the daemon is signed out, hence NotSignedIn).
     session.stop_daemon(d)?;
@@ -277,5 +283,147 @@ async fn caller_in_a_flatpak_cgroup_is_refused_unless_allow_listed() -> Result<(
     session.write_config(&allow_list_config(&hs))?;
     session.start_daemon(&[]).await?;
     assert_eq!(answer(&mut in_scope(&session))?, NOT_SIGNED_IN);
+    Ok(())
+}
+
+/// An allow-listed sandboxed app may use the daemon, but it is not the user: it cannot hide the
+/// notifications, take the secrets unasked, sign the daemon out, or see or revoke the device of
+/// another program; and an app that is not allowed reads none of the account's details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_listed_app_is_not_the_user() -> Result<()> {
+    use matrix_linkd_client::{DelegateOptions, State};
+    use matrix_linkd_tests::{api::errors::DEVICE_NOT_FOUND, wait_state};
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&allow_list_config(&hs))?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    matrix_linkd_tests::sign_in_daemon(&session, &hs, &alice).await?;
+
+    // A program outside any sandbox holds a device of its own.
+    let linkd = session.client().await?;
+    let options = DelegateOptions {
+        client_name: "Desktop bot".into(),
+        share_secrets: true,
+        notify: Some(false),
+        open_uri: Some(false),
+        ..Default::default()
+    };
+    let mut flow = linkd.start_delegation(options).await?;
+    wait_state(&mut flow, State::WaitingForApproval).await?;
+    let device_id = flow.proxy().peer_device_id().await?;
+    hs.plan_login_as(&device_id);
+    flow.approve().await?;
+    wait_state(&mut flow, State::SyncingSecrets).await?;
+    drop(flow.take_session().await?);
+    flow.result().await?;
+    hs.device_exists(&device_id);
+    ensure!(linkd.list_delegations().await?.len() == 1);
+
+    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let call = |args: &[&str]| {
+        let mut cmd = flatpak.caller(&session);
+        cmd.args(args);
+        answer(&mut cmd)
+    };
+    assert_eq!(call(&["--method", "StartDelegation", "--option", "notify=b:false"])?, NOT_ALLOWED);
+    assert_eq!(call(&["--method", "StartGrant", "--option", "notify=b:false"])?, NOT_ALLOWED);
+    // The secrets need the user's own answer, and nobody can be asked here (no notification
+    // server): refused, not taken for granted.
+    assert_eq!(call(&["--method", "StartDelegation", "--option", "share_secrets=b:true"])?, NOT_ALLOWED);
+    assert_eq!(call(&["--method", "ListDelegations"])?, "OK 0", "another program's device is not listed");
+    assert_eq!(call(&["--method", "RevokeDelegation", "--arg", &device_id])?, DEVICE_NOT_FOUND);
+    assert_eq!(call(&["--method", "SignOut"])?, NOT_ALLOWED);
+    ensure!(call(&["--get", "UserId"])?.starts_with("OK "), "an allowed app reads the account");
+    // Nothing of it happened.
+    ensure!(linkd.list_delegations().await?.len() == 1, "the other program's device is still there");
+    ensure!(
+        linkd.manager().session_state().await? == matrix_linkd_client::SessionState::SignedIn as u32,
+        "still signed in"
+    );
+    Ok(())
+}
+
+/// A sandboxed app that is not allow-listed is asked about, in a notification with Allow / Deny,
+/// once per permission; the answer is kept in xdg-desktop-portal's permission store (the real
+/// `xdg-permission-store`), where `flatpak permission-show` lists it and `flatpak
+/// permission-reset` forgets it, and the app is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_app_is_asked_once_and_the_answer_is_remembered() -> Result<()> {
+    use matrix_linkd_tests::portal::PermissionStore;
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    let _store = PermissionStore::start(&session).await?;
+    let notifications = session.start_notifications()?;
+    let monitor = session.monitor_notifications().await?;
+    session.start_daemon(&[]).await?;
+    let alice = hs.existing_device("ALICEDEV").await;
+    matrix_linkd_tests::sign_in_daemon(&session, &hs, &alice).await?;
+    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let question = format!("Allow {APP_ID}?");
+    let questions = || monitor.notifications().into_iter().filter(|n| n.summary == question).count();
+
+    // Asked: the call waits for the user's answer.
+    let ask_and_answer = |pick: &'static str, asked_before: usize| {
+        let mut cmd = flatpak.caller(&session);
+        cmd.args(["--method", "StartGrant"]).stdin(Stdio::null()).stdout(Stdio::piped());
+        let questions = &questions;
+        let notifications = &notifications;
+        let session = &session;
+        async move {
+            let child = cmd.spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while questions() == asked_before {
+                ensure!(Instant::now() < deadline, "the user was not asked");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            notifications.pick_in_menu(Some(pick))?;
+            session.dunstctl(&["context"])?;
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+            anyhow::Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+    };
+    let first = ask_and_answer("#Allow (", 0).await?;
+    ensure!(first.starts_with("OK "), "allowed: {first}");
+    let kept = PermissionStore::lookup(&session, "grant").await?;
+    assert_eq!(kept.get(APP_ID), Some(&vec!["yes".to_owned()]), "{kept:?}");
+    if Path::new("/usr/bin/flatpak").exists() {
+        let shown = session.command("flatpak").args(["permission-show", APP_ID]).output()?;
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        ensure!(
+            shown.contains("matrix-linkd") && shown.contains("grant") && shown.contains("yes"),
+            "{shown}"
+        );
+    }
+
+    // Remembered: not asked again.
+    ensure!(answer(flatpak.caller(&session).args(["--method", "StartGrant"]))?.starts_with("OK "));
+    assert_eq!(questions(), 1, "asked once");
+
+    // Forgotten as users forget portal answers; asked again, and a denial is kept too.
+    if Path::new("/usr/bin/flatpak").exists() {
+        let reset = session.command("flatpak").args(["permission-reset", APP_ID]).status()?;
+        ensure!(reset.success(), "flatpak permission-reset");
+    } else {
+        use matrix_linkd_tests::api::permissions as p;
+        session
+            .connect()
+            .await?
+            .call_method(
+                Some(p::STORE_BUS_NAME),
+                p::STORE_PATH,
+                Some(p::STORE_INTERFACE),
+                "DeletePermission",
+                &(p::TABLE, p::GRANT, APP_ID),
+            )
+            .await?;
+    }
+    let second = ask_and_answer("#Deny (", 1).await?;
+    assert_eq!(second, NOT_ALLOWED);
+    let kept = PermissionStore::lookup(&session, "grant").await?;
+    assert_eq!(kept.get(APP_ID), Some(&vec!["no".to_owned()]), "{kept:?}");
+    assert_eq!(answer(flatpak.caller(&session).args(["--method", "StartGrant"]))?, NOT_ALLOWED);
+    assert_eq!(questions(), 2, "a denial is remembered too");
     Ok(())
 }

@@ -368,7 +368,8 @@ async fn list_then_revoke_with_a_held_token() -> Result<()> {
 }
 
 /// The client refreshed its tokens once (rotation): the daemon's copies are dead, so it opens the
-/// account page for that device (MSC4191 session_end); the device stays until the user confirms
+/// account page for that device (`org.matrix.device_delete`, the stable name the OAuth server
+/// advertises beside MSC4191's `session_end`); the device stays until the user confirms
 /// there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_after_the_client_rotated_its_tokens_opens_the_account_page() -> Result<()> {
@@ -395,7 +396,7 @@ async fn revoke_after_the_client_rotated_its_tokens_opens_the_account_page() -> 
     };
     let page = url::Url::parse(&opened)?;
     let q: HashMap<_, _> = page.query_pairs().into_owned().collect();
-    assert_eq!(q.get("action").map(String::as_str), Some("org.matrix.session_end"), "{opened}");
+    assert_eq!(q.get("action").map(String::as_str), Some("org.matrix.device_delete"), "{opened}");
     assert_eq!(q.get("device_id"), Some(&device_id), "{opened}");
     assert_eq!(page.origin(), stack.oauth.origin(), "{opened}");
     let r = matrix_sdk::reqwest::get(page.clone()).await?;
@@ -406,7 +407,7 @@ async fn revoke_after_the_client_rotated_its_tokens_opens_the_account_page() -> 
 
     // The user confirms on the page.
     let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("action", "org.matrix.session_end")
+        .append_pair("action", "org.matrix.device_delete")
         .append_pair("device_id", &device_id)
         .append_pair("login", &login)
         .finish();

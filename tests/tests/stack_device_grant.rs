@@ -10,7 +10,7 @@ use matrix_linkd_tests::stack::Stack;
 async fn device_grant_signs_a_device_in() -> Result<()> {
     let stack = Stack::main()?;
     let http = matrix_linkd::protocol::rendezvous::http_client();
-    let meta = device_grant::metadata(&http, &stack.synapse, false).await?;
+    let meta = device_grant::metadata(&http, &stack.synapse, matrix_linkd::net::Reach::ANYWHERE).await?;
     assert_eq!(meta.issuer, stack.oauth);
     let client_id =
         device_grant::register(&http, &meta, "matrix-linkd test", &"https://example.org/".parse()?).await?;
@@ -29,7 +29,7 @@ async fn device_grant_signs_a_device_in() -> Result<()> {
 async fn denied_consent_is_named() -> Result<()> {
     let stack = Stack::main()?;
     let http = matrix_linkd::protocol::rendezvous::http_client();
-    let meta = device_grant::metadata(&http, &stack.synapse, false).await?;
+    let meta = device_grant::metadata(&http, &stack.synapse, matrix_linkd::net::Reach::ANYWHERE).await?;
     let client_id =
         device_grant::register(&http, &meta, "matrix-linkd test", &"https://example.org/".parse()?).await?;
     let auth = device_grant::authorize(&http, &meta, &client_id, &device_grant::new_device_id()).await?;
@@ -44,7 +44,7 @@ async fn a_server_without_oauth_is_named() -> Result<()> {
     let http = matrix_linkd::protocol::rendezvous::http_client();
     // The OAuth server itself is no Matrix homeserver: no auth metadata there.
     let stack = Stack::main()?;
-    let r = device_grant::metadata(&http, &stack.oauth, false).await;
+    let r = device_grant::metadata(&http, &stack.oauth, matrix_linkd::net::Reach::ANYWHERE).await;
     assert_eq!(r.err(), Some(GrantError::NoOAuth));
     Ok(())
 }

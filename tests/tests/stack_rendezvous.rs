@@ -38,7 +38,7 @@ async fn rendezvous_2024_on_synapse() -> Result<()> {
     let stack = Stack::main()?;
     let http = http_client();
     // G creates and shows the session URL; S joins from the "QR code".
-    let mut g = Session2024::create(&http, &stack.synapse).await?;
+    let mut g = Session2024::create(&http, &stack.synapse, matrix_linkd::net::Reach::ANYWHERE).await?;
     let mut s = Session2024::join(&http, g.url().clone());
     assert_eq!(s.poll().await?, None, "a fresh session is empty");
 

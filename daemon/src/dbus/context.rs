@@ -20,11 +20,15 @@ pub struct Context {
     /// The live flows: grants and delegations side by side (each has its own rendezvous,
     /// notification and consent), a login alone (it replaces the session everything else uses).
     slots: Slots,
+    /// Held while a flow object is added to the object tree, and while one is taken out with the
+    /// node of its caller (`/flow/<sender>`, which zbus leaves behind): a caller's node goes with
+    /// its last flow, never from under a flow being added.
+    tree: tokio::sync::Mutex<()>,
 }
 
 impl Context {
     pub fn new(config: Arc<Config>, account: Arc<Account>, engine: Arc<dyn Engine>) -> Arc<Self> {
-        Arc::new(Self { config, account, engine, slots: Slots::default() })
+        Arc::new(Self { config, account, engine, slots: Slots::default(), tree: Default::default() })
     }
 
     /// The paths of the live flows.
@@ -47,8 +51,13 @@ impl Context {
         self.slots.ended(path)
     }
 
-    /// The flow at `path` is gone.
-    pub(super) fn release(&self, path: &OwnedObjectPath) {
+    /// The flow at `path` is gone. Whether its caller has no other flow (its node may go).
+    pub(super) fn release(&self, path: &OwnedObjectPath) -> bool {
         self.slots.release(path)
+    }
+
+    /// See `tree`.
+    pub(super) async fn tree(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.tree.lock().await
     }
 }

@@ -14,6 +14,7 @@ use super::{
     context::Context,
     error::{Error, LinkdError},
     flow::{self, FlowSettings},
+    permissions::{self, Permission},
     requests::{self, Options, Opts, Parsed},
 };
 use crate::{
@@ -21,7 +22,7 @@ use crate::{
     desktop,
     error::{LinkError, Result},
     protocol::{
-        AccountPort, DelegationRecords as _, FlowKind,
+        AccountPort, DelegationRecords as _, FlowKind, FlowRequest,
         delegated::{self, Ended},
         kinds::{self, Needs},
     },
@@ -41,10 +42,46 @@ fn valid_handle_token(t: &str) -> bool {
     (1..=MAX_HANDLE_TOKEN).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
+/// What a sandboxed app must be allowed for `request`.
+fn needed(request: &FlowRequest) -> Vec<Permission> {
+    match request {
+        FlowRequest::Grant(_) => vec![Permission::Grant],
+        FlowRequest::Login(_) => vec![Permission::Login],
+        FlowRequest::Delegation(d) if d.share_secrets => vec![Permission::Delegate, Permission::ShareSecrets],
+        FlowRequest::Delegation(_) => vec![Permission::Delegate],
+    }
+}
+
 /// A kind's options parser (`dbus::requests`).
 type Parser = fn(&Opts<'_>, requests::Context<'_>) -> Result<Parsed>;
 
 impl Manager {
+    /// The account's details (user, device, homeserver) are for programs that may use the daemon:
+    /// a sandboxed app that is not allowed gets `AccessDenied` (property reads carry the standard
+    /// errors only). Without a header the read is the daemon's own.
+    async fn check_reader(&self, conn: &Connection, hdr: Option<Header<'_>>) -> zbus::fdo::Result<()> {
+        let Some(hdr) = hdr else { return Ok(()) };
+        let caller =
+            caller::identify(conn, &hdr).await.map_err(|e| zbus::fdo::Error::AccessDenied(e.to_string()))?;
+        match &caller.sandbox_app {
+            None => Ok(()),
+            Some(app) if permissions::may_use(conn, &self.ctx.config, app).await => Ok(()),
+            Some(app) => Err(zbus::fdo::Error::AccessDenied(format!(
+                "{app} is a sandboxed app that may not use matrix-linkd"
+            ))),
+        }
+    }
+
+    /// A sandboxed app lists and revokes (its own) devices only once it may use the daemon.
+    async fn check_may_use(&self, conn: &Connection, caller: &Caller) -> Result<()> {
+        match &caller.sandbox_app {
+            Some(app) if !permissions::may_use(conn, &self.ctx.config, app).await => {
+                Err(LinkError::NotAllowed(format!("{app} is a sandboxed app that may not use matrix-linkd")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The one `Start*` skeleton: who calls and may they, the flow's path, the kind's options, the
     /// session the kind needs and a slot within the limits (in the kind's order), the engine, the
     /// exported flow object.
@@ -59,7 +96,6 @@ impl Manager {
         let rules = kinds::rules(kind);
         let opts = Opts(options);
         let caller = caller::identify(conn, hdr).await?;
-        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
         options.check()?;
         let detached = opts.boolean(options::DETACHED, false)?;
         if detached && caller.sandbox_app.is_some() {
@@ -69,6 +105,11 @@ impl Manager {
         let cx = requests::Context { config: &self.ctx.config, caller: &caller, qr_code: opts.qr_code()? };
         let parsed = parse(&opts, cx)?;
         debug_assert_eq!(parsed.request.kind(), kind);
+        if let Some(app) = &caller.sandbox_app {
+            for permission in needed(&parsed.request) {
+                permissions::check(conn, &self.ctx.config, app, permission).await?;
+            }
+        }
         let settings = self.settings(kind, &caller, detached, &parsed)?;
         let slot = if rules.exclusive {
             let slot = self.ctx.reserve(&path, &caller.unique_name, kind)?;
@@ -128,12 +169,16 @@ impl Manager {
         })
     }
 
-    /// The delegations the homeserver still knows; the others are forgotten on the way.
-    async fn list_delegations_inner(&self) -> Result<Vec<(String, String, String, u64)>> {
+    /// The delegations the homeserver still knows; the others are forgotten on the way. A
+    /// sandboxed app (`app`) sees only its own.
+    async fn list_delegations_inner(&self, app: Option<&str>) -> Result<Vec<(String, String, String, u64)>> {
         self.ctx.account.settled().await;
         let client = self.ctx.account.client().await?;
         let mut out = Vec::new();
         for record in self.ctx.account.delegations().await? {
+            if app.is_some() && record.app_id.as_deref() != app {
+                continue;
+            }
             if self.ctx.engine.device_known(&client, &record.device_id).await == Some(false) {
                 info!("a delegated device is gone from the homeserver; forgetting it");
                 self.ctx.account.forget(&record.device_id).await?;
@@ -144,10 +189,15 @@ impl Manager {
         Ok(out)
     }
 
-    async fn revoke_delegation_inner(&self, device_id: &str) -> Result<&'static str> {
+    /// Ends a delegated session. A sandboxed app (`app`) ends only its own: another program's
+    /// device is as unknown to it as a device never delegated.
+    async fn revoke_delegation_inner(&self, device_id: &str, app: Option<&str>) -> Result<&'static str> {
         self.ctx.account.settled().await;
         let client = self.ctx.account.client().await?;
         let record = self.ctx.account.delegation(device_id).await?;
+        if app.is_some() && record.app_id.as_deref() != app {
+            return Err(LinkError::DeviceNotFound);
+        }
         let ended = self
             .ctx
             .engine
@@ -262,8 +312,8 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<(String, String, String, u64)>, Error> {
         let caller = caller::identify(conn, &hdr).await?;
-        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
-        Ok(self.list_delegations_inner().await?)
+        self.check_may_use(conn, &caller).await?;
+        Ok(self.list_delegations_inner(caller.sandbox_app.as_deref()).await?)
     }
 
     /// Ends a delegated device's session: `revoked` or `account-page`.
@@ -275,14 +325,14 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, Error> {
         let caller = caller::identify(conn, &hdr).await?;
-        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        self.check_may_use(conn, &caller).await?;
         let device_id = device_id.get()?;
         if !delegated::valid_name(&device_id) {
             return Err(
                 LinkError::InvalidArgs("`device_id` must be 1 to 64 printable characters".into()).into()
             );
         }
-        match self.revoke_delegation_inner(&device_id).await {
+        match self.revoke_delegation_inner(&device_id, caller.sandbox_app.as_deref()).await {
             Ok(how) => Ok(how.to_owned()),
             Err(LinkError::DeviceNotFound) => Err(Error::Linkd(LinkdError::DeviceNotFound(
                 "that device was not delegated by this daemon".into(),
@@ -301,7 +351,12 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
         let caller = caller::identify(conn, &hdr).await?;
-        caller::check_allowed(&caller, &self.ctx.config.security.allowed_sandboxed_apps)?;
+        if let Some(app) = &caller.sandbox_app {
+            return Err(LinkError::NotAllowed(format!(
+                "{app} is a sandboxed app: only the user signs the daemon out"
+            ))
+            .into());
+        }
         if !self.ctx.active().is_empty() {
             return Err(LinkError::Busy("a flow is running; cancel it first".into()).into());
         }
@@ -322,19 +377,34 @@ impl Manager {
         self.ctx.account.info().state as u32
     }
 
-    #[zbus(property)]
-    fn user_id(&self) -> String {
-        self.ctx.account.info().user_id
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn user_id(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<String> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.ctx.account.info().user_id)
     }
 
-    #[zbus(property)]
-    fn device_id(&self) -> String {
-        self.ctx.account.info().device_id
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn device_id(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<String> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.ctx.account.info().device_id)
     }
 
-    #[zbus(property)]
-    fn homeserver(&self) -> String {
-        self.ctx.account.info().homeserver
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn homeserver(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<String> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.ctx.account.info().homeserver)
     }
 
     #[zbus(property)]
@@ -371,9 +441,9 @@ pub async fn publish_session(conn: Connection, ctx: Arc<Context>) {
         let em: &SignalEmitter<'_> = iface.signal_emitter();
         let m = iface.get().await;
         let _ = m.session_state_changed(em).await;
-        let _ = m.user_id_changed(em).await;
-        let _ = m.device_id_changed(em).await;
-        let _ = m.homeserver_changed(em).await;
+        let _ = m.user_id_invalidate(em).await;
+        let _ = m.device_id_invalidate(em).await;
+        let _ = m.homeserver_invalidate(em).await;
         let _ = m.capabilities_changed(em).await;
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod flow;
 mod handover;
 pub mod manager;
+mod permissions;
 mod requests;
 pub mod service;
 mod slots;

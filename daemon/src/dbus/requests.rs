@@ -88,16 +88,20 @@ pub struct Context<'a> {
     pub qr_code: Option<Secret<Vec<u8>>>,
 }
 
-/// `notify` and `open_uri` (the config may forbid opening pages).
-fn presentation(opts: &Opts<'_>, config: &Config) -> Result<(bool, bool)> {
+/// `notify` and `open_uri` (the config may forbid opening pages). A sandboxed app cannot keep the
+/// user from seeing what it does: `notify: false` is refused.
+fn presentation(opts: &Opts<'_>, cx: &Context<'_>) -> Result<(bool, bool)> {
     let notify = opts.boolean(key::NOTIFY, true)?;
-    let open_uri = opts.boolean(key::OPEN_URI, true)? && config.desktop.open_uri;
+    if !notify && cx.caller.sandbox_app.is_some() {
+        return Err(LinkError::NotAllowed("a sandboxed app cannot turn the notifications off".into()));
+    }
+    let open_uri = opts.boolean(key::OPEN_URI, true)? && cx.config.desktop.open_uri;
     Ok((notify, open_uri))
 }
 
 /// `StartGrant`: `protocol`, `qr_code`, `notify`, `open_uri`.
 pub fn grant(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
-    let (notify, open_uri) = presentation(opts, cx.config)?;
+    let (notify, open_uri) = presentation(opts, &cx)?;
     let timeouts = &cx.config.timeouts;
     let request = GrantRequest {
         generation: opts.generation(cx.config)?,
@@ -135,7 +139,7 @@ pub fn login(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
 /// `StartDelegation`: `client_name`, `device_display_name`, `share_secrets`, `notify`,
 /// `open_uri`.
 pub fn delegation(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
-    let (notify, open_uri) = presentation(opts, cx.config)?;
+    let (notify, open_uri) = presentation(opts, &cx)?;
     let share_secrets = opts.boolean(key::SHARE_SECRETS, false)?;
     // The user must see who asks: an allow-listed sandboxed app is named by its app ID.
     let client_name = match &cx.caller.sandbox_app {
@@ -148,6 +152,7 @@ pub fn delegation(opts: &Opts<'_>, cx: Context<'_>) -> Result<Parsed> {
         client_name: client_name.clone(),
         device_display_name,
         share_secrets,
+        app_id: cx.caller.sandbox_app.clone(),
         timeout: timeouts.flow(),
         keys_timeout: timeouts.delegation_keys(),
     };

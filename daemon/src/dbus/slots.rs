@@ -99,10 +99,18 @@ impl Slots {
         }
     }
 
-    /// The flow at `path` is gone, its object too.
-    pub fn release(&self, path: &OwnedObjectPath) {
-        self.list().retain(|r| r.path != *path);
+    /// The flow at `path` is gone, its object too. Whether no other flow lives under the same
+    /// parent node (the caller's `/flow/<sender>`).
+    pub fn release(&self, path: &OwnedObjectPath) -> bool {
+        let mut list = self.list();
+        list.retain(|r| r.path != *path);
+        let node = parent(path);
+        !list.iter().any(|r| parent(&r.path) == node)
     }
+}
+
+fn parent(path: &OwnedObjectPath) -> &str {
+    path.as_str().rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
 #[cfg(test)]

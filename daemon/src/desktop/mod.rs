@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-pub use notify::{ApprovalRequest, ApprovalTask, Choice, notify_result, spawn_approval};
+pub use notify::{ApprovalRequest, ApprovalTask, Choice, ask_permission, notify_result, spawn_approval};
 
 /// Opens `uri` in the user's browser: the OpenURI portal first, `xdg-open` second.
 pub async fn open_uri(uri: &str) -> bool {

@@ -261,20 +261,28 @@ struct Prompt {
 impl Prompt {
     /// `None` when there is no notification server or it refused the notification.
     async fn show(conn: &Connection, request: &ApprovalRequest) -> Option<Self> {
+        Self::show_with(conn, APPROVAL_SUMMARY, &ACTIONS, |markup| request.body(markup)).await
+    }
+
+    /// A notification with `summary`, the body `body(markup)` and the two buttons `actions`
+    /// (`approve` and `deny` keys with their labels).
+    async fn show_with(
+        conn: &Connection,
+        summary: &str,
+        actions: &[&str; 4],
+        body: impl FnOnce(bool) -> String,
+    ) -> Option<Self> {
         let Some(server) = Server::find(conn).await else {
             debug!("no notification server");
             return None;
         };
         let with_actions = server.can("actions");
         let signals = if with_actions { Some(server.signals().await?) } else { None };
-        let actions: &[&str] = if with_actions { &ACTIONS } else { &[] };
-        let body = request.body(server.can("body-markup"));
+        let actions: &[&str] = if with_actions { actions } else { &[] };
+        let body = body(server.can("body-markup"));
         let hints: HashMap<&str, Value<'_>> = HashMap::new();
         let reply = server
-            .call(
-                "Notify",
-                &(APP_NAME, 0u32, APPROVAL_ICON, APPROVAL_SUMMARY, body.as_str(), actions, hints, 0i32),
-            )
+            .call("Notify", &(APP_NAME, 0u32, APPROVAL_ICON, summary, body.as_str(), actions, hints, 0i32))
             .await?;
         let id: u32 = reply.body().deserialize().ok()?;
         debug!(id, with_actions, "approval notification shown");
@@ -380,6 +388,41 @@ impl ApprovalTask {
 impl Drop for ApprovalTask {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The buttons of a permission question.
+const PERMISSION_ACTIONS: [&str; 4] = [APPROVE, "Allow", DENY, "Deny"];
+
+/// Asks the user in a notification whether the sandboxed app `app` may `what` ("get a Matrix
+/// device of its own", …). The user's button, if one is pressed within `wait`; `None` when there
+/// is no notification server with buttons, the notification was closed, or no answer came. The
+/// notification is closed when the question ends.
+pub async fn ask_permission(conn: &Connection, app: &str, what: &str, wait: Duration) -> Option<Choice> {
+    let app = shown(app);
+    let summary = format!("Allow {app}?");
+    let body = |markup: bool| {
+        let text = |s: &str| if markup { escape_markup(s) } else { s.to_owned() };
+        format!(
+            "The sandboxed app {} asks to {}. Your answer is remembered; reset it in the Matrix \
+             device link app or with `flatpak permission-reset {}`.",
+            text(&app),
+            text(what),
+            text(&app)
+        )
+    };
+    let mut prompt = Prompt::show_with(conn, &summary, &PERMISSION_ACTIONS, body).await?;
+    let answer = tokio::time::timeout(wait, prompt.next_answer()).await;
+    let open = !matches!(answer, Ok(Some(Answer::Closed)));
+    if open {
+        prompt.close().await;
+    }
+    match answer {
+        Ok(Some(Answer::Chose(choice))) => {
+            info!(?choice, "permission question answered");
+            Some(choice)
+        }
+        _ => None,
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tracing::{debug, info};
 use url::Url;
 
-use super::{JSON_LIMIT, check_transport, is_loopback_name, read_json};
+use super::{JSON_LIMIT, Reach, check_transport, is_loopback_name, read_json};
 use matrix_linkd_wire::messages::HomeserverRef;
 
 use crate::error::LinkError;
@@ -49,9 +49,9 @@ pub async fn homeserver(
     http: &reqwest::Client,
     named: &HomeserverRef,
     known: Option<&Url>,
-    allow_http: bool,
+    reach: Reach,
 ) -> Result<(Url, Found), LinkError> {
-    let found = find(http, named, known, allow_http).await?;
+    let found = find(http, named, known, reach).await?;
     info!(how = found.1.as_str(), "homeserver found");
     Ok(found)
 }
@@ -60,11 +60,11 @@ async fn find(
     http: &reqwest::Client,
     named: &HomeserverRef,
     known: Option<&Url>,
-    allow_http: bool,
+    reach: Reach,
 ) -> Result<(Url, Found), LinkError> {
     let name = match named {
         HomeserverRef::Url(url) => {
-            check_transport(url, allow_http).map_err(|e| insecure(&e))?;
+            check_transport(url, reach).map_err(|e| insecure(&e))?;
             return Ok((url.clone(), Found::Url));
         }
         HomeserverRef::ServerName(name) => name,
@@ -72,15 +72,16 @@ async fn find(
     let scheme = if is_loopback_name(name) { "http" } else { "https" };
     let origin = Url::parse(&format!("{scheme}://{name}/"))
         .map_err(|_| LinkError::InvalidArgs("the homeserver name is not a server name".into()))?;
+    check_transport(&origin, reach).map_err(|e| insecure(&e))?;
     if let Some(found) = well_known(http, &origin).await {
-        check_transport(&found, allow_http).map_err(|e| insecure(&e))?;
+        check_transport(&found, reach).map_err(|e| insecure(&e))?;
         return Ok((found, Found::WellKnown));
     }
     if serves_client_api(http, &origin).await {
         return Ok((origin, Found::ServerName));
     }
     if let Some(known) = known
-        && check_transport(known, allow_http).is_ok()
+        && check_transport(known, reach).is_ok()
         && serves_client_api(http, known).await
     {
         return Ok((known.clone(), Found::RendezvousServer));

@@ -15,12 +15,24 @@ use super::{
     device_grant::{self, Metadata, Tokens},
     devices,
 };
-use crate::error::{LinkError, Result};
+use crate::{
+    error::{LinkError, Result},
+    net::Reach,
+};
 
 /// Bound on waiting for the homeserver to forget a device after its session was revoked.
 const FORGET_LIMIT: Duration = Duration::from_secs(10);
-/// The MSC4191 action that asks the account management page to end one session.
+/// The account management action that ends one device's session, as spec v1.18 names it.
+pub const DEVICE_DELETE: &str = "org.matrix.device_delete";
+/// Its earlier MSC4191 name, which servers (MAS) still advertise beside it.
 pub const SESSION_END: &str = "org.matrix.session_end";
+
+/// The action to ask the account page for, as the server advertises its actions: the stable name
+/// first, else the earlier one; a server that lists neither gets the stable name.
+pub fn end_action(supported: &[String]) -> &'static str {
+    let offers = |a: &str| supported.iter().any(|s| s == a);
+    if !offers(DEVICE_DELETE) && offers(SESSION_END) { SESSION_END } else { DEVICE_DELETE }
+}
 
 /// What the daemon keeps of one delegated device (in the Secret Service). Not `Debug`-printed
 /// beyond its public parts.
@@ -35,6 +47,10 @@ pub struct Record {
     /// The tokens as handed over: valid until the program refreshes them (rotation).
     pub access_token: String,
     pub refresh_token: Option<String>,
+    /// The sandboxed app the device is for (its Flatpak or Snap app ID); `None` for a program
+    /// outside a sandbox. A sandboxed app sees and revokes only its own devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
 }
 
 impl std::fmt::Debug for Record {
@@ -85,16 +101,16 @@ impl Ended {
 
 /// Ends the session of a delegated device: by RFC 7009 revocation when the daemon still holds a
 /// valid token of it, else (unless `revoke_only`) by naming the account management page that
-/// ends it (MSC4191 `org.matrix.session_end`).
+/// ends it (the advertised action, `org.matrix.device_delete` first: [`end_action`]).
 pub async fn end_session(
     http: &reqwest::Client,
-    allow_http: bool,
+    reach: Reach,
     client: &Client,
     record: &Record,
     revoke_only: bool,
 ) -> Result<Option<Ended>> {
     let homeserver = client.homeserver();
-    let m = device_grant::server_metadata(http, &homeserver, allow_http).await?;
+    let m = device_grant::server_metadata(http, &homeserver, reach).await?;
     if let Some(tokens) = valid_tokens(http, &homeserver, &m, record).await {
         let _ = revoke(http, &m, &record.client_id, &tokens).await;
         if device_gone(client, &record.device_id).await {
@@ -110,7 +126,8 @@ pub async fn end_session(
             "no valid token of that session is left and the OAuth server names no account page".into(),
         )
     })?;
-    page.query_pairs_mut().append_pair("action", SESSION_END).append_pair("device_id", &record.device_id);
+    let action = end_action(&m.account_management_actions_supported);
+    page.query_pairs_mut().append_pair("action", action).append_pair("device_id", &record.device_id);
     Ok(Some(Ended::AccountPage(page)))
 }
 
@@ -193,6 +210,7 @@ mod tests {
             client_id: "cid".into(),
             access_token: "ACCESS-SECRET".into(),
             refresh_token: Some("REFRESH-SECRET".into()),
+            app_id: None,
         };
         let s = format!("{r:?}");
         assert!(s.contains("DEV") && !s.contains("SECRET"), "{s}");
@@ -219,5 +237,14 @@ mod tests {
             "https://auth.example/account?action=org.matrix.session_end&device_id=AB+CD"
         );
         assert_eq!(Ended::AccountPage(page).as_str(), "account-page");
+    }
+
+    #[test]
+    fn the_advertised_end_action_is_used_the_stable_one_first() {
+        let list = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // MAS advertises both names.
+        assert_eq!(end_action(&list(&[SESSION_END, DEVICE_DELETE, "org.matrix.profile"])), DEVICE_DELETE);
+        assert_eq!(end_action(&list(&["org.matrix.profile", SESSION_END])), SESSION_END);
+        assert_eq!(end_action(&list(&[])), DEVICE_DELETE);
     }
 }

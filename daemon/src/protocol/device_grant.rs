@@ -13,7 +13,7 @@ use url::Url;
 
 use crate::{
     error::LinkError,
-    net::{self, BodyError, JSON_LIMIT},
+    net::{self, BodyError, JSON_LIMIT, Reach},
 };
 use matrix_linkd_wire::policy;
 
@@ -157,7 +157,7 @@ async fn post_form(http: &reqwest::Client, endpoint: Url, pairs: &[(&str, &str)]
 
 /// `GET /_matrix/client/v1/auth_metadata`, then the MSC2965 unstable path. Every endpoint we
 /// send a code or token to must pass [`net::check_transport`].
-pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, allow_http: bool) -> Result<Metadata> {
+pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, reach: Reach) -> Result<Metadata> {
     for path in
         ["_matrix/client/v1/auth_metadata", "_matrix/client/unstable/org.matrix.msc2965/auth_metadata"]
     {
@@ -172,7 +172,7 @@ pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, allow_htt
                     .chain([m.registration_endpoint.as_ref(), m.revocation_endpoint.as_ref()])
                     .chain([m.account_management_uri.as_ref()]);
             for endpoint in endpoints.flatten() {
-                net::check_transport(endpoint, allow_http).map_err(GrantError::BadEndpoint)?;
+                net::check_transport(endpoint, reach).map_err(GrantError::BadEndpoint)?;
             }
             return Ok(m);
         }
@@ -181,8 +181,8 @@ pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, allow_htt
 }
 
 /// [`server_metadata`] of a server that must offer the device authorization grant.
-pub async fn metadata(http: &reqwest::Client, homeserver: &Url, allow_http: bool) -> Result<Metadata> {
-    let m = server_metadata(http, homeserver, allow_http).await?;
+pub async fn metadata(http: &reqwest::Client, homeserver: &Url, reach: Reach) -> Result<Metadata> {
+    let m = server_metadata(http, homeserver, reach).await?;
     if m.device_authorization_endpoint.is_none()
         || !m.grant_types_supported.iter().any(|g| g == DEVICE_CODE_GRANT)
     {

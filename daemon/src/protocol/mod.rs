@@ -212,6 +212,8 @@ pub struct DelegationRequest {
     pub device_display_name: String,
     /// Hand the private cross-signing keys and the backup key over (else the daemon signs).
     pub share_secrets: bool,
+    /// The sandboxed app that asks (Flatpak or Snap app ID): it alone sees and revokes the device.
+    pub app_id: Option<String>,
     pub timeout: Duration,
     /// From the session being ready to it being taken and, without shared secrets, to the new
     /// device's keys being on the homeserver.

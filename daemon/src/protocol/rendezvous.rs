@@ -51,6 +51,14 @@ pub enum RendezvousError {
     AnswerTooLarge(usize),
     #[error("the rendezvous server answered with a redirect (HTTP {0}), which is not followed")]
     Redirect(u16),
+    #[error("the session URL the rendezvous server answered is refused: {0}")]
+    RefusedUrl(net::UrlError),
+    #[error(
+        "the rendezvous server refused our write as a conflict although the session still holds what \
+         we last read: a proxy in front of the homeserver alters ETags (often gzip compression; \
+         serve /_matrix/client/*/rendezvous uncompressed, or keep ETags unchanged)"
+    )]
+    AlteredEtag,
 }
 
 /// What a rendezvous failure means for the flow and its caller.
@@ -72,7 +80,9 @@ impl From<RendezvousError> for crate::error::LinkError {
             }
             e @ (RendezvousError::AnswerTooLarge(_)
             | RendezvousError::Redirect(_)
-            | RendezvousError::Malformed(_)) => LinkError::ProtocolError(e.to_string()),
+            | RendezvousError::Malformed(_)
+            | RendezvousError::RefusedUrl(_)
+            | RendezvousError::AlteredEtag) => LinkError::ProtocolError(e.to_string()),
             other => LinkError::Network(other.to_string()),
         }
     }
@@ -136,6 +146,23 @@ fn ttl_of(headers: &header::HeaderMap) -> Option<Duration> {
     date(header::EXPIRES)?.duration_since(date(header::DATE)?).ok()
 }
 
+/// The session's ETag as the homeserver made it. Proxies that compress rewrite it on the way: nginx
+/// weakens it (`W/"T"`), Apache appends the encoding (`"T-gzip"`). The homeserver compares
+/// `If-Match` strictly, so we keep the strong tag it sent: a weak prefix and an encoding suffix
+/// are taken off.
+fn etag_of(headers: &header::HeaderMap) -> Option<String> {
+    let tag = headers.get(header::ETAG)?.to_str().ok()?.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return Some(tag.to_owned());
+    };
+    let inner = ["-gzip", "-br", "-deflate", "-zstd"]
+        .iter()
+        .find_map(|suffix| inner.strip_suffix(suffix).filter(|rest| !rest.is_empty()))
+        .unwrap_or(inner);
+    Some(format!("\"{inner}\""))
+}
+
 fn check_size(payload: &str) -> Result<()> {
     if payload.len() > MAX_PAYLOAD { Err(RendezvousError::TooLarge) } else { Ok(()) }
 }
@@ -147,6 +174,9 @@ pub struct Session2024 {
     url: Url,
     etag: Option<String>,
     expires_at: Option<tokio::time::Instant>,
+    /// We created the session or wrote to it: only then may we delete it. A scanned code's URL
+    /// that we never wrote to may be anybody's (or any local service's) resource.
+    owned: bool,
 }
 
 impl std::fmt::Debug for Session2024 {
@@ -163,8 +193,9 @@ impl Session2024 {
         v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false)
     }
 
-    /// Creates a session on `homeserver` (G).
-    pub async fn create(http: &reqwest::Client, homeserver: &Url) -> Result<Self> {
+    /// Creates a session on `homeserver` (G). The session URL the server answers is held to the
+    /// same rules as every URL from outside (`reach`): it is polled, and it goes into our QR code.
+    pub async fn create(http: &reqwest::Client, homeserver: &Url, reach: net::Reach) -> Result<Self> {
         let endpoint =
             homeserver.join(PATH_2024).map_err(|_| RendezvousError::Malformed("homeserver URL"))?;
         let r = http
@@ -180,7 +211,7 @@ impl Session2024 {
             let (s, code) = errcode(r).await;
             return Err(map_error(s, &code));
         }
-        let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let etag = etag_of(r.headers());
         let expires_at = ttl_of(r.headers()).map(deadline_in);
         let body: Value = serde_json::from_slice(&body(r).await?)
             .map_err(|_| RendezvousError::Malformed("create response is not JSON"))?;
@@ -189,12 +220,16 @@ impl Session2024 {
             .and_then(Value::as_str)
             .and_then(|u| Url::parse(u).ok())
             .ok_or(RendezvousError::Malformed("create response has no url"))?;
-        Ok(Self { http: http.clone(), url, etag, expires_at })
+        net::check_transport(&url, reach).map_err(RendezvousError::RefusedUrl)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(RendezvousError::RefusedUrl(net::UrlError::Credentials));
+        }
+        Ok(Self { http: http.clone(), url, etag, expires_at, owned: true })
     }
 
     /// Joins the session at `url` from a scanned QR code (S).
     pub fn join(http: &reqwest::Client, url: Url) -> Self {
-        Self { http: http.clone(), url, etag: None, expires_at: None }
+        Self { http: http.clone(), url, etag: None, expires_at: None, owned: false }
     }
 
     /// When the session ends, as the server last told us (`Expires` − `Date`: no clock skew).
@@ -216,11 +251,26 @@ impl Session2024 {
         let mut attempt = 0;
         loop {
             match self.put(payload).await {
-                Err(RendezvousError::Conflict) if attempt < CONFLICT_RETRIES => {
+                // Refused again and again while the slot holds what we last read: nobody else
+                // wrote, our precondition itself is what fails.
+                Err(RendezvousError::Conflict) if attempt == CONFLICT_RETRIES => {
+                    return match self.poll().await? {
+                        None => Err(RendezvousError::AlteredEtag),
+                        Some(ours) if ours == payload => {
+                            self.owned = true;
+                            Ok(())
+                        }
+                        Some(_) => Err(RendezvousError::Conflict),
+                    };
+                }
+                Err(RendezvousError::Conflict) => {
                     // One conditional read tells what the slot holds now.
                     match self.poll().await? {
                         None => {}
-                        Some(ours) if ours == payload => return Ok(()),
+                        Some(ours) if ours == payload => {
+                            self.owned = true;
+                            return Ok(());
+                        }
                         Some(_) => return Err(RendezvousError::Conflict),
                     }
                     attempt += 1;
@@ -245,7 +295,8 @@ impl Session2024 {
             let (s, code) = errcode(r).await;
             return Err(map_error(s, &code));
         }
-        self.etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.etag = etag_of(r.headers());
+        self.owned = true;
         Ok(())
     }
 
@@ -259,7 +310,7 @@ impl Session2024 {
         match r.status() {
             StatusCode::NOT_MODIFIED => Ok(None),
             s if s.is_success() => {
-                let etag = r.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let etag = etag_of(r.headers());
                 let ttl = ttl_of(r.headers());
                 // The new ETag is kept only with the body it belongs to: a read dropped half-way
                 // (a flow step that ends while this one is in flight) must not mark the message
@@ -279,9 +330,12 @@ impl Session2024 {
         }
     }
 
-    /// Ends the session early; errors are of no consequence.
+    /// Ends the session early, if it is ours (created or written by us); errors are of no
+    /// consequence.
     pub async fn delete(&self) {
-        let _ = self.http.delete(self.url.clone()).send().await;
+        if self.owned {
+            let _ = self.http.delete(self.url.clone()).send().await;
+        }
     }
 }
 
@@ -294,6 +348,8 @@ pub struct SessionLatest {
     id: String,
     token: String,
     expires_in: Duration,
+    /// We created the session or wrote to it: only then may we delete it.
+    owned: bool,
 }
 
 impl std::fmt::Debug for SessionLatest {
@@ -348,6 +404,7 @@ impl SessionLatest {
             id: field(&v, "id")?,
             token: field(&v, "sequence_token")?,
             expires_in,
+            owned: true,
         })
     }
 
@@ -359,6 +416,7 @@ impl SessionLatest {
             id: id.to_owned(),
             token: String::new(),
             expires_in: Duration::ZERO,
+            owned: false,
         };
         let v = json_of(s.http.get(s.session_url()?).send().await.map_err(network)?).await?;
         s.token = field(&v, "sequence_token")?;
@@ -385,6 +443,7 @@ impl SessionLatest {
             id: id.to_owned(),
             token: token.to_owned(),
             expires_in: Duration::from_secs(120),
+            owned: false,
         }
     }
 
@@ -420,6 +479,7 @@ impl SessionLatest {
                 Ok(r) => match json_of(r).await {
                     Ok(v) => {
                         self.token = field(&v, "sequence_token")?;
+                        self.owned = true;
                         return Ok(());
                     }
                     Err(RendezvousError::Conflict) if conflicts < CONFLICT_RETRIES => {
@@ -429,6 +489,7 @@ impl SessionLatest {
                         if token != self.token {
                             if v.get("data").and_then(Value::as_str) == Some(data) {
                                 self.token = token;
+                                self.owned = true;
                                 return Ok(());
                             }
                             return Err(RendezvousError::Conflict);
@@ -457,7 +518,11 @@ impl SessionLatest {
         Ok(Some((data, previous)))
     }
 
+    /// Ends the session early, if it is ours (created or written by us).
     pub async fn delete(&self) {
+        if !self.owned {
+            return;
+        }
         if let Ok(u) = self.session_url() {
             let _ = self.http.delete(u).send().await;
         }
@@ -656,5 +721,171 @@ mod tests {
     fn oversized_payloads_are_refused_locally() {
         assert_eq!(check_size(&"x".repeat(MAX_PAYLOAD + 1)), Err(RendezvousError::TooLarge));
         assert_eq!(check_size(&"x".repeat(MAX_PAYLOAD)), Ok(()));
+    }
+
+    /// A scanned code may name any URL: we delete only what we created or wrote to.
+    #[tokio::test]
+    async fn sessions_we_neither_made_nor_wrote_are_never_deleted() {
+        use wiremock::{Mock, ResponseTemplate, matchers};
+        let server = wiremock::MockServer::start().await;
+        Mock::given(matchers::method("PUT")).respond_with(ResponseTemplate::new(403)).mount(&server).await;
+        Mock::given(matchers::method("GET")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        Mock::given(matchers::method("DELETE")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        let deletes = || async {
+            let all = server.received_requests().await.unwrap();
+            all.iter().filter(|r| r.method == wiremock::http::Method::DELETE).count()
+        };
+        let url = Url::parse(&format!("{}/some/path?query", server.uri())).unwrap();
+        let mut s = Session2024::join(&http_client(), url);
+        assert!(s.send("refused").await.is_err());
+        s.delete().await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let latest = SessionLatest::for_test(&base, "01J", "T1");
+        latest.delete().await;
+        assert_eq!(deletes().await, 0, "a DELETE went to a session that is not ours");
+
+        // Once our write is in, the session is ours to end.
+        server.reset().await;
+        Mock::given(matchers::method("PUT"))
+            .respond_with(ResponseTemplate::new(202).insert_header("ETag", "\"2\""))
+            .mount(&server)
+            .await;
+        Mock::given(matchers::method("DELETE")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        let mut s = Session2024::join(&http_client(), Url::parse(&format!("{}/rv/1", server.uri())).unwrap());
+        s.send("ours").await.unwrap();
+        s.delete().await;
+        assert_eq!(deletes().await, 1);
+    }
+
+    /// The URL in a create answer is polled and goes into our own QR code: same rules as any URL
+    /// from outside.
+    #[tokio::test]
+    async fn a_created_session_url_must_pass_the_transport_rules() {
+        use wiremock::{Mock, ResponseTemplate, matchers};
+        let server = wiremock::MockServer::start().await;
+        let created = |url: &str| ResponseTemplate::new(201).set_body_json(serde_json::json!({ "url": url }));
+        let base = Url::parse(&server.uri()).unwrap();
+        let test_set_up = net::Reach { local_addresses: true, insecure_http: false };
+        for (url, reach, refused) in [
+            ("http://192.0.2.7/rv/1", test_set_up, net::UrlError::InsecureHttp),
+            ("https://169.254.169.254/rv/1", net::Reach::default(), net::UrlError::LocalAddress),
+            ("https://user:pw@hs.example.org/rv/1", test_set_up, net::UrlError::Credentials),
+        ] {
+            server.reset().await;
+            Mock::given(matchers::method("POST")).respond_with(created(url)).mount(&server).await;
+            let err = Session2024::create(&http_client(), &base, reach).await.unwrap_err();
+            assert_eq!(err, RendezvousError::RefusedUrl(refused), "{url}");
+            assert!(crate::error::LinkError::from(err).to_string().contains("refused"));
+        }
+        server.reset().await;
+        Mock::given(matchers::method("POST"))
+            .respond_with(created("https://hs.example.org/rv/1"))
+            .mount(&server)
+            .await;
+        assert!(Session2024::create(&http_client(), &base, test_set_up).await.is_ok());
+    }
+
+    /// A homeserver behind a proxy that rewrites ETags as deployments do: `Weaken` is nginx with
+    /// `gzip on` (a client that accepts gzip gets `W/"T"`), `Always` weakens every answer,
+    /// `Suffix` is Apache's `"T-gzip"`, `Mangle` makes the tag unrecognisable. The homeserver
+    /// behind it compares `If-Match` strictly, as Synapse does.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Rewrite {
+        Weaken,
+        Always,
+        Suffix,
+        Mangle,
+    }
+
+    struct Proxy {
+        rewrite: Rewrite,
+        state: std::sync::Mutex<(u64, String)>,
+    }
+
+    impl wiremock::Respond for Proxy {
+        fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
+            use wiremock::ResponseTemplate as R;
+            let mut st = self.state.lock().unwrap();
+            let (etag, data) = &mut *st;
+            let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let gzip = header("accept-encoding").is_some_and(|a| a.contains("gzip"));
+            let shown = |n: u64| match self.rewrite {
+                Rewrite::Weaken if gzip => format!("W/\"{n}\""),
+                Rewrite::Weaken => format!("\"{n}\""),
+                Rewrite::Always => format!("W/\"{n}\""),
+                Rewrite::Suffix => format!("\"{n}-gzip\""),
+                Rewrite::Mangle => format!("\"x{n}y\""),
+            };
+            let strong = format!("\"{etag}\"");
+            match req.method.as_str() {
+                // If-None-Match compares weakly (RFC 9110), at the proxy or the server.
+                "GET"
+                    if header("if-none-match").is_some_and(|t| {
+                        t.trim_start_matches("W/") == shown(*etag).trim_start_matches("W/") || t == strong
+                    }) =>
+                {
+                    R::new(304).insert_header("ETag", shown(*etag))
+                }
+                "GET" => R::new(200).insert_header("ETag", shown(*etag)).set_body_string(data.clone()),
+                "PUT" if header("if-match").as_deref() != Some(strong.as_str()) => {
+                    R::new(412).set_body_json(json!({"errcode": "M_CONCURRENT_WRITE"}))
+                }
+                "PUT" => {
+                    *etag += 1;
+                    *data = String::from_utf8(req.body.clone()).unwrap();
+                    R::new(202).insert_header("ETag", shown(*etag))
+                }
+                _ => R::new(405),
+            }
+        }
+    }
+
+    async fn behind(rewrite: Rewrite) -> wiremock::MockServer {
+        let server = wiremock::MockServer::start().await;
+        let proxy = Proxy { rewrite, state: std::sync::Mutex::new((1, String::new())) };
+        wiremock::Mock::given(wiremock::matchers::any()).respond_with(proxy).mount(&server).await;
+        server
+    }
+
+    /// The most common deployment, a TLS proxy with gzip on, broke every flow: our tag came back
+    /// weakened, the homeserver refused it, and the daemon blamed another writer.
+    #[tokio::test]
+    async fn etags_survive_proxies_that_rewrite_them() {
+        for rewrite in [Rewrite::Weaken, Rewrite::Always, Rewrite::Suffix] {
+            let server = behind(rewrite).await;
+            let url = Url::parse(&format!("{}/rv/1", server.uri())).unwrap();
+            let mut s = Session2024::join(&http_client(), url);
+            assert_eq!(s.poll().await, Ok(None));
+            s.send("one").await.unwrap();
+            s.send("two").await.unwrap();
+            let asked: Vec<_> = server.received_requests().await.unwrap();
+            assert!(
+                asked.iter().all(|r| r.headers.get("accept-encoding").is_some_and(|v| v == "identity")),
+                "every read asks for the identity encoding"
+            );
+        }
+        // A tag changed past recognition is named for what it is, for an administrator to act on.
+        let server = behind(Rewrite::Mangle).await;
+        let mut s = Session2024::join(&http_client(), Url::parse(&format!("{}/rv/1", server.uri())).unwrap());
+        assert_eq!(s.poll().await, Ok(None));
+        let err = s.send("one").await.unwrap_err();
+        assert_eq!(err, RendezvousError::AlteredEtag);
+        let message = crate::error::LinkError::from(err).to_string();
+        assert!(message.contains("proxy") && message.contains("ETag"), "{message}");
+    }
+
+    #[test]
+    fn rewritten_etags_are_read_as_the_server_made_them() {
+        let tag = |t: &str| {
+            let mut h = header::HeaderMap::new();
+            h.insert(header::ETAG, header::HeaderValue::from_str(t).unwrap());
+            etag_of(&h).unwrap()
+        };
+        assert_eq!(tag("\"7\""), "\"7\"");
+        assert_eq!(tag("W/\"7\""), "\"7\"");
+        assert_eq!(tag("\"7-gzip\""), "\"7\"");
+        assert_eq!(tag("W/\"7-br\""), "\"7\"");
+        assert_eq!(tag("\"-gzip\""), "\"-gzip\"", "nothing left: kept as it is");
+        assert_eq!(tag("unquoted"), "unquoted");
     }
 }

@@ -4,8 +4,12 @@
 //! sandboxes (a chroot with a `/.flatpak-info`, a Flatpak-named cgroup) or as a non-dumpable
 //! process.
 //!
-//! `linkd-caller --address <bus address> [--method StartGrant|StartLogin|StartDelegation]
-//!  [--option key=value]... [--hold SECS] [--non-dumpable]`
+//! `linkd-caller --address <bus address> [--method StartGrant|StartLogin|StartDelegation|
+//!  ListDelegations|RevokeDelegation|SignOut] [--option key=value|key=b:true]... [--arg STRING]
+//!  [--get PROPERTY] [--hold SECS] [--non-dumpable]`
+//!
+//! `ListDelegations` prints `OK <number of devices>`, `RevokeDelegation` (`--arg` the device)
+//! `OK <how>`, `SignOut` `OK`, `--get` (a Manager property, instead of a method) `OK <value>`.
 
 use std::{collections::HashMap, process::ExitCode};
 
@@ -17,6 +21,8 @@ struct Args {
     address: String,
     method: String,
     options: Vec<(String, String)>,
+    arg: Option<String>,
+    get: Option<String>,
     hold: u64,
     non_dumpable: bool,
 }
@@ -27,6 +33,7 @@ fn args() -> Result<Args> {
     let mut non_dumpable = false;
     let mut options = Vec::new();
     let mut hold = 0;
+    let (mut device, mut get) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -38,6 +45,8 @@ fn args() -> Result<Args> {
                 let (k, v) = pair.split_once('=').context("--option needs key=value")?;
                 options.push((k.to_owned(), v.to_owned()));
             }
+            "--arg" => device = Some(it.next().context("--arg needs a value")?),
+            "--get" => get = Some(it.next().context("--get needs a property")?),
             "--hold" => hold = it.next().context("--hold needs seconds")?.parse()?,
             other => bail!("unknown argument `{other}`"),
         }
@@ -46,6 +55,8 @@ fn args() -> Result<Args> {
         address: address.context("no --address and no DBUS_SESSION_BUS_ADDRESS")?,
         method,
         options,
+        arg: device,
+        get,
         hold,
         non_dumpable,
     })
@@ -59,13 +70,51 @@ async fn run() -> Result<String> {
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     }
     let conn = zbus::connection::Builder::address(args.address.as_str())?.build().await?;
-    let options: HashMap<&str, Value<'_>> =
-        args.options.iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();
-    let reply = conn
-        .call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), args.method.as_str(), &(options,))
-        .await;
+    let options: HashMap<&str, Value<'_>> = args
+        .options
+        .iter()
+        .map(|(k, v)| {
+            let value = match v.as_str() {
+                "b:true" => Value::from(true),
+                "b:false" => Value::from(false),
+                v => Value::from(v),
+            };
+            (k.as_str(), value)
+        })
+        .collect();
+    let reply = if let Some(property) = &args.get {
+        let properties = "org.freedesktop.DBus.Properties";
+        let body = (MANAGER_INTERFACE, property.as_str());
+        conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(properties), "Get", &body).await
+    } else {
+        let method = args.method.as_str();
+        match method {
+            "ListDelegations" | "SignOut" => {
+                conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), method, &()).await
+            }
+            "RevokeDelegation" => {
+                let device = args.arg.clone().unwrap_or_default();
+                conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), method, &(device,))
+                    .await
+            }
+            _ => {
+                conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), method, &(options,))
+                    .await
+            }
+        }
+    };
     let line = match reply {
-        Ok(msg) => format!("OK {}", msg.body().deserialize::<OwnedObjectPath>()?.as_str()),
+        Ok(msg) if args.get.is_some() => {
+            format!("OK {:?}", msg.body().deserialize::<zbus::zvariant::OwnedValue>()?)
+        }
+        Ok(msg) => match args.method.as_str() {
+            "ListDelegations" => {
+                format!("OK {}", msg.body().deserialize::<Vec<(String, String, String, u64)>>()?.len())
+            }
+            "SignOut" => "OK".to_owned(),
+            "RevokeDelegation" => format!("OK {}", msg.body().deserialize::<String>()?),
+            _ => format!("OK {}", msg.body().deserialize::<OwnedObjectPath>()?.as_str()),
+        },
         Err(zbus::Error::MethodError(name, text, _)) => {
             eprintln!("{name}: {}", text.unwrap_or_default());
             name.to_string()

@@ -78,9 +78,12 @@ impl Desktop {
         cmd
     }
 
-    /// Starts `matrix-link-gtk` (its log goes to the artefacts).
+    /// Starts `matrix-link-gtk` (its log goes to the artefacts). `LINKD_GTK_BIN` runs another
+    /// build of the app (an older commit's, to see a new test fail there).
     pub fn start_app(&mut self, session: &Session, args: &[&str]) -> Result<()> {
-        let bin = bin_dir().join("matrix-link-gtk");
+        let bin = std::env::var_os("LINKD_GTK_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bin_dir().join("matrix-link-gtk"));
         anyhow::ensure!(bin.exists(), "{} is missing: run `cargo build --workspace` first", bin.display());
         let log = std::fs::File::create(self.artefacts.join("app.log"))?;
         self.app = Some(

@@ -111,6 +111,25 @@ impl Flow {
         }
     }
 
+    /// Reader check for the plain properties (kind, state, error name…): the owner, or a program
+    /// outside any sandbox (the user's own). A sandboxed app reads only flows it owns. Without a
+    /// header the read is the daemon's own (a change signal). Property errors are standard ones.
+    async fn check_reader(&self, conn: &Connection, hdr: Option<Header<'_>>) -> zbus::fdo::Result<()> {
+        let Some(hdr) = hdr else { return Ok(()) };
+        let denied = || zbus::fdo::Error::AccessDenied("a sandboxed app reads only its own flows".into());
+        if let Owner::Name(n) = &self.shared.settings.owner
+            && caller::sender(&hdr).is_ok_and(|s| s == *n)
+        {
+            return Ok(());
+        }
+        let caller = caller::identify(conn, &hdr).await.map_err(|_| denied())?;
+        if caller.sandbox_app.is_none() || self.shared.settings.owner.allows(&caller) {
+            Ok(())
+        } else {
+            Err(denied())
+        }
+    }
+
     /// Owner check for the secret getters. Without a header (an internal call) nothing is given.
     async fn check_owner_opt(&self, conn: &Connection, hdr: Option<Header<'_>>) -> zbus::fdo::Result<()> {
         let denied = || zbus::fdo::Error::AccessDenied("only the owner of this flow may read this".into());
@@ -267,34 +286,64 @@ impl Flow {
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
-    fn kind(&self) -> u32 {
-        self.shared.settings.kind as u32
+    async fn kind(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u32> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.shared.settings.kind as u32)
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
-    fn protocol(&self) -> u32 {
-        self.shared.protocol as u32
+    async fn protocol(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u32> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.shared.protocol as u32)
     }
 
     #[zbus(property)]
-    fn state(&self) -> u32 {
-        self.current_state() as u32
+    async fn state(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u32> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.current_state() as u32)
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
-    fn expires_at(&self) -> u64 {
-        self.shared.settings.expires_at_us
+    async fn expires_at(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u64> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.shared.settings.expires_at_us)
     }
 
     #[zbus(property)]
-    fn error_name(&self) -> String {
-        self.data().error_name.clone()
+    async fn error_name(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<String> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.data().error_name.clone())
     }
 
     /// Which QR code is shown: one more each time an expired one is replaced.
     #[zbus(property)]
-    fn qr_code_serial(&self) -> u32 {
-        self.data().qr_serial
+    async fn qr_code_serial(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u32> {
+        self.check_reader(conn, hdr).await?;
+        Ok(self.data().qr_serial)
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]

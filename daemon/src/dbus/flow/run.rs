@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use matrix_linkd_api::results;
+use matrix_linkd_api::{FLOW_PATH_PREFIX, results};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -50,7 +50,9 @@ pub async fn start(
             result: watch::Sender::new(None),
         }),
     };
+    let tree = ctx.tree().await;
     conn.object_server().at(&path, flow.clone()).await?;
+    drop(tree);
     let iface: InterfaceRef<Flow> = conn.object_server().interface(&path).await?;
     let span = info_span!("flow", id = %short_id(&path), kind = ?flow.shared.settings.kind);
     let conn = conn.clone();
@@ -288,6 +290,26 @@ async fn finish(
         tokio::spawn(desktop::notify_result(conn.clone(), summary.0, summary.1).in_current_span());
     }
     info!(response = code, "flow ended");
-    let _ = conn.object_server().remove::<Flow, _>(&flow.shared.path).await;
-    ctx.release(&flow.shared.path);
+    let path = &flow.shared.path;
+    let _tree = ctx.tree().await;
+    let _ = conn.object_server().remove::<Flow, _>(path).await;
+    if ctx.release(path) {
+        remove_caller_node(conn, path).await;
+    }
+}
+
+/// Takes the caller's node (`/flow/<sender>`) out of the tree after its last flow: zbus removes an
+/// object's own node but not the parent it made for it, and the tree would grow by one node for
+/// each connection that ever ran a flow. A node without interfaces of its own goes when one of the
+/// standard ones that every node carries is removed. The caller holds `Context::tree`.
+async fn remove_caller_node(conn: &Connection, path: &OwnedObjectPath) {
+    let Some((node, _)) = path.as_str().rsplit_once('/') else { return };
+    if !node.starts_with(&format!("{FLOW_PATH_PREFIX}/")) {
+        return;
+    }
+    let introspectable =
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.DBus.Introspectable");
+    if let Err(e) = conn.object_server().remove_named(node, introspectable).await {
+        debug!(error = %e, "the caller's node was not removed");
+    }
 }

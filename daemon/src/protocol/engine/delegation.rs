@@ -54,7 +54,7 @@ impl OwnEngine {
             }
             None
         };
-        let metadata = device_grant::metadata(&self.http, &client.homeserver(), self.allow_http).await?;
+        let metadata = device_grant::metadata(&self.http, &client.homeserver(), self.reach).await?;
         if metadata.registration_endpoint.is_none() {
             return Err(GrantError::NoRegistration.into());
         }
@@ -71,7 +71,7 @@ impl OwnEngine {
         };
         let flow = DelegationFlow {
             http: self.http.clone(),
-            allow_http: self.allow_http,
+            reach: self.reach,
             client_uri: self.oauth.client_uri.clone(),
             client,
             user_id,
@@ -91,7 +91,7 @@ impl OwnEngine {
 /// The flow's world: the account, what it shares, where it records.
 struct DelegationFlow {
     http: reqwest::Client,
-    allow_http: bool,
+    reach: Reach,
     /// `client_uri` of the registrations (the daemon's own; the program has none to give).
     client_uri: Url,
     client: Client,
@@ -151,7 +151,7 @@ impl DelegationFlow {
             .await
             .map_err(LinkError::from)?;
         let page = auth.verification_uri_complete.as_deref().unwrap_or(&auth.verification_uri);
-        let page = policy::consent_page(page, &self.metadata.issuer, self.allow_http).map_err(|e| {
+        let page = policy::consent_page(page, &self.metadata.issuer, self.reach).map_err(|e| {
             LinkError::ProtocolError(format!("the OAuth server's consent page is refused: {e}"))
         })?;
         ui.emit(FlowEvent::WaitingForApproval {
@@ -184,6 +184,7 @@ impl DelegationFlow {
                 client_id: client_id.clone(),
                 access_token: tokens.access_token.clone(),
                 refresh_token: tokens.refresh_token.clone(),
+                app_id: self.request.app_id.clone(),
             })
             .await?;
         left.remembered = Some(device_id.clone());

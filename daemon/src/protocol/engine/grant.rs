@@ -19,7 +19,7 @@ impl OwnEngine {
     ) -> Result<FlowHandle> {
         let client = account.signed_in().await?;
         let scanned =
-            request.qr_code.as_ref().map(|b| scanned_qr(&b.0, Intent::Login, self.allow_http)).transpose()?;
+            request.qr_code.as_ref().map(|b| scanned_qr(&b.0, Intent::Login, self.reach)).transpose()?;
         // Fail fast: without the private cross-signing keys there is nothing to share.
         let bundle = account.secrets_bundle().await?;
         let homeserver = client.homeserver();
@@ -28,7 +28,7 @@ impl OwnEngine {
         let issuer = self
             .issuers
             .get_or(homeserver.as_str(), async || {
-                let metadata = device_grant::server_metadata(&self.http, &homeserver, self.allow_http).await;
+                let metadata = device_grant::server_metadata(&self.http, &homeserver, self.reach).await;
                 metadata.map(|m| m.issuer).map_err(LinkError::from)
             })
             .await?;
@@ -50,6 +50,7 @@ impl OwnEngine {
                     generation,
                     homeserver: homeserver.clone(),
                     access_token: token.clone(),
+                    reach: self.reach,
                     intent: Intent::Reciprocate,
                 };
                 let (rv, generator, qr) = maker.make().await?;
@@ -65,7 +66,7 @@ impl OwnEngine {
             bundle,
             device_creation_timeout: request.device_creation_timeout,
             issuer,
-            allow_http: self.allow_http,
+            reach: self.reach,
         };
         tokio::spawn(
             runner::run(port, request.timeout, first, left, async move |ui, left| {
@@ -84,7 +85,7 @@ struct GrantFlow {
     device_creation_timeout: Duration,
     /// The account's OAuth issuer: the consent page must be on its origin.
     issuer: Url,
-    allow_http: bool,
+    reach: Reach,
 }
 
 impl GrantFlow {
@@ -116,7 +117,7 @@ impl GrantFlow {
         // The new device's user types the code (when it generated) and it registers first.
         let pace = if ui_scanned(left) { Pace::Human } else { Pace::Now };
         let (msg, _) = link(left).recv(pace).await?;
-        let request = policy::sign_in_request(&msg, &self.issuer, self.allow_http)?;
+        let request = policy::sign_in_request(&msg, &self.issuer, self.reach)?;
         let device_id = request.device_id;
         if self.device_exists(&device_id).await? {
             return Err(LinkError::DeviceIdInUse.into());

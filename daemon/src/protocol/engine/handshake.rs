@@ -6,19 +6,19 @@ use super::*;
 
 /// Reads a scanned QR code and checks it is the other device's kind and names servers we may use:
 /// https, or http only to this machine.
-pub(super) fn scanned_qr(bytes: &[u8], want: Intent, allow_http: bool) -> Result<LoginQr> {
+pub(super) fn scanned_qr(bytes: &[u8], want: Intent, reach: Reach) -> Result<LoginQr> {
     let qr = LoginQr::parse(bytes).map_err(|e| LinkError::InvalidQrCode(e.to_string()))?;
     let bad =
         |what: &str, e: policy::UrlError| LinkError::InvalidQrCode(format!("the {what} is refused: {e}"));
     match &qr {
         LoginQr::V2024 { rendezvous_url, server, .. } => {
-            policy::http_url(rendezvous_url, allow_http).map_err(|e| bad("rendezvous URL", e))?;
+            policy::http_url(rendezvous_url, reach).map_err(|e| bad("rendezvous URL", e))?;
             if let Some(server) = server {
-                policy::homeserver(server, allow_http).map_err(|e| bad("homeserver", e))?;
+                policy::homeserver(server, reach).map_err(|e| bad("homeserver", e))?;
             }
         }
         LoginQr::Msc4388 { base_url, .. } => {
-            policy::http_url(base_url, allow_http).map_err(|e| bad("base URL", e))?;
+            policy::http_url(base_url, reach).map_err(|e| bad("base URL", e))?;
         }
     }
     if qr.intent() != want {
@@ -83,6 +83,15 @@ pub(super) async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: 
 /// as someone deleting it).
 const EXPIRY_SLACK: Duration = Duration::from_secs(1);
 
+/// A QR code's session that ends sooner than this after it was made is short-lived: the next one
+/// comes only after [`replace_backoff`].
+const MIN_QR_LIFE: Duration = Duration::from_secs(10);
+
+/// The wait before replacing the `n`th short-lived session in a row: 2, 4, 8, 16, then 30 s.
+fn replace_backoff(n: u32) -> Duration {
+    Duration::from_secs((1u64 << n.min(5)).min(30))
+}
+
 /// Makes the rendezvous session and the QR code the daemon shows: at the start, and again each
 /// time one expires before anybody scanned it (Synapse's 2024 sessions live 60 s; a person may
 /// take longer to find their phone).
@@ -93,11 +102,20 @@ pub(super) struct QrMaker {
     /// Ours, for creating a latest-generation session on our own homeserver (grant only).
     pub(super) access_token: Option<String>,
     pub(super) intent: Intent,
+    pub(super) reach: Reach,
 }
 
 impl QrMaker {
     pub(super) async fn make(&self) -> Result<(Rendezvous, Generator, Vec<u8>)> {
-        create(&self.http, self.generation, &self.homeserver, self.access_token.as_deref(), self.intent).await
+        create(
+            &self.http,
+            self.generation,
+            &self.homeserver,
+            self.access_token.as_deref(),
+            self.intent,
+            self.reach,
+        )
+        .await
     }
 }
 
@@ -110,6 +128,8 @@ pub(super) async fn generator_handshake(
     ui: &mut Ui,
     left: &mut Leftovers,
 ) -> Flow<()> {
+    let mut made = Instant::now();
+    let mut short_lived = 0;
     let (initiate, aads) = loop {
         let rv = left.rv.as_mut().expect("session created");
         let waited = rv.wait(Pace::Human).await;
@@ -117,7 +137,21 @@ pub(super) async fn generator_handshake(
         match waited {
             Ok(found) => break found,
             Err(LinkError::Expired(_)) if ran_out => {
+                // A server whose sessions die at once (a life of 1 ms, `Expires` equal to `Date`)
+                // must not make us create sessions in a tight loop for the whole flow.
+                if made.elapsed() < MIN_QR_LIFE {
+                    short_lived += 1;
+                    let wait = replace_backoff(short_lived);
+                    warn!(
+                        seconds = wait.as_secs(),
+                        "the rendezvous session lived only briefly; waiting before a new one"
+                    );
+                    tokio::time::sleep(wait).await;
+                } else {
+                    short_lived = 0;
+                }
                 let (rv, replacement, qr) = maker.make().await?;
+                made = Instant::now();
                 info!("the QR code expired unscanned; showing a new one");
                 left.rv = Some(rv);
                 generator = replacement;
@@ -191,12 +225,13 @@ pub(super) async fn create(
     homeserver: &Url,
     access_token: Option<&str>,
     intent: Intent,
+    reach: Reach,
 ) -> Result<(Rendezvous, Generator, Vec<u8>)> {
     let generator = Generator::new(generation);
     let key = generator.public_key();
     match generation {
         Generation::V2024 => {
-            let session = Session2024::create(http, homeserver).await.map_err(LinkError::from)?;
+            let session = Session2024::create(http, homeserver, reach).await.map_err(LinkError::from)?;
             let qr = LoginQr::V2024 {
                 intent,
                 key,

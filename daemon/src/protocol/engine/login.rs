@@ -22,10 +22,10 @@ impl OwnEngine {
         let scanned = request
             .qr_code
             .as_ref()
-            .map(|b| scanned_qr(&b.0, Intent::Reciprocate, self.allow_http))
+            .map(|b| scanned_qr(&b.0, Intent::Reciprocate, self.reach))
             .transpose()?;
         if let Some(homeserver) = &request.homeserver {
-            net::check_transport(homeserver, self.allow_http)
+            net::check_transport(homeserver, self.reach)
                 .map_err(|e| LinkError::InvalidArgs(format!("the homeserver URL is refused: {e}")))?;
         }
         let target: Arc<dyn LoginTarget> = account;
@@ -54,7 +54,7 @@ impl OwnEngine {
                     }
                     LoginQr::Msc4388 { base_url, .. } => base_url.clone(),
                 };
-                let server = policy::homeserver(&server, self.allow_http)
+                let server = policy::homeserver(&server, self.reach)
                     .map_err(|_| LinkError::InvalidQrCode("the QR code names no usable homeserver".into()))?;
                 let generation = qr_generation(&qr);
                 (LoginStart::Scanned { qr, server }, Opening { generation, created: None })
@@ -72,6 +72,7 @@ impl OwnEngine {
                     generation,
                     homeserver: homeserver.clone(),
                     access_token: None,
+                    reach: self.reach,
                     intent: Intent::Login,
                 };
                 let (rv, generator, qr) = maker.make().await?;
@@ -88,7 +89,7 @@ impl OwnEngine {
             oauth: self.oauth.clone(),
             client_ids: self.client_ids.clone(),
             device_display_name: request.device_display_name,
-            allow_http: self.allow_http,
+            reach: self.reach,
         };
         let left = (left, Abandon(target));
         tokio::spawn(
@@ -117,7 +118,7 @@ struct LoginFlow {
     oauth: OAuthClient,
     client_ids: Arc<Mutex<HashMap<String, String>>>,
     device_display_name: String,
-    allow_http: bool,
+    reach: Reach,
 }
 
 /// The OAuth side of a login in progress.
@@ -144,7 +145,7 @@ impl LoginFlow {
             LoginStart::Generated { generator, maker, rendezvous_server } => {
                 generator_handshake(generator, &maker, ui, left).await?;
                 let (msg, _) = link(left).recv(Pace::Now).await?;
-                let server = policy::offered_homeserver(&msg, self.allow_http)?;
+                let server = policy::offered_homeserver(&msg, self.reach)?;
                 (server, Some(rendezvous_server))
             }
         };
@@ -220,11 +221,10 @@ impl LoginFlow {
         rendezvous_server: Option<&Url>,
     ) -> Flow<(Prepared, net::resolve::Found)> {
         let (homeserver, found) =
-            net::resolve::homeserver(&self.http, server, rendezvous_server, self.allow_http).await?;
+            net::resolve::homeserver(&self.http, server, rendezvous_server, self.reach).await?;
         let client = self.target.new_client(&homeserver).await?;
-        let metadata = device_grant::metadata(&self.http, &homeserver, self.allow_http)
-            .await
-            .map_err(LinkError::from)?;
+        let metadata =
+            device_grant::metadata(&self.http, &homeserver, self.reach).await.map_err(LinkError::from)?;
         let issuer = metadata.issuer.to_string();
         let cached = self.client_ids.lock().await.get(&issuer).cloned();
         let client_id = match cached {

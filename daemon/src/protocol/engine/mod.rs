@@ -52,7 +52,7 @@ use super::{
 };
 use crate::{
     error::{LinkError, Result},
-    net,
+    net::{self, Reach},
 };
 
 /// The own engine. One instance per daemon; flows run as tasks.
@@ -61,20 +61,20 @@ pub struct OwnEngine {
     http: reqwest::Client,
     /// Dynamic registrations, by issuer: one client ID per OAuth server for the daemon's life.
     client_ids: Arc<Mutex<HashMap<String, String>>>,
-    /// Plain http to hosts other than this machine (`security.allow_insecure_http`, tests only).
-    allow_http: bool,
+    /// The servers flows may reach (`security.allow_insecure_http`, `allow_local_addresses`).
+    reach: Reach,
     /// Recent answers by homeserver: its OAuth issuer, the generation `auto` picks there.
     issuers: cache::Recent<Url>,
     generations: cache::Recent<Generation>,
 }
 
 impl OwnEngine {
-    pub fn new(oauth: &OAuthClient, allow_http: bool) -> Self {
+    pub fn new(oauth: &OAuthClient, reach: Reach) -> Self {
         Self {
             oauth: oauth.clone(),
-            http: net::client(),
+            http: net::client_for(reach),
             client_ids: Default::default(),
-            allow_http,
+            reach,
             issuers: Default::default(),
             generations: Default::default(),
         }
@@ -194,7 +194,7 @@ impl Engine for OwnEngine {
         record: &delegated::Record,
         revoke_only: bool,
     ) -> Result<Option<delegated::Ended>> {
-        delegated::end_session(&self.http, self.allow_http, client, record, revoke_only).await
+        delegated::end_session(&self.http, self.reach, client, record, revoke_only).await
     }
 }
 

@@ -75,8 +75,11 @@ fn scanned_codes_must_be_the_other_devices_kind() {
         server: Some("hs.example".into()),
     }
     .encode();
-    assert!(scanned_qr(&reciprocate, Intent::Reciprocate, false).is_ok());
-    assert!(matches!(scanned_qr(&reciprocate, Intent::Login, false), Err(LinkError::InvalidQrCode(_))));
+    assert!(scanned_qr(&reciprocate, Intent::Reciprocate, Reach::default()).is_ok());
+    assert!(matches!(
+        scanned_qr(&reciprocate, Intent::Login, Reach::default()),
+        Err(LinkError::InvalidQrCode(_))
+    ));
     let login = LoginQr::Msc4388 {
         prefix: Prefix::Stable,
         intent: Intent::Login,
@@ -85,8 +88,14 @@ fn scanned_codes_must_be_the_other_devices_kind() {
         base_url: "https://hs.example".into(),
     }
     .encode();
-    assert!(matches!(qr_generation(&scanned_qr(&login, Intent::Login, false).unwrap()), Generation::Latest));
-    assert!(matches!(scanned_qr(b"MATRIX\x02\x00", Intent::Login, false), Err(LinkError::InvalidQrCode(_))));
+    assert!(matches!(
+        qr_generation(&scanned_qr(&login, Intent::Login, Reach::default()).unwrap()),
+        Generation::Latest
+    ));
+    assert!(matches!(
+        scanned_qr(b"MATRIX\x02\x00", Intent::Login, Reach::default()),
+        Err(LinkError::InvalidQrCode(_))
+    ));
 }
 
 /// Plain http only to this machine: a QR code may not send us (or our tokens) anywhere in clear.
@@ -101,17 +110,59 @@ fn scanned_codes_name_https_or_loopback_servers_only() {
         }
         .encode()
     };
+    let test_set_up = Reach { local_addresses: true, insecure_http: false };
     let local = code("http://127.0.0.1:8008/rendezvous/1", "http://127.0.0.1:8008");
-    assert!(scanned_qr(&local, Intent::Reciprocate, false).is_ok());
+    assert!(scanned_qr(&local, Intent::Reciprocate, test_set_up).is_ok());
     let clear_rendezvous = code("http://hs.example.org/rendezvous/1", "hs.example.org");
     let clear_server = code("https://hs.example.org/rendezvous/1", "http://hs.example.org");
     for bad in [&clear_rendezvous, &clear_server] {
-        match scanned_qr(bad, Intent::Reciprocate, false) {
+        match scanned_qr(bad, Intent::Reciprocate, test_set_up) {
             Err(LinkError::InvalidQrCode(m)) => assert!(m.contains("plain http"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(scanned_qr(bad, Intent::Reciprocate, true).is_ok(), "allowed by config");
+        assert!(scanned_qr(bad, Intent::Reciprocate, Reach::ANYWHERE).is_ok(), "allowed by config");
     }
+}
+
+/// A stranger's picture must not make us reach this machine's services or the link's (cloud
+/// metadata): outside a test set-up, a code naming them is refused before any request.
+#[test]
+fn scanned_codes_never_name_this_machine_or_the_link() {
+    let code = |url: &str, server: Option<&str>| {
+        LoginQr::V2024 {
+            intent: Intent::Reciprocate,
+            key: [7; 32],
+            rendezvous_url: url.into(),
+            server: server.map(str::to_owned),
+        }
+        .encode()
+    };
+    for (url, server) in [
+        ("http://127.0.0.1:8008/some/path?query", Some("hs.example.org")),
+        ("https://localhost/rv/1", Some("hs.example.org")),
+        ("https://169.254.169.254/latest/meta-data", Some("hs.example.org")),
+        ("https://[::]/rv/1", Some("hs.example.org")),
+        ("https://hs.example.org/rv/1", Some("localhost:8448")),
+        ("https://hs.example.org/rv/1", Some("https://[fe80::1]/")),
+    ] {
+        match scanned_qr(&code(url, server), Intent::Reciprocate, Reach::default()) {
+            Err(LinkError::InvalidQrCode(m)) => assert!(m.contains("security.allow_local_addresses"), "{m}"),
+            other => panic!("{url} {server:?}: {other:?}"),
+        }
+    }
+    let lan = code("https://192.168.1.10:8448/rv/1", Some("matrix.home.lan"));
+    assert!(scanned_qr(&lan, Intent::Reciprocate, Reach::default()).is_ok());
+    let latest = LoginQr::Msc4388 {
+        prefix: Prefix::Stable,
+        intent: Intent::Reciprocate,
+        key: [7; 32],
+        rendezvous_id: "01J".into(),
+        base_url: "http://127.0.0.1:8008/".into(),
+    };
+    assert!(matches!(
+        scanned_qr(&latest.encode(), Intent::Reciprocate, Reach::default()),
+        Err(LinkError::InvalidQrCode(_))
+    ));
 }
 
 #[test]
