@@ -94,9 +94,10 @@ bench: deps release
 	$(CARGO) build --profile bench -p matrix-linkd-bench
 	$(BENCH_STACK) stack/with-stack.sh env LINKD_DAEMON_BIN=$(abspath target/release/matrix-linkd) target/release/linkd-bench
 
-# Fuzzing (cargo-fuzz, libFuzzer) of the QR parser, the message decoder and the channel decoders.
+# Fuzzing (cargo-fuzz, libFuzzer) of the QR parser, the message decoder, the channel decoders, the
+# engine's message handling and the D-Bus options reader.
 # The toolchain is stable; RUSTC_BOOTSTRAP lets cargo-fuzz pass its sanitizer flags.
-FUZZ_TARGETS := qr_parse message_decode channel_open engine_messages
+FUZZ_TARGETS := qr_parse message_decode channel_open engine_messages dbus_options
 FUZZ_SECONDS ?= 600
 
 fuzz-deps:

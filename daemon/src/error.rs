@@ -62,3 +62,14 @@ impl From<matrix_linkd_wire::messages::MessageError> for LinkError {
         LinkError::ProtocolError(e.to_string())
     }
 }
+
+/// Arguments refused by the bounded reader (`dbus::args`): the same names and messages.
+impl From<matrix_linkd_busargs::ArgsError> for LinkError {
+    fn from(e: matrix_linkd_busargs::ArgsError) -> Self {
+        use matrix_linkd_busargs::ArgsError;
+        match e {
+            ArgsError::InvalidArgs(m) => LinkError::InvalidArgs(m),
+            ArgsError::InvalidQrCode(m) => LinkError::InvalidQrCode(m),
+        }
+    }
+}

@@ -49,6 +49,13 @@ impl From<LinkError> for Error {
     }
 }
 
+/// Arguments refused by `dbus::args` (`Checked::get` in a method): through `LinkError`.
+impl From<matrix_linkd_busargs::ArgsError> for Error {
+    fn from(e: matrix_linkd_busargs::ArgsError) -> Self {
+        LinkError::from(e).into()
+    }
+}
+
 /// Our own error names.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "io.github.matrix_linkd.Linkd1.Error")]
