@@ -180,6 +180,11 @@ impl Session {
   <type>session</type>
   <listen>unix:dir={}</listen>
   <auth>EXTERNAL</auth>
+  <!-- The stock session bus's limits (/usr/share/dbus-1/session.conf): a message of up to
+       1 GB passes, so a test can send the daemon what any program on a user's bus could. -->
+  <limit name="max_incoming_bytes">1000000000</limit>
+  <limit name="max_outgoing_bytes">1000000000</limit>
+  <limit name="max_message_size">1000000000</limit>
   {servicedir}
   <policy context="default">
     <allow send_destination="*" eavesdrop="true"/>

@@ -1,10 +1,12 @@
 //! The D-Bus face of the daemon: names, the Manager and Flow objects, error mapping and caller
 //! checks. Holds no crypto; talks to the engine through `protocol::Engine`.
 //!
-//! `service` takes the daemon's place on the bus and leaves it; `context` is what the objects
+//! `service` takes the daemon's place on the bus (through `bounded`, which keeps an over-size
+//! message out of memory) and leaves it; `context` is what the objects
 //! share; `manager` and `flow` are the objects.
 
 pub mod args;
+mod bounded;
 pub mod caller;
 pub mod context;
 pub mod error;

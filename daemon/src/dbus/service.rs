@@ -8,12 +8,12 @@ use matrix_linkd_api::{BUS_NAME, MANAGER_PATH};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use zbus::{
-    Connection, connection,
+    Connection,
     fdo::{DBusProxy, RequestNameFlags, RequestNameReply},
     zvariant::ObjectPath,
 };
 
-use super::{context::Context, flow, manager, properties};
+use super::{bounded, context::Context, flow, manager, properties};
 
 /// How the daemon could not take its place on the bus.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum ServeError {
 /// replacing another owner nor letting one replace us, nor waiting in a queue for it.
 pub async fn serve(ctx: Arc<Context>) -> Result<Connection, ServeError> {
     let manager = manager::Manager { ctx: ctx.clone() };
-    let conn = connection::Builder::session()?.serve_at(MANAGER_PATH, manager)?.build().await?;
+    let conn = bounded::session_builder().await?.serve_at(MANAGER_PATH, manager)?.build().await?;
     properties::take_over(&conn, &ObjectPath::from_static_str_unchecked(MANAGER_PATH)).await?;
     match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into()).await {
         Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}

@@ -331,24 +331,68 @@ async fn handle_tokens_are_bounded() -> Result<()> {
     Ok(())
 }
 
-/// One call's options are bounded before they become values: an 8 MiB `qr_code` (a QR code holds
-/// at most ~3 KB) is refused (`InvalidQrCode`, as a code a little too long is), costs the daemon about its message buffer and not
-/// the 130-fold it cost when every byte became a `zvariant::Value` (1.09 GB peak before), and the
-/// daemon keeps its session. Too many options and an overlong string get `InvalidArgs`.
+/// One call cannot make the daemon hold it: a `qr_code` of 8 MiB or of the largest message the
+/// D-Bus format allows (a QR code holds at most ~3 KB) is refused with `InvalidArgs` and raises the
+/// daemon's peak RSS by at most 16 MiB (an 8 MiB one cost 1.09 GB when every byte became a
+/// `zvariant::Value`, then 7.8 MiB while zbus read whole messages), and the daemon keeps its
+/// session. Within a message it reads, the options reader bounds the rest: a code a little too long
+/// gets `InvalidQrCode`, too many options and an overlong string `InvalidArgs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_options_are_refused_before_they_cost_memory() -> Result<()> {
     let mut s = signed_in_setup(60).await?;
     let conn = s.session.connect().await?;
     let manager = ManagerProxy::new(&conn).await?;
     let pid = s.session.daemon_pid(s.daemon);
-    let before = peak_rss_kib(pid);
-    let huge = vec![0x4du8; 8 << 20];
-    let opts: HashMap<&str, Value<'_>> = HashMap::from([(api::options::QR_CODE, Value::from(&huge[..]))]);
-    let r = manager.start_login(opts).await.map_err(ClientError::from);
-    let grown = peak_rss_kib(pid).saturating_sub(before);
-    assert!(grown < 48 * 1024, "an 8 MiB call raised the daemon's peak RSS by {grown} KiB");
-    // As for a code a little too long (`failures.rs`): no QR code is that long.
-    assert_eq!(error_name(r), errors::INVALID_QR_CODE);
+    // The largest call the D-Bus format allows (a message of at most 128 MiB; an array, the
+    // options dictionary among them, of at most 64 MiB, so two byte arrays here, the signature any
+    // program may send), and an 8 MiB `qr_code`: each is read off the socket in pieces and dropped
+    // (`dbus::bounded`), and the call whose body the daemon never took is refused. Without the
+    // bound the daemon holds the whole message first.
+    let huge = vec![0x4du8; (64 << 20) - 4096];
+    let code = vec![0x4du8; 8 << 20];
+    for (mib, body) in [(128, (&huge[..], &huge[..]).into()), (8, None)] {
+        let body: Option<(&[u8], &[u8])> = body;
+        let before = peak_rss_kib(pid);
+        let started = std::time::Instant::now();
+        let name = match body {
+            Some(arrays) => {
+                match conn
+                    .call_method(
+                        Some(BUS_NAME),
+                        MANAGER_PATH,
+                        Some(api::MANAGER_INTERFACE),
+                        "StartLogin",
+                        &arrays,
+                    )
+                    .await
+                {
+                    Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+                    other => format!("{other:?}"),
+                }
+            }
+            None => {
+                let opts: HashMap<&str, Value<'_>> =
+                    HashMap::from([(api::options::QR_CODE, Value::from(&code[..]))]);
+                error_name(manager.start_login(opts).await.map_err(ClientError::from))
+            }
+        };
+        let took = started.elapsed();
+        let grown = peak_rss_kib(pid).saturating_sub(before);
+        eprintln!(
+            "a call of {mib} MiB: answered in {took:.2?} ({name}), the daemon's peak RSS grew {grown} KiB"
+        );
+        assert!(grown <= 16 * 1024, "a {mib} MiB call raised the daemon's peak RSS by {grown} KiB");
+        assert_eq!(name, errors::INVALID_ARGS);
+    }
+    // What fits in a message the daemon reads is bounded by the options reader: a code a little
+    // too long (as in `failures.rs`), too many keys, a string too long.
+    let long_code = vec![0x4du8; 64 << 10];
+    let opts: HashMap<&str, Value<'_>> =
+        HashMap::from([(api::options::QR_CODE, Value::from(&long_code[..]))]);
+    assert_eq!(
+        error_name(manager.start_login(opts).await.map_err(ClientError::from)),
+        errors::INVALID_QR_CODE
+    );
     let keys: Vec<String> = (0..100).map(|n| format!("k{n}")).collect();
     let many: HashMap<&str, Value<'_>> = keys.iter().map(|k| (k.as_str(), Value::from(true))).collect();
     assert_eq!(error_name(manager.start_grant(many).await.map_err(ClientError::from)), errors::INVALID_ARGS);
