@@ -372,8 +372,12 @@ impl Manager {
         1
     }
 
+    /// The settled state: a read while the kept session is being restored (the first call of an
+    /// activation among them) waits for its outcome, up to [`SETTLE_WAIT`], rather than answer
+    /// `Unknown` or `Restoring` and leave the caller to wait for a signal.
     #[zbus(property)]
-    fn session_state(&self) -> u32 {
+    async fn session_state(&self) -> u32 {
+        let _ = tokio::time::timeout(SETTLE_WAIT, self.ctx.account.settled()).await;
         self.ctx.account.info().state as u32
     }
 
@@ -418,6 +422,10 @@ impl Manager {
         caps
     }
 }
+
+/// How long a read of `SessionState` waits for a restore to settle: reading the keyring takes
+/// milliseconds; a keyring that waits for the user to unlock it may take any time.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Emits `PropertiesChanged` for the session properties whenever the account changes, and asks
 /// the engine which login protocols a newly signed-in session's homeserver offers.
