@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod flow;
 mod handover;
+mod introspect;
 pub mod manager;
 mod permissions;
 mod properties;

@@ -6,10 +6,11 @@
 //!
 //! `linkd-caller --address <bus address> [--method StartGrant|StartLogin|StartDelegation|
 //!  ListDelegations|RevokeDelegation|SignOut] [--option key=value|key=b:true]... [--arg STRING]
-//!  [--get PROPERTY] [--hold SECS] [--non-dumpable]`
+//!  [--get PROPERTY] [--introspect PATH] [--hold SECS] [--non-dumpable]`
 //!
 //! `ListDelegations` prints `OK <number of devices>`, `RevokeDelegation` (`--arg` the device)
-//! `OK <how>`, `SignOut` `OK`, `--get` (a Manager property, instead of a method) `OK <value>`.
+//! `OK <how>`, `SignOut` `OK`, `--get` (a Manager property, instead of a method) `OK <value>`,
+//! `--introspect` (instead of a method) `OK <the names of the nodes in the description, comma-separated>`.
 
 use std::{collections::HashMap, process::ExitCode};
 
@@ -23,6 +24,7 @@ struct Args {
     options: Vec<(String, String)>,
     arg: Option<String>,
     get: Option<String>,
+    introspect: Option<String>,
     hold: u64,
     non_dumpable: bool,
 }
@@ -33,7 +35,7 @@ fn args() -> Result<Args> {
     let mut non_dumpable = false;
     let mut options = Vec::new();
     let mut hold = 0;
-    let (mut device, mut get) = (None, None);
+    let (mut device, mut get, mut introspect) = (None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -47,6 +49,7 @@ fn args() -> Result<Args> {
             }
             "--arg" => device = Some(it.next().context("--arg needs a value")?),
             "--get" => get = Some(it.next().context("--get needs a property")?),
+            "--introspect" => introspect = Some(it.next().context("--introspect needs a path")?),
             "--hold" => hold = it.next().context("--hold needs seconds")?.parse()?,
             other => bail!("unknown argument `{other}`"),
         }
@@ -57,6 +60,7 @@ fn args() -> Result<Args> {
         options,
         arg: device,
         get,
+        introspect,
         hold,
         non_dumpable,
     })
@@ -82,7 +86,10 @@ async fn run() -> Result<String> {
             (k.as_str(), value)
         })
         .collect();
-    let reply = if let Some(property) = &args.get {
+    let reply = if let Some(path) = &args.introspect {
+        let iface = "org.freedesktop.DBus.Introspectable";
+        conn.call_method(Some(BUS_NAME), path.as_str(), Some(iface), "Introspect", &()).await
+    } else if let Some(property) = &args.get {
         let properties = "org.freedesktop.DBus.Properties";
         let body = (MANAGER_INTERFACE, property.as_str());
         conn.call_method(Some(BUS_NAME), MANAGER_PATH, Some(properties), "Get", &body).await
@@ -104,6 +111,12 @@ async fn run() -> Result<String> {
         }
     };
     let line = match reply {
+        Ok(msg) if args.introspect.is_some() => {
+            let xml: String = msg.body().deserialize()?;
+            let nodes: Vec<&str> =
+                xml.split("<node name=\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+            format!("OK {}", nodes.join(","))
+        }
         Ok(msg) if args.get.is_some() => {
             format!("OK {:?}", msg.body().deserialize::<zbus::zvariant::OwnedValue>()?)
         }

@@ -114,6 +114,55 @@ async fn fake_flatpak_is_refused_unless_allow_listed() -> Result<()> {
     Ok(())
 }
 
+/// Introspection shows a sandboxed app no other program's flows: zbus described a node with its
+/// whole subtree, so `/` or `…/flow` listed every live flow's path (which names the program that
+/// runs it), and another program's flow could be introspected. Now the sandboxed app sees the
+/// tree down to `…/flow` without the other program's node, and introspecting that program's flow
+/// is `AccessDenied`; the program itself (outside any sandbox) sees its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_app_cannot_introspect_other_programs_flows() -> Result<()> {
+    let hs = MockHomeserver::start().await;
+    let mut session = Session::start().await?;
+    session.write_config(&test_config(&hs.uri(), 60))?;
+    session.start_daemon(&[]).await?;
+    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+
+    // An ordinary program's login flow, held open.
+    let mut holder = plain_caller(&session)
+        .args(["--method", "StartLogin", "--hold", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().context("stdout")?),
+        &mut line,
+    )?;
+    let flow = line.trim().strip_prefix("OK ").with_context(|| format!("no flow: {line}"))?.to_owned();
+    let (sender_node, _) = flow.rsplit_once('/').context("a flow path")?;
+    let sender = sender_node.rsplit('/').next().unwrap_or_default().to_owned();
+
+    let seen = |cmd: &mut Command, path: &str| answer(cmd.args(["--introspect", path]));
+    let prefix = matrix_linkd_tests::api::FLOW_PATH_PREFIX;
+    for path in ["/", "/io/github/matrix_linkd", matrix_linkd_tests::MANAGER_PATH, prefix] {
+        let nodes = seen(&mut flatpak.caller(&session), path)?;
+        assert!(nodes.starts_with("OK"), "{path}: {nodes}");
+        assert!(!nodes.contains(&sender), "{path} showed the sandboxed app another program's flow: {nodes}");
+    }
+    for path in [sender_node, flow.as_str()] {
+        assert_eq!(
+            seen(&mut flatpak.caller(&session), path)?,
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "{path}"
+        );
+    }
+    // The program outside any sandbox sees the flows.
+    assert!(seen(&mut plain_caller(&session), prefix)?.contains(&sender));
+    let _ = holder.kill();
+    Ok(())
+}
+
 /// An allow-listed sandboxed app may ask for a device of its own, but the user sees who asks: the
 /// client registered with the OAuth server (and named in the notification) is the app ID, whatever
 /// `client_name` the app passed.

@@ -12,14 +12,14 @@ use zbus::{
     Connection,
     names::BusName,
     object_server::{InterfaceRef, SignalEmitter},
-    zvariant::{OwnedObjectPath, Value},
+    zvariant::{ObjectPath, OwnedObjectPath, Value},
 };
 
 use super::{
     Flow, FlowData, FlowSettings, RESPONSE_CANCELLED, RESPONSE_FAILED, RESPONSE_SUCCESS, Results, Shared, ov,
 };
 use crate::{
-    dbus::{context::Context, error::error_name},
+    dbus::{context::Context, error::error_name, introspect},
     desktop::{self, Choice},
     error::LinkError,
     protocol::{FlowCommand, FlowEvent, FlowHandle, FlowOutcome, FlowState, Success, kinds},
@@ -53,6 +53,10 @@ pub async fn start(
     let tree = ctx.tree().await;
     conn.object_server().at(&path, flow.clone()).await?;
     super::super::properties::take_over(conn, &path).await?;
+    if let Some((node, _)) = path.as_str().rsplit_once('/') {
+        introspect::guard(conn, &ctx, &ObjectPath::try_from(node)?, true).await?;
+    }
+    introspect::guard(conn, &ctx, &path, false).await?;
     drop(tree);
     let iface: InterfaceRef<Flow> = conn.object_server().interface(&path).await?;
     let span = info_span!("flow", id = %short_id(&path), kind = ?flow.shared.settings.kind);
@@ -301,16 +305,14 @@ async fn finish(
 
 /// Takes the caller's node (`/flow/<sender>`) out of the tree after its last flow: zbus removes an
 /// object's own node but not the parent it made for it, and the tree would grow by one node for
-/// each connection that ever ran a flow. A node without interfaces of its own goes when one of the
-/// standard ones that every node carries is removed. The caller holds `Context::tree`.
+/// each connection that ever ran a flow. The node goes with the member-less interface that kept it
+/// (`introspect::Node`). The caller holds `Context::tree`.
 async fn remove_caller_node(conn: &Connection, path: &OwnedObjectPath) {
     let Some((node, _)) = path.as_str().rsplit_once('/') else { return };
     if !node.starts_with(&format!("{FLOW_PATH_PREFIX}/")) {
         return;
     }
-    let introspectable =
-        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.DBus.Introspectable");
-    if let Err(e) = conn.object_server().remove_named(node, introspectable).await {
+    if let Err(e) = introspect::remove_container(conn, node).await {
         debug!(error = %e, "the caller's node was not removed");
     }
 }
