@@ -9,6 +9,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use matrix_sdk::{
@@ -75,6 +76,15 @@ impl Respond for Token {
 
 /// `whoami` answered from the token map.
 struct WhoAmI(Arc<TokenPlan>);
+
+/// `whoami` answered from the token map after a delay (a slow or far homeserver).
+struct SlowWhoAmI(Arc<TokenPlan>, Duration);
+
+impl Respond for SlowWhoAmI {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        WhoAmI(self.0.clone()).respond(req).set_delay(self.1)
+    }
+}
 
 impl Respond for WhoAmI {
     fn respond(&self, req: &Request) -> ResponseTemplate {
@@ -397,6 +407,16 @@ impl MockHomeserver {
         let token = self.plan_login();
         self.tokens.devices.lock().unwrap().insert(token.clone(), device.to_owned());
         token
+    }
+
+    /// From now on `whoami` answers after `delay`.
+    pub async fn slow_whoami(&self, delay: Duration) {
+        Mock::given(method("GET"))
+            .and(path("/_matrix/client/v3/account/whoami"))
+            .respond_with(SlowWhoAmI(self.tokens.clone(), delay))
+            .with_priority(1)
+            .mount(self.server.server())
+            .await;
     }
 
     /// The homeserver stops accepting `token` (as if it expired or was revoked).

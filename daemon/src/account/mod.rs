@@ -182,6 +182,18 @@ impl Account {
             })?;
         let key = store_key(&key)?;
         let (homeserver, session) = stored.into_oauth_session();
+        // From here the kept session is the daemon's state: `SignedIn` as soon as the keyring has
+        // answered, not after the store is opened and the homeserver asked (a start-up's
+        // `SessionState` waited ~40 ms for those). Whoever needs the client waits for it (this
+        // restore holds it); a store that cannot be opened turns the state to `Error`, a session
+        // the homeserver no longer accepts to `SignedOut`, as before.
+        self.publish(SessionInfo {
+            state: SessionState::SignedIn,
+            user_id: session.user.meta.user_id.to_string(),
+            device_id: session.user.meta.device_id.to_string(),
+            homeserver: homeserver.to_string(),
+            capabilities: SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        });
         let client = self.build_client(homeserver, &key).await?;
         client
             .oauth()
@@ -241,14 +253,31 @@ impl Account {
     /// Publishes the session at once; the homeserver's login protocols follow in `Capabilities`
     /// when the engine has asked (`offered`).
     async fn publish_signed_in(&self, client: &Client) {
-        self.info.send_modify(|i| {
-            *i = SessionInfo {
-                state: SessionState::SignedIn,
-                user_id: client.user_id().map(|u| u.to_string()).unwrap_or_default(),
-                device_id: client.device_id().map(|d| d.to_string()).unwrap_or_default(),
-                homeserver: client.homeserver().to_string(),
-                capabilities: SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        self.publish(SessionInfo {
+            state: SessionState::SignedIn,
+            user_id: client.user_id().map(|u| u.to_string()).unwrap_or_default(),
+            device_id: client.device_id().map(|d| d.to_string()).unwrap_or_default(),
+            homeserver: client.homeserver().to_string(),
+            capabilities: SIGNED_IN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        });
+    }
+
+    /// Publishes `info` unless it is what is published already (a restore publishes the kept
+    /// session first, then the same from the client: one change, one `PropertiesChanged`). The
+    /// login protocols added to `Capabilities` (`offered`) are kept for the same session.
+    fn publish(&self, info: SessionInfo) {
+        self.info.send_if_modified(|i| {
+            let same_session =
+                i.state == info.state && i.user_id == info.user_id && i.device_id == info.device_id;
+            if !same_session {
+                *i = info;
+                return true;
             }
+            if i.homeserver == info.homeserver {
+                return false;
+            }
+            i.homeserver = info.homeserver;
+            true
         });
     }
 

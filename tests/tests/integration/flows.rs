@@ -184,6 +184,24 @@ async fn expired_token_is_refreshed_and_kept_at_restore() -> Result<()> {
     Ok(())
 }
 
+/// A daemon with a kept session says so as soon as its keyring has answered: `SessionState` is
+/// `SignedIn` (with the user, device and homeserver) while the homeserver has not yet answered
+/// the check of the session (`whoami`, held here for 60 s); before, it said so only after that
+/// answer or the check's 15 s time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_is_published_before_the_homeserver_answers() -> Result<()> {
+    let mut s = matrix_linkd_tests::signed_in_setup(60).await?;
+    s.session.stop_daemon(s.daemon)?;
+    s.hs.slow_whoami(Duration::from_secs(60)).await;
+    s.session.start_daemon(&[]).await?;
+    // Far below the held answer and the check's own time-out.
+    s.session.wait_session_state(SessionState::SignedIn, Duration::from_secs(10)).await?;
+    let linkd = s.session.client().await?;
+    assert_eq!(linkd.manager().user_id().await?, USER);
+    assert!(!linkd.manager().device_id().await?.is_empty());
+    Ok(())
+}
+
 /// A session the homeserver revoked (refresh refused) is dropped at start: signed out, nothing kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_session_is_dropped_at_restore() -> Result<()> {
