@@ -44,22 +44,32 @@ const MAX_LINE: usize = 16 << 10;
 /// zbus's own connection (unfiltered, with a warning) for a bus address that is not a Unix
 /// socket, which a session bus practically always is.
 pub async fn session_builder() -> zbus::Result<connection::Builder<'static>> {
-    let address = zbus::Address::session()?;
-    let stream = match address.transport() {
-        Transport::Unix(unix) => match unix.path() {
-            UnixSocket::File(path) => Some(tokio::net::UnixStream::connect(path).await?),
-            UnixSocket::Abstract(name) => Some(connect_abstract(name)?),
-            _ => None,
-        },
-        _ => None,
-    };
-    let Some(stream) = stream else {
-        warn!(%address, "the session bus is not on a Unix socket: messages are read without a size bound");
-        return connection::Builder::session();
+    let stream = match unix_stream().await {
+        Ok(stream) => stream,
+        Err(why) => {
+            warn!("{why}: messages on the session bus are read without a size bound");
+            return connection::Builder::session();
+        }
     };
     let (read, write) = stream.into_split();
     let split: BoxedSplit = Split::new(Box::new(BoundedRead::new(read)), Box::new(write));
     Ok(connection::Builder::socket(split))
+}
+
+/// A stream to the session bus's Unix socket, or why there is none (then zbus connects as it
+/// would: another transport, or an address list it reads otherwise).
+async fn unix_stream() -> Result<tokio::net::UnixStream, String> {
+    let address =
+        zbus::Address::session().map_err(|e| format!("cannot read the session bus address ({e})"))?;
+    let connected = match address.transport() {
+        Transport::Unix(unix) => match unix.path() {
+            UnixSocket::File(path) => tokio::net::UnixStream::connect(path).await,
+            UnixSocket::Abstract(name) => connect_abstract(name),
+            _ => return Err(format!("the session bus address {address} is not one to connect to")),
+        },
+        _ => return Err(format!("the session bus ({address}) is not on a Unix socket")),
+    };
+    connected.map_err(|e| format!("cannot connect to the session bus at {address} ({e})"))
 }
 
 fn connect_abstract(name: &std::ffi::OsStr) -> io::Result<tokio::net::UnixStream> {
