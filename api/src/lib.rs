@@ -33,8 +33,18 @@ pub const INTERFACE_VERSION: u32 = 1;
 /// `_`. A caller that knows the path before `Start*` returns can subscribe to the flow's signals
 /// first and miss none (the pattern of `org.freedesktop.portal.Request`).
 pub fn flow_path(unique_name: &str, token: &str) -> String {
-    let sender = unique_name.trim_start_matches(':').replace('.', "_");
-    format!("{FLOW_PATH_PREFIX}/{sender}/{token}")
+    format!("{FLOW_PATH_PREFIX}/{}/{token}", flow_sender(unique_name))
+}
+
+/// The SENDER part of the flow paths of the connection `unique_name`: `:1.42` is `1_42`.
+pub fn flow_sender(unique_name: &str) -> String {
+    unique_name.trim_start_matches(':').replace('.', "_")
+}
+
+/// The SENDER part of `path` when it is a flow path or a caller's node below
+/// [`FLOW_PATH_PREFIX`].
+pub fn sender_of(path: &str) -> Option<&str> {
+    path.strip_prefix(FLOW_PATH_PREFIX)?.strip_prefix('/')?.split('/').next().filter(|s| !s.is_empty())
 }
 
 /// A `u32` on the wire that is not one of an enum's values.

@@ -49,6 +49,11 @@ fn names_are_the_xml_names() {
 #[test]
 fn flow_path_is_the_daemons() {
     assert_eq!(flow_path(":1.42", "t1"), "/io/github/matrix_linkd/Linkd1/flow/1_42/t1");
+    assert_eq!(flow_sender(":1.42"), "1_42");
+    assert_eq!(sender_of("/io/github/matrix_linkd/Linkd1/flow/1_42/t1"), Some("1_42"));
+    assert_eq!(sender_of("/io/github/matrix_linkd/Linkd1/flow/1_42"), Some("1_42"));
+    assert_eq!(sender_of("/io/github/matrix_linkd/Linkd1/flow"), None);
+    assert_eq!(sender_of("/io/github/matrix_linkd/Linkd1/flowx/1_42"), None);
 }
 
 #[test]

@@ -17,7 +17,7 @@
 
 use std::{collections::BTreeSet, fmt::Write as _, sync::Arc};
 
-use matrix_linkd_api::{FLOW_PATH_PREFIX, MANAGER_PATH};
+use matrix_linkd_api::{FLOW_PATH_PREFIX, MANAGER_PATH, flow_sender, sender_of};
 use zbus::{
     Connection, ObjectServer, fdo, interface,
     message::Header,
@@ -81,11 +81,6 @@ pub async fn remove_container(conn: &Connection, path: &str) -> zbus::Result<boo
     conn.object_server().remove::<Node, _>(path).await
 }
 
-/// The part of a flow path that names its caller: `:1.42` is `1_42` (`matrix_linkd_api::flow_path`).
-fn sender_part(unique_name: &str) -> String {
-    unique_name.trim_start_matches(':').replace('.', "_")
-}
-
 /// The children of `path` in our tree, as far as `sees` lets the caller see flows.
 fn children(path: &str, flows: &[OwnedObjectPath], sees: impl Fn(&str) -> bool) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -96,9 +91,7 @@ fn children(path: &str, flows: &[OwnedObjectPath], sees: impl Fn(&str) -> bool) 
         if child.is_empty() {
             continue;
         }
-        let flow_sender =
-            tree_path.strip_prefix(&format!("{FLOW_PATH_PREFIX}/")).and_then(|r| r.split('/').next());
-        if flow_sender.is_some_and(|s| !sees(s)) {
+        if sender_of(tree_path).is_some_and(|s| !sees(s)) {
             continue;
         }
         names.insert(child.to_owned());
@@ -128,12 +121,9 @@ impl Guarded {
         let caller = caller::identify(conn, &header)
             .await
             .map_err(|_| fdo::Error::AccessDenied("cannot tell which program is asking".into()))?;
-        let own = sender_part(caller.unique_name.as_str());
+        let own = flow_sender(caller.unique_name.as_str());
         let sees = |sender: &str| caller.sandbox_app.is_none() || sender == own;
-        if let Some(sender) =
-            path.strip_prefix(&format!("{FLOW_PATH_PREFIX}/")).and_then(|r| r.split('/').next())
-            && !sees(sender)
-        {
+        if sender_of(&path).is_some_and(|s| !sees(s)) {
             return Err(fdo::Error::AccessDenied("a sandboxed app sees only its own flows".into()));
         }
         let mut xml = String::from(
@@ -186,6 +176,5 @@ mod tests {
         assert_eq!(children(FLOW_PATH_PREFIX, &flows, own), BTreeSet::from(["1_7".to_owned()]));
         assert_eq!(children(&format!("{FLOW_PATH_PREFIX}/1_42"), &flows, all).len(), 2);
         assert!(children(&format!("{FLOW_PATH_PREFIX}/1_42/t1"), &flows, all).is_empty());
-        assert_eq!(sender_part(":1.42"), "1_42");
     }
 }
