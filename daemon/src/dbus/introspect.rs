@@ -58,7 +58,15 @@ pub async fn guard(
     Ok(())
 }
 
-/// The nodes above the Manager and the flows' parent, guarded before the daemon takes its name.
+/// Our standard interfaces on an object of ours (the Manager, a flow), once it is exported at
+/// `path`: the read-only Properties (`properties::take_over`) and [`Guarded`].
+pub async fn own_object(conn: &Connection, ctx: &Arc<Context>, path: &ObjectPath<'_>) -> zbus::Result<()> {
+    super::properties::take_over(conn, path).await?;
+    guard(conn, ctx, path, false).await
+}
+
+/// The nodes above the Manager and the flows' parent, and the Manager's own standard interfaces,
+/// before the daemon takes its name.
 pub async fn guard_tree(conn: &Connection, ctx: &Arc<Context>) -> zbus::Result<()> {
     let mut at = String::new();
     let mut containers = vec!["/".to_owned()];
@@ -73,7 +81,7 @@ pub async fn guard_tree(conn: &Connection, ctx: &Arc<Context>) -> zbus::Result<(
     for path in &containers {
         guard(conn, ctx, &ObjectPath::try_from(path.as_str())?, true).await?;
     }
-    guard(conn, ctx, &ObjectPath::from_static_str_unchecked(MANAGER_PATH), false).await
+    own_object(conn, ctx, &ObjectPath::from_static_str_unchecked(MANAGER_PATH)).await
 }
 
 /// Takes a caller's `…/flow/<sender>` node out of the tree (after its last flow).

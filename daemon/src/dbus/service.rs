@@ -10,10 +10,9 @@ use tracing::{info, warn};
 use zbus::{
     Connection,
     fdo::{DBusProxy, RequestNameFlags, RequestNameReply},
-    zvariant::ObjectPath,
 };
 
-use super::{bounded, context::Context, flow, introspect, manager, properties};
+use super::{bounded, context::Context, flow, introspect, manager};
 
 /// How the daemon could not take its place on the bus.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +28,6 @@ pub enum ServeError {
 pub async fn serve(ctx: Arc<Context>) -> Result<Connection, ServeError> {
     let manager = manager::Manager { ctx: ctx.clone() };
     let conn = bounded::session_builder().await?.serve_at(MANAGER_PATH, manager)?.build().await?;
-    properties::take_over(&conn, &ObjectPath::from_static_str_unchecked(MANAGER_PATH)).await?;
     introspect::guard_tree(&conn, &ctx).await?;
     match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into()).await {
         Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}

@@ -52,11 +52,10 @@ pub async fn start(
     };
     let tree = ctx.tree().await;
     conn.object_server().at(&path, flow.clone()).await?;
-    super::super::properties::take_over(conn, &path).await?;
+    introspect::own_object(conn, &ctx, &path).await?;
     if let Some((node, _)) = path.as_str().rsplit_once('/') {
         introspect::guard(conn, &ctx, &ObjectPath::try_from(node)?, true).await?;
     }
-    introspect::guard(conn, &ctx, &path, false).await?;
     drop(tree);
     let iface: InterfaceRef<Flow> = conn.object_server().interface(&path).await?;
     let span = info_span!("flow", id = %short_id(&path), kind = ?flow.shared.settings.kind);
