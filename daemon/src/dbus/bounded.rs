@@ -176,11 +176,28 @@ pub struct Filter {
     phase: Phase,
     /// What follows the current message's header fields: its body passed, or dropped.
     pending_body: Phase,
-    /// The header fields of a message whose body is dropped, gathered to blank their signature,
-    /// with the array's length and whether the message is little-endian.
-    gathered: Option<(Vec<u8>, usize, bool)>,
+    /// The header fields of a message whose body is dropped, gathered to blank their signature.
+    gathered: Option<Gathered>,
     /// A partial line or message prefix.
     held: Vec<u8>,
+}
+
+/// The header fields of a message whose body is dropped.
+#[derive(Debug)]
+struct Gathered {
+    /// The field array and its padding.
+    fields: Vec<u8>,
+    /// The array's length.
+    len: usize,
+    little_endian: bool,
+}
+
+impl Gathered {
+    /// The fields with their signature written over (see [`blank_signature`]).
+    fn blanked(mut self) -> Vec<u8> {
+        blank_signature(&mut self.fields, self.len, self.little_endian);
+        self.fields
+    }
 }
 
 /// Whether bytes at the start of a line are a message (the endianness byte of one) rather than
@@ -230,28 +247,34 @@ impl Filter {
                     }
                 }
                 Phase::Fields(left) | Phase::Body(left) | Phase::Drop(left) => {
-                    let take = left.min(input.len() as u64) as usize;
-                    match (self.phase, &mut self.gathered) {
-                        (Phase::Drop(_), _) => {}
-                        (Phase::Fields(_), Some((fields, ..))) => fields.extend_from_slice(&input[..take]),
-                        _ => out.extend(&input[..take]),
-                    }
-                    if let (Phase::Fields(l), Some((mut fields, len, little))) =
-                        (self.phase, self.gathered.take())
-                    {
-                        if l == take as u64 {
-                            blank_signature(&mut fields, len, little);
-                            out.extend(fields);
-                        } else {
-                            self.gathered = Some((fields, len, little));
+                    let take = left.min(input.len() as u64);
+                    let (now, rest) = input.split_at(take as usize);
+                    input = rest;
+                    let left = left - take;
+                    self.phase = match self.phase {
+                        Phase::Fields(_) => {
+                            match &mut self.gathered {
+                                Some(gathered) => gathered.fields.extend_from_slice(now),
+                                None => out.extend(now),
+                            }
+                            if left > 0 {
+                                Phase::Fields(left)
+                            } else {
+                                if let Some(gathered) = self.gathered.take() {
+                                    out.extend(gathered.blanked());
+                                }
+                                self.body_phase()
+                            }
                         }
-                    }
-                    input = &input[take..];
-                    self.phase = match (self.phase, left - take as u64) {
-                        (Phase::Fields(_), 0) => self.body_phase(),
-                        (Phase::Fields(_), l) => Phase::Fields(l),
-                        (Phase::Body(_), l) if l > 0 => Phase::Body(l),
-                        (Phase::Drop(_), l) if l > 0 => Phase::Drop(l),
+                        Phase::Body(_) if left > 0 => {
+                            out.extend(now);
+                            Phase::Body(left)
+                        }
+                        Phase::Body(_) => {
+                            out.extend(now);
+                            Phase::Prefix
+                        }
+                        _ if left > 0 => Phase::Drop(left),
                         _ => Phase::Prefix,
                     };
                 }
@@ -300,8 +323,11 @@ impl Filter {
             Dropped::Body(body)
         });
         if dropped.is_some() && fields_padded > 0 {
-            self.gathered =
-                Some((Vec::with_capacity(fields_padded as usize), fields as usize, prefix[0] == b'l'));
+            self.gathered = Some(Gathered {
+                fields: Vec::with_capacity(fields_padded as usize),
+                len: fields as usize,
+                little_endian: prefix[0] == b'l',
+            });
         }
         out.extend(prefix);
         self.pending_body = match dropped {
