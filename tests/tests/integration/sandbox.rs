@@ -50,6 +50,11 @@ struct FakeFlatpak {
 }
 
 impl FakeFlatpak {
+    /// The fake Flatpak of the app `APP_ID`.
+    fn app(session: &Session) -> Result<Self> {
+        Self::new(session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))
+    }
+
     fn new(session: &Session, flatpak_info: &str) -> Result<Self> {
         let root = session.dir.path().join("flatpak-root");
         std::fs::create_dir(&root)?;
@@ -94,7 +99,7 @@ async fn fake_flatpak_is_refused_unless_allow_listed() -> Result<()> {
     let mut session = Session::start().await?;
     session.write_config(&test_config(&hs.uri(), 60))?;
     let d = session.start_daemon(&[]).await?;
-    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let flatpak = FakeFlatpak::app(&session)?;
 
     // The same binary, outside and inside the fake Flatpak.
     assert_eq!(answer(&mut plain_caller(&session))?, NOT_SIGNED_IN);
@@ -125,18 +130,20 @@ async fn a_sandboxed_app_cannot_introspect_other_programs_flows() -> Result<()> 
     let mut session = Session::start().await?;
     session.write_config(&test_config(&hs.uri(), 60))?;
     session.start_daemon(&[]).await?;
-    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let flatpak = FakeFlatpak::app(&session)?;
 
     // An ordinary program's login flow, held open.
-    let mut holder = plain_caller(&session)
-        .args(["--method", "StartLogin", "--hold", "60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut holder = Held(
+        plain_caller(&session)
+            .args(["--method", "StartLogin", "--hold", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().context("stdout")?),
+        &mut std::io::BufReader::new(holder.0.stdout.take().context("stdout")?),
         &mut line,
     )?;
     let flow = line.trim().strip_prefix("OK ").with_context(|| format!("no flow: {line}"))?.to_owned();
@@ -159,8 +166,17 @@ async fn a_sandboxed_app_cannot_introspect_other_programs_flows() -> Result<()> 
     }
     // The program outside any sandbox sees the flows.
     assert!(seen(&mut plain_caller(&session), prefix)?.contains(&sender));
-    let _ = holder.kill();
     Ok(())
+}
+
+/// A caller holding its flow, ended however the test ends.
+struct Held(std::process::Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// An allow-listed sandboxed app may ask for a device of its own, but the user sees who asks: the
@@ -174,7 +190,7 @@ async fn an_allowed_flatpak_delegates_under_its_app_id() -> Result<()> {
     session.start_daemon(&[]).await?;
     let alice = hs.existing_device("ALICEDEV").await;
     matrix_linkd_tests::sign_in_daemon(&session, &hs, &alice).await?;
-    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let flatpak = FakeFlatpak::app(&session)?;
     let mut cmd = flatpak.caller(&session);
     cmd.args(["--method", "StartDelegation", "--option", "client_name=Your Bank", "--hold", "3"]);
     ensure!(answer(&mut cmd)?.starts_with("OK "), "the allow-listed app is served");
@@ -369,7 +385,7 @@ async fn an_allow_listed_app_is_not_the_user() -> Result<()> {
     hs.device_exists(&device_id);
     ensure!(linkd.list_delegations().await?.len() == 1);
 
-    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let flatpak = FakeFlatpak::app(&session)?;
     let call = |args: &[&str]| {
         let mut cmd = flatpak.caller(&session);
         cmd.args(args);
@@ -409,7 +425,7 @@ async fn a_sandboxed_app_is_asked_once_and_the_answer_is_remembered() -> Result<
     session.start_daemon(&[]).await?;
     let alice = hs.existing_device("ALICEDEV").await;
     matrix_linkd_tests::sign_in_daemon(&session, &hs, &alice).await?;
-    let flatpak = FakeFlatpak::new(&session, &format!("[Application]\nname={APP_ID}\nruntime=runtime/x\n"))?;
+    let flatpak = FakeFlatpak::app(&session)?;
     let question = format!("Allow {APP_ID}?");
     let questions = || monitor.notifications().into_iter().filter(|n| n.summary == question).count();
 
