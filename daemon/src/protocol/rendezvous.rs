@@ -73,6 +73,14 @@ pub enum RendezvousError {
     AlteredEtag,
 }
 
+impl RendezvousError {
+    /// The request reached the server but its answer did not come back whole (cut off, too large,
+    /// unreadable): a write may have landed.
+    fn answer_lost(&self) -> bool {
+        matches!(self, Self::Network | Self::AnswerTooLarge(_) | Self::Malformed(_))
+    }
+}
+
 /// What a rendezvous failure means for the flow and its caller.
 impl From<RendezvousError> for crate::error::LinkError {
     fn from(e: RendezvousError) -> Self {
@@ -154,6 +162,11 @@ fn map_error(status: u16, code: &str) -> RendezvousError {
     }
 }
 
+/// A create answered "not found": there is no session to have expired; the server offers none here.
+fn creating(e: RendezvousError) -> RendezvousError {
+    if e == RendezvousError::Expired { RendezvousError::Unavailable(404) } else { e }
+}
+
 /// The moment `ttl` from now, for a `ttl` a server told us: at most [`MAX_TTL`] ahead.
 pub fn deadline_in(ttl: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + ttl.min(MAX_TTL)
@@ -202,6 +215,9 @@ pub struct Session2024 {
     /// We created the session or wrote to it: only then may we delete it. A scanned code's URL
     /// that we never wrote to may be anybody's (or any local service's) resource.
     owned: bool,
+    /// The other device's answer, found while a write of ours was being made sure of: the next
+    /// read.
+    early: Option<String>,
 }
 
 impl std::fmt::Debug for Session2024 {
@@ -234,7 +250,7 @@ impl Session2024 {
             .map_err(network)?;
         if r.status() != StatusCode::CREATED && r.status() != StatusCode::OK {
             let (s, code) = errcode(r).await;
-            return Err(map_error(s, &code));
+            return Err(creating(map_error(s, &code)));
         }
         let etag = etag_of(r.headers());
         let expires_at = ttl_of(r.headers()).map(deadline_in);
@@ -249,12 +265,12 @@ impl Session2024 {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(RendezvousError::RefusedUrl(net::UrlError::Credentials));
         }
-        Ok(Self { http: http.clone(), url, etag, expires_at, owned: true })
+        Ok(Self { http: http.clone(), url, etag, expires_at, owned: true, early: None })
     }
 
     /// Joins the session at `url` from a scanned QR code (S).
     pub fn join(http: &reqwest::Client, url: Url) -> Self {
-        Self { http: http.clone(), url, etag: None, expires_at: None, owned: false }
+        Self { http: http.clone(), url, etag: None, expires_at: None, owned: false, early: None }
     }
 
     /// When the session ends, as the server last told us (`Expires` − `Date`: no clock skew).
@@ -271,38 +287,53 @@ impl Session2024 {
     /// last saw (a worker behind a load balancer that had not caught up) the identical write is
     /// tried again; when it holds our own payload (an earlier try went through, its answer was
     /// lost) the write is done; when the other device wrote, it is a real conflict.
+    ///
+    /// A write whose answer was lost (a reset, a time-out, a proxy that closed) may have landed:
+    /// it is tried once more as is, and the session counts as ours to delete. When by then the
+    /// slot holds another payload, the other device has already answered our write: the write is
+    /// done and that answer is the next read (a stranger's write would not open on the channel).
     pub async fn send(&mut self, payload: &str) -> Result<()> {
         check_size(payload)?;
-        let mut attempt = 0;
+        let (mut attempt, mut lost) = (0, false);
         loop {
             match self.put(payload).await {
+                Err(RendezvousError::Network) if !lost => {
+                    lost = true;
+                    self.owned = true;
+                }
                 // Refused again and again while the slot holds what we last read: nobody else
                 // wrote, our precondition itself is what fails.
                 Err(RendezvousError::Conflict) if attempt == CONFLICT_RETRIES => {
                     return match self.poll().await? {
                         None => Err(RendezvousError::AlteredEtag),
-                        Some(ours) if ours == payload => {
-                            self.owned = true;
-                            Ok(())
-                        }
-                        Some(_) => Err(RendezvousError::Conflict),
+                        Some(found) => self.written_over(found, payload, lost),
                     };
                 }
                 Err(RendezvousError::Conflict) => {
                     // One conditional read tells what the slot holds now.
-                    match self.poll().await? {
-                        None => {}
-                        Some(ours) if ours == payload => {
-                            self.owned = true;
-                            return Ok(());
-                        }
-                        Some(_) => return Err(RendezvousError::Conflict),
+                    if let Some(found) = self.poll().await? {
+                        return self.written_over(found, payload, lost);
                     }
                     attempt += 1;
                     tokio::time::sleep(conflict_backoff(attempt)).await;
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// A conflicting write found `found` in the slot: our own payload (done), the other device's
+    /// answer to a write of ours whose answer was lost (done; the answer is the next read), or a
+    /// real conflict.
+    fn written_over(&mut self, found: String, payload: &str, lost: bool) -> Result<()> {
+        if found == payload {
+            self.owned = true;
+            Ok(())
+        } else if lost {
+            self.early = Some(found);
+            Ok(())
+        } else {
+            Err(RendezvousError::Conflict)
         }
     }
 
@@ -327,6 +358,9 @@ impl Session2024 {
 
     /// One read: `Some(payload)` when the slot changed since our last read or write.
     pub async fn poll(&mut self) -> Result<Option<String>> {
+        if let Some(early) = self.early.take() {
+            return Ok(Some(early));
+        }
         let mut req = self.http.get(self.url.clone());
         if let Some(etag) = &self.etag {
             req = req.header(header::IF_NONE_MATCH, etag);
@@ -432,7 +466,9 @@ impl SessionLatest {
         if let Some(t) = access_token {
             req = req.bearer_auth(t);
         }
-        let v = json_of(req.body(json!({ "data": "" }).to_string()).send().await.map_err(network)?).await?;
+        let v = json_of(req.body(json!({ "data": "" }).to_string()).send().await.map_err(network)?)
+            .await
+            .map_err(creating)?;
         let expires_in =
             Duration::from_millis(v.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(120_000));
         Ok(Self {
@@ -513,7 +549,7 @@ impl SessionLatest {
                 .send()
                 .await;
             match sent {
-                Ok(r) => match json_of(r).await {
+                Ok(r) => match json_of(r).await.inspect_err(|e| self.owned |= e.answer_lost()) {
                     Ok(v) => {
                         self.token = field(&v, "sequence_token")?;
                         self.owned = true;
@@ -529,6 +565,8 @@ impl SessionLatest {
                                 self.owned = true;
                                 return Ok(());
                             }
+                            // After a lost answer the other device may have answered our write
+                            // already, bound to a token we never saw: nothing to read it with.
                             return Err(RendezvousError::Conflict);
                         }
                         conflicts += 1;
@@ -536,7 +574,11 @@ impl SessionLatest {
                     }
                     Err(e) => return Err(e),
                 },
-                Err(_) if lost == 0 => lost += 1,
+                // The answer was lost: the write may have landed (the session is ours to delete).
+                Err(_) if lost == 0 => {
+                    lost += 1;
+                    self.owned = true;
+                }
                 Err(e) => return Err(network(e)),
             }
         }
@@ -634,6 +676,104 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(200), session.poll()).await.is_err());
         assert_eq!(session.poll().await, Ok(Some("hello".to_owned())));
         assert_eq!(session.poll().await, Ok(None));
+    }
+
+    /// A create answered `404 M_NOT_FOUND` (a proxy or worker without the route) means the server
+    /// offers no session there, not that one expired. Found by the fault-injection suite.
+    #[tokio::test]
+    async fn a_create_not_found_is_no_rendezvous_here() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(404).set_body_json(json!({"errcode": "M_NOT_FOUND"})))
+            .mount(&server)
+            .await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let http = http_client();
+        let v2024 = Session2024::create(&http, &base, net::Reach::ANYWHERE).await.map(|_| ());
+        assert_eq!(v2024, Err(RendezvousError::Unavailable(404)));
+        let latest = SessionLatest::create(&http, &base, None).await.map(|_| ());
+        assert_eq!(latest, Err(RendezvousError::Unavailable(404)));
+    }
+
+    /// A 2024 write that lands but whose answer is lost (the connection drops), after which the
+    /// other device answers at once: the retry meets `412`, the slot holds the other device's
+    /// answer, so the write is done, that answer is the next read, and the session is ours to
+    /// delete. Found by the fault-injection suite (a reset at the scanner's `LoginInitiate`).
+    #[tokio::test]
+    async fn a_write_whose_answer_was_lost_is_made_sure_of() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut puts = 0;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let method = request.split(' ').next().unwrap_or_default().to_uppercase();
+                log.lock().unwrap().push(method.clone());
+                let answer: &[u8] = match method.as_str() {
+                    // The first write lands (and the other device answers); its answer is lost.
+                    "PUT" if puts == 0 => {
+                        puts += 1;
+                        continue;
+                    }
+                    "PUT" => b"HTTP/1.1 412 Precondition Failed\r\nETag: \"3\"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    "GET" => b"HTTP/1.1 200 OK\r\nETag: \"3\"\r\nContent-Length: 6\r\nConnection: close\r\n\r\ntheirs",
+                    _ => b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+                };
+                let _ = s.write_all(answer).await;
+            }
+        });
+        let url = Url::parse(&format!("http://{addr}/rendezvous/1")).unwrap();
+        let mut session = Session2024::join(&http_client(), url);
+        assert_eq!(session.send("ours").await, Ok(()));
+        assert_eq!(session.poll().await, Ok(Some("theirs".to_owned())));
+        session.delete().await;
+        assert_eq!(*seen.lock().unwrap(), ["PUT", "PUT", "GET", "DELETE"]);
+    }
+
+    /// A latest-generation write whose answer is lost twice: the flow fails, but the session counts
+    /// as ours (the write may have landed), so it is deleted and the other device sees it end.
+    #[tokio::test]
+    async fn a_latest_write_whose_answer_was_lost_leaves_the_session_ours_to_delete() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let method = request.split(' ').next().unwrap_or_default().to_uppercase();
+                log.lock().unwrap().push(method.clone());
+                let answer: &[u8] = match method.as_str() {
+                    "PUT" => continue,
+                    "GET" => {
+                        let body = br#"{"sequence_token":"t1","data":"","expires_in_ms":60000}"#;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(head.as_bytes()).await;
+                        let _ = s.write_all(body).await;
+                        continue;
+                    }
+                    _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                };
+                let _ = s.write_all(answer).await;
+            }
+        });
+        let base = Url::parse(&format!("http://{addr}/")).unwrap();
+        let mut session = SessionLatest::join(&http_client(), &base, "01J").await.unwrap();
+        assert_eq!(session.send("ours").await, Err(RendezvousError::Network));
+        session.delete().await;
+        assert_eq!(*seen.lock().unwrap(), ["GET", "PUT", "PUT", "DELETE"]);
     }
 
     /// A rendezvous behind a load balancer: the first write of each payload meets a worker that had
