@@ -3,6 +3,7 @@
 //! bus, keyring or home directory, and nothing mutates the test process's environment.
 
 pub mod balancer;
+pub mod faults;
 pub mod homeserver;
 pub mod hostile;
 mod inspect;

@@ -14,6 +14,7 @@ mod concurrency;
 mod delegation;
 mod desktop;
 mod failures;
+mod fault_injection;
 mod flows;
 mod interop;
 mod recipes;

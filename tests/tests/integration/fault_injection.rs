@@ -1,0 +1,110 @@
+//! Fault injection: every fault at every request of every flow the harness drives
+//! (`matrix_linkd_tests::faults`), then random multi-fault plans by seed. No servers: the engine,
+//! the stand-ins and the other device run in this process on paused clocks.
+//!
+//! `FAULT_SEEDS=N` sets how many seeds the random pass runs (`make chaos` runs 100,000);
+//! `FAULT_SEED_FROM` where they start.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
+
+use matrix_linkd_tests::faults::{
+    self, ALL, Fault,
+    case::{self, CaseReport, Variant},
+};
+
+/// Runs `cases` on as many threads as the machine has cores, each case on its own runtime.
+fn run_all(cases: Vec<(Variant, BTreeMap<usize, Fault>)>) -> Vec<CaseReport> {
+    let queue = Mutex::new(cases.into_iter().enumerate().collect::<Vec<_>>());
+    let done = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let Some((i, (variant, plan))) = queue.lock().unwrap().pop() else { return };
+                    let report = case::run(variant, plan);
+                    done.lock().unwrap().push((i, report));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+fn plan_text(plan: &BTreeMap<usize, Fault>) -> String {
+    plan.iter().map(|(i, f)| format!("{f}@{i}")).collect::<Vec<_>>().join(",")
+}
+
+/// Names every violation (variant, plan, the faulted step, the outcome) and fails on any.
+fn check(reports: &[CaseReport]) {
+    let mut failed = Vec::new();
+    for r in reports {
+        for v in &r.violations {
+            let steps: Vec<_> = r
+                .plan
+                .keys()
+                .filter_map(|i| r.requests.iter().find(|l| l.index == *i))
+                .map(|l| l.step.clone())
+                .collect();
+            failed.push(format!(
+                "{} [{}] at {steps:?} -> {}: {v}",
+                r.variant.name(),
+                plan_text(&r.plan),
+                r.outcome
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{} invariant violations:\n{}", failed.len(), failed.join("\n"));
+}
+
+/// The outcomes each fault led to, for the table in docs/testing.md.
+fn print_table(reports: &[CaseReport]) {
+    let mut by: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+    for r in reports {
+        let fault = r.plan.values().next().map_or("none".into(), |f| f.to_string());
+        *by.entry((r.variant.name(), fault)).or_default().entry(r.outcome.clone()).or_default() += 1;
+    }
+    for ((variant, fault), outcomes) in by {
+        let outcomes: Vec<_> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        println!("{variant:<20} {fault:<12} {}", outcomes.join(", "));
+    }
+}
+
+#[test]
+fn every_fault_at_every_request_of_every_grant() {
+    let clean = run_all(Variant::GRANTS.iter().map(|v| (*v, BTreeMap::new())).collect());
+    check(&clean);
+    let mut cases = Vec::new();
+    for r in &clean {
+        assert_eq!(r.outcome, "success", "{} without faults", r.variant.name());
+        let steps: BTreeSet<_> = r.requests.iter().map(|l| l.step.as_str()).collect();
+        println!("{}: {} requests ({steps:?})", r.variant.name(), r.requests.len());
+        for i in 0..r.requests.len() {
+            cases.extend(ALL.iter().map(|f| (r.variant, BTreeMap::from([(i, *f)]))));
+        }
+    }
+    let reports = run_all(cases);
+    print_table(&reports);
+    println!("{} cases", reports.len());
+    check(&reports);
+}
+
+#[test]
+fn random_fault_sequences_by_seed() {
+    let seeds: u64 = std::env::var("FAULT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let from: u64 = std::env::var("FAULT_SEED_FROM").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let cases = (from..from + seeds)
+        .map(|seed| {
+            let variant = Variant::GRANTS[(seed % Variant::GRANTS.len() as u64) as usize];
+            (variant, faults::random_plan(seed, 40, 8))
+        })
+        .collect();
+    let reports = run_all(cases);
+    println!("{} seeds from {from}", reports.len());
+    check(&reports);
+}
