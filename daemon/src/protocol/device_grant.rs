@@ -26,6 +26,8 @@ pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_cod
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 const SLOW_DOWN: Duration = Duration::from_secs(5);
+/// Lost token answers in a row the polling rides out before it fails.
+const LOST_ANSWERS: u32 = 2;
 const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// How the grant failed. Messages never quote tokens, codes or server bodies.
@@ -51,6 +53,13 @@ pub enum GrantError {
     TooLarge(usize),
     #[error("the OAuth server names an endpoint we may not use: {0}")]
     BadEndpoint(net::UrlError),
+    /// The device code was refused as used (`invalid_grant`) after an answer of the token endpoint
+    /// was lost: that request exchanged it, and the tokens it issued never reached us.
+    #[error(
+        "the OAuth server issued the new session's tokens, but its answer was lost on the way; the \
+         new device may be on the account with nobody holding it"
+    )]
+    TokensLost,
 }
 
 pub type Result<T, E = GrantError> = std::result::Result<T, E>;
@@ -75,6 +84,7 @@ impl From<GrantError> for LinkError {
                 LinkError::Expired("the sign-in request expired before it was approved".into())
             }
             GrantError::Network => LinkError::Network("the OAuth server could not be reached".into()),
+            e @ GrantError::TokensLost => LinkError::Network(e.to_string()),
             e @ (GrantError::TooLarge(_) | GrantError::BadEndpoint(_) | GrantError::Malformed) => {
                 LinkError::ProtocolError(e.to_string())
             }
@@ -363,6 +373,26 @@ pub async fn whoami(
     Ok((user, v.get("device_id").and_then(Value::as_str).map(str::to_owned)))
 }
 
+/// Where a device code stands when a flow stops while polling with it: one last token request.
+/// (No `Debug`: it may carry tokens.)
+pub enum CodeEnd {
+    /// The tokens came now (the user approved as the flow stopped): they are to be revoked.
+    Issued(Tokens),
+    /// The code was used: an earlier answer carried tokens that never reached us.
+    Used,
+    /// No tokens exist for it (pending, denied, expired, or the server did not say).
+    Unused,
+}
+
+/// One last token request for `device_code`, for a flow that stopped while polling with it.
+pub async fn end_code(http: &reqwest::Client, m: &Metadata, client_id: &str, device_code: &str) -> CodeEnd {
+    match poll_once(http, m, client_id, device_code).await {
+        Ok(Ok(tokens)) => CodeEnd::Issued(tokens),
+        Err(GrantError::Refused(error)) if error == policy::quote("invalid_grant") => CodeEnd::Used,
+        _ => CodeEnd::Unused,
+    }
+}
+
 /// What one token request said.
 #[derive(Debug, PartialEq, Eq)]
 enum Poll {
@@ -412,13 +442,33 @@ pub async fn poll_tokens(
 ) -> Result<Tokens> {
     let (mut interval, lifetime) = pacing(auth);
     let deadline = tokio::time::Instant::now() + lifetime;
+    // Answers lost in a row, and whether any was: a lost answer may have carried the tokens.
+    let (mut lost, mut any_lost) = (0, false);
     loop {
-        match poll_once(http, m, client_id, &auth.device_code).await? {
-            Ok(tokens) => return Ok(tokens),
-            Err(Poll::SlowDown) => interval = (interval + SLOW_DOWN).min(MAX_INTERVAL),
-            Err(Poll::Pending) => {}
+        match poll_once(http, m, client_id, &auth.device_code).await {
+            Ok(Ok(tokens)) => return Ok(tokens),
+            Ok(Err(Poll::SlowDown)) => {
+                interval = (interval + SLOW_DOWN).min(MAX_INTERVAL);
+                lost = 0;
+            }
+            Ok(Err(Poll::Pending)) => lost = 0,
+            // The request may have reached the server and the answer not us: the next poll
+            // tells which (tokens, still pending, or the code already used).
+            Err(e @ (GrantError::Network | GrantError::Malformed | GrantError::TooLarge(_))) => {
+                lost += 1;
+                any_lost = true;
+                if lost > LOST_ANSWERS {
+                    return Err(e);
+                }
+            }
+            Err(GrantError::Refused(error)) if any_lost && error == policy::quote("invalid_grant") => {
+                return Err(GrantError::TokensLost);
+            }
+            Err(e) => return Err(e),
         }
-        if tokio::time::Instant::now() + interval > deadline {
+        // Past the code's life, one more look only when the last answer was lost (it may have
+        // carried the tokens; the look tells).
+        if tokio::time::Instant::now() + interval > deadline && lost == 0 {
             return Err(GrantError::Expired);
         }
         tokio::time::sleep(interval).await;

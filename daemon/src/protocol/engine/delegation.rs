@@ -68,6 +68,7 @@ impl OwnEngine {
             records: records.clone(),
             issued: None,
             remembered: None,
+            polling: None,
         };
         let flow = DelegationFlow {
             http: self.http().clone(),
@@ -112,12 +113,30 @@ struct Leftovers {
     issued: Option<(String, Tokens)>,
     /// The device ID the record was kept under.
     remembered: Option<String>,
+    /// While polling for tokens: the client, the device code, and the record (without tokens) to
+    /// keep should the tokens turn out lost.
+    polling: Option<(String, String, Record)>,
 }
 
 #[async_trait]
 impl Cleanup for Leftovers {
     /// No other device to tell: the tokens go, and so does the record.
     async fn stopped(&mut self, _: Tell) {
+        // Stopped while polling (the deadline, a cancel, a lid closed): one last look settles
+        // whether tokens exist that nobody holds.
+        if let Some((client_id, code, record)) = self.polling.take() {
+            let end = device_grant::end_code(&self.http, &self.metadata, &client_id, &code);
+            match tokio::time::timeout(CLEANUP_LIMIT, end).await {
+                Ok(device_grant::CodeEnd::Issued(tokens)) => self.issued = Some((client_id, tokens)),
+                Ok(device_grant::CodeEnd::Used) => {
+                    warn!("the new device's tokens were issued and lost on the way; its record is kept");
+                    if let Err(e) = self.records.remember(record).await {
+                        warn!(error = %e, "could not record the device whose tokens were lost");
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Some((client_id, tokens)) = self.issued.take() {
             let revoked = tokio::time::timeout(
                 CLEANUP_LIMIT,
@@ -163,9 +182,23 @@ impl DelegationFlow {
         ui.approval().await?;
         info!("consent page opened; polling for the user's decision");
         ui.emit(FlowEvent::WaitingForToken { user_code: None });
-        let tokens = device_grant::poll_tokens(http, &self.metadata, &client_id, &auth)
-            .await
-            .map_err(LinkError::from)?;
+        // Tokens lost on the way (an answer cut off, the flow stopped mid-request) leave a device
+        // nobody holds: a record without tokens (kept when the flow fails) lists it, and
+        // `EndDelegation` ends it on the account page.
+        let unheld = self.record(&client_id, &device_id, None);
+        left.polling = Some((client_id.clone(), auth.device_code.clone(), unheld.clone()));
+        let tokens = match device_grant::poll_tokens(http, &self.metadata, &client_id, &auth).await {
+            Ok(tokens) => tokens,
+            Err(GrantError::TokensLost) => {
+                left.polling = None;
+                if let Err(e) = self.records.remember(unheld).await {
+                    warn!(error = %e, "could not record the device whose tokens were lost");
+                }
+                return Err(LinkError::from(GrantError::TokensLost).into());
+            }
+            Err(e) => return Err(LinkError::from(e).into()),
+        };
+        left.polling = None;
         left.issued = Some((client_id.clone(), tokens.clone()));
         let homeserver = self.client.homeserver();
         let (user, seen_device) = device_grant::whoami(http, &homeserver, &tokens.access_token).await?;
@@ -175,18 +208,7 @@ impl DelegationFlow {
             )
             .into());
         }
-        self.records
-            .remember(Record {
-                device_id: device_id.clone(),
-                client_name: self.request.client_name.clone(),
-                device_display_name: self.request.device_display_name.clone(),
-                created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                client_id: client_id.clone(),
-                access_token: tokens.access_token.clone(),
-                refresh_token: tokens.refresh_token.clone(),
-                app_id: self.request.app_id.clone(),
-            })
-            .await?;
+        self.records.remember(self.record(&client_id, &device_id, Some(&tokens))).await?;
         left.remembered = Some(device_id.clone());
         devices::rename(&self.client, &device_id, &self.request.device_display_name).await;
         let document = self.session_document(&homeserver, &client_id, &device_id, &tokens);
@@ -214,6 +236,20 @@ impl DelegationFlow {
             homeserver_found: None,
             trust: Some(trust.as_str()),
         })
+    }
+
+    /// What is kept of the delegation: without tokens when they were lost on the way.
+    fn record(&self, client_id: &str, device_id: &str, tokens: Option<&Tokens>) -> Record {
+        Record {
+            device_id: device_id.to_owned(),
+            client_name: self.request.client_name.clone(),
+            device_display_name: self.request.device_display_name.clone(),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            client_id: client_id.to_owned(),
+            access_token: tokens.map(|t| t.access_token.clone()).unwrap_or_default(),
+            refresh_token: tokens.and_then(|t| t.refresh_token.clone()),
+            app_id: self.request.app_id.clone(),
+        }
     }
 
     /// The JSON handed over through `TakeSession`.
