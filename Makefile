@@ -22,7 +22,7 @@ DIST := target/dist
 APP_ID := io.github.matrix_linkd.LinkDevice
 TARGET := target/debug
 
-.PHONY: release dist-docs deb deb-deps deb-assets test-package all deps build test test-unit test-integration test-stack test-gtk lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
+.PHONY: chaos release dist-docs deb deb-deps deb-assets test-package all deps build test test-unit test-integration test-stack test-gtk lint demo bench fuzz fuzz-short fuzz-deps install uninstall clean stack-start stack-stop
 
 all: build
 
@@ -48,11 +48,18 @@ test-unit:
 
 # The suites are modules of two test binaries (tests/tests/integration, tests/tests/stack): one link
 # of the dependency graph each, not one per suite. tests/suites.sh runs them one after another.
-INTEGRATION_SUITES := flows failures bus desktop cli boundaries sandbox interop concurrency delegation recipes
+INTEGRATION_SUITES := fault_injection flows failures bus desktop cli boundaries sandbox interop concurrency delegation recipes
 STACK_SUITES := stack_sdk stack_js stack_failures stack_rendezvous stack_device_grant stack_latest stack_balancer stack_delegation stack_script
 
 test-integration:
 	CARGO=$(CARGO) tests/suites.sh integration $(INTEGRATION_SUITES)
+
+# The long randomized fault-injection campaign: CHAOS_SEEDS random multi-fault plans (default
+# 100,000) over every flow the harness drives, on the debug build; the exhaustive single-fault pass
+# runs in `make test` (docs/testing.md, "Fault injection").
+CHAOS_SEEDS ?= 100000
+chaos:
+	FAULT_SEEDS=$(CHAOS_SEEDS) $(CARGO) test --workspace --test integration -- --exact fault_injection::random_fault_sequences_by_seed --nocapture
 
 # End to end over the real stack (Synapse + OAuth server on 127.0.0.1), started and stopped here;
 # the interop cells again against a stack whose server name has no `.well-known`.

@@ -18,9 +18,9 @@ use matrix_linkd::{
     error::LinkError,
     net::Reach,
     protocol::{
-        AccountPort, DelegationRecords, Engine, FlowCommand, FlowEvent, FlowOutcome, FlowRequest,
-        GenerationChoice, GrantRequest, LoginTarget, OAuthClient, Secret, SecretsSource, delegated,
-        engine::OwnEngine, wire::channel::Generation,
+        AccountPort, DelegationRecords, DelegationRequest, Engine, FlowCommand, FlowEvent, FlowOutcome,
+        FlowRequest, GenerationChoice, GrantRequest, LoginTarget, OAuthClient, Secret, SecretsSource,
+        delegated, engine::OwnEngine, wire::channel::Generation,
     },
 };
 use matrix_sdk::{Client, async_trait, store::RoomLoadSettings, test_utils::client::mock_matrix_session};
@@ -45,27 +45,43 @@ const SETTLE: Duration = Duration::from_secs(120);
 
 /// Which flow a case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Variant {
-    pub generation: Generation,
-    /// The daemon scans the other device's code (else it shows its own).
-    pub daemon_scans: bool,
+pub enum Variant {
+    /// A grant of either generation; `daemon_scans`: the daemon scans the other device's code
+    /// (else it shows its own).
+    Grant { generation: Generation, daemon_scans: bool },
+    /// A grant where the daemon shows the code in the generation `auto` picks: 2024 on a server
+    /// offering it, else the latest (found by discovery).
+    GrantAuto { offers_2024: bool },
+    /// A delegation sharing the secrets: the daemon runs the device authorization grant itself.
+    Delegation,
 }
 
 impl Variant {
-    /// Every grant: both generations, both QR directions.
-    pub const GRANTS: [Variant; 4] = [
-        Variant { generation: Generation::V2024, daemon_scans: false },
-        Variant { generation: Generation::V2024, daemon_scans: true },
-        Variant { generation: Generation::Latest, daemon_scans: false },
-        Variant { generation: Generation::Latest, daemon_scans: true },
+    /// Every flow the harness drives: the grants of both generations and both QR directions,
+    /// and the delegation.
+    pub const ALL: [Variant; 7] = [
+        Variant::Grant { generation: Generation::V2024, daemon_scans: false },
+        Variant::Grant { generation: Generation::V2024, daemon_scans: true },
+        Variant::Grant { generation: Generation::Latest, daemon_scans: false },
+        Variant::Grant { generation: Generation::Latest, daemon_scans: true },
+        Variant::GrantAuto { offers_2024: true },
+        Variant::GrantAuto { offers_2024: false },
+        Variant::Delegation,
     ];
 
     pub fn name(&self) -> String {
-        let generation = match self.generation {
-            Generation::V2024 => "2024",
-            Generation::Latest => "latest",
-        };
-        format!("grant/{generation}/{}", if self.daemon_scans { "scans" } else { "shows" })
+        match self {
+            Variant::Grant { generation, daemon_scans } => {
+                let generation = match generation {
+                    Generation::V2024 => "2024",
+                    Generation::Latest => "latest",
+                };
+                format!("grant/{generation}/{}", if *daemon_scans { "scans" } else { "shows" })
+            }
+            Variant::GrantAuto { offers_2024: true } => "grant/auto-2024/shows".into(),
+            Variant::GrantAuto { offers_2024: false } => "grant/auto-latest/shows".into(),
+            Variant::Delegation => "delegation".into(),
+        }
     }
 }
 
@@ -85,6 +101,8 @@ pub struct CaseReport {
 /// it shares.
 struct Account {
     client: Client,
+    /// The delegations recorded: device ID, and whether the record holds tokens.
+    records: std::sync::Mutex<std::collections::HashMap<String, bool>>,
 }
 
 #[async_trait]
@@ -122,10 +140,13 @@ impl SecretsSource for Account {
 
 #[async_trait]
 impl DelegationRecords for Account {
-    async fn remember(&self, _: delegated::Record) -> Result<(), LinkError> {
+    async fn remember(&self, record: delegated::Record) -> Result<(), LinkError> {
+        let held = !record.access_token.is_empty();
+        self.records.lock().unwrap().insert(record.device_id, held);
         Ok(())
     }
-    async fn forget(&self, _: &str) -> Result<(), LinkError> {
+    async fn forget(&self, device_id: &str) -> Result<(), LinkError> {
+        self.records.lock().unwrap().remove(device_id);
         Ok(())
     }
 }
@@ -135,6 +156,12 @@ impl AccountPort for Account {
     async fn signed_in(&self) -> Result<Client, LinkError> {
         Ok(self.client.clone())
     }
+}
+
+/// A fault hit the daemon's delete of a rendezvous session: its last means of ending the session
+/// for the other device (tried once; a `404` answer says it is gone).
+fn delete_faulted(server: &StandIn) -> bool {
+    server.log().iter().any(|l| l.fault.is_some() && l.step.starts_with("DELETE rendezvous"))
 }
 
 /// The name of an error's kind (its variant), which is what its D-Bus error name is made from.
@@ -155,6 +182,9 @@ pub fn run(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport {
 
 async fn run_inner(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport {
     let server = StandIn::start(plan.clone()).await;
+    if variant == (Variant::GrantAuto { offers_2024: false }) {
+        server.withdraw_2024();
+    }
     let client = Client::builder().homeserver_url(server.daemon_url.as_str()).build().await.expect("client");
     client
         .matrix_auth()
@@ -165,7 +195,7 @@ async fn run_inner(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport
     // The client's own start-up requests (`/versions`, the recovery state) are not the flow's.
     tokio::time::sleep(Duration::from_secs(5)).await;
     server.start_counting();
-    let account = Arc::new(Account { client: client.clone() });
+    let account = Arc::new(Account { client: client.clone(), records: Default::default() });
     let engine =
         OwnEngine::new(&OAuthClient::default(), Reach { local_addresses: true, insecure_http: true });
 
@@ -201,8 +231,9 @@ async fn one_flow(
     let (code_tx, mut code_rx) = mpsc::unbounded_channel::<u8>();
     let mut typed = None;
     let mut tasks = Vec::new();
-    let qr_code = if variant.daemon_scans {
-        let generated = match peer.generate(variant.generation).await {
+    let daemon_scans = matches!(variant, Variant::Grant { daemon_scans: true, .. });
+    let qr_code = if let Variant::Grant { generation, daemon_scans: true } = variant {
+        let generated = match peer.generate(generation).await {
             Ok(generated) => generated,
             Err(e) => {
                 violations.push(format!("harness: {e}"));
@@ -215,16 +246,33 @@ async fn one_flow(
     } else {
         None
     };
-    let request = FlowRequest::Grant(GrantRequest {
-        generation: match variant.generation {
-            Generation::V2024 => GenerationChoice::V2024,
-            Generation::Latest => GenerationChoice::Latest,
-        },
-        qr_code,
-        timeout: FLOW_TIMEOUT,
-        device_creation_timeout: Duration::from_secs(60),
-    });
+    let request = match variant {
+        Variant::Grant { generation, .. } => FlowRequest::Grant(GrantRequest {
+            generation: match generation {
+                Generation::V2024 => GenerationChoice::V2024,
+                Generation::Latest => GenerationChoice::Latest,
+            },
+            qr_code,
+            timeout: FLOW_TIMEOUT,
+            device_creation_timeout: Duration::from_secs(60),
+        }),
+        Variant::GrantAuto { .. } => FlowRequest::Grant(GrantRequest {
+            generation: GenerationChoice::Auto,
+            qr_code,
+            timeout: FLOW_TIMEOUT,
+            device_creation_timeout: Duration::from_secs(60),
+        }),
+        Variant::Delegation => FlowRequest::Delegation(DelegationRequest {
+            client_name: "Fault client".into(),
+            device_display_name: "Fault device".into(),
+            share_secrets: true,
+            app_id: None,
+            timeout: FLOW_TIMEOUT,
+            keys_timeout: Duration::from_secs(60),
+        }),
+    };
     let started = Instant::now();
+    let records_before = account.records.lock().unwrap().values().filter(|held| **held).count();
     let port: Arc<dyn AccountPort> = account.clone();
     let outcome = match engine.start(port, request).await {
         Err(e) => format!("start:{}", kind_of(&e)),
@@ -248,7 +296,12 @@ async fn one_flow(
                         }
                         Some(FlowEvent::WaitingForApproval { .. }) => {
                             gates.approved.store(true, Ordering::SeqCst);
+                            // The user consents on the OAuth server's page (delegation).
+                            server.approve();
                             let _ = handle.commands.send(FlowCommand::Approve);
+                        }
+                        Some(FlowEvent::SessionReady(_)) => {
+                            let _ = handle.commands.send(FlowCommand::SessionTaken);
                         }
                         Some(_) => {}
                     },
@@ -285,18 +338,35 @@ async fn one_flow(
     tokio::time::sleep(TELL_BOUND).await;
     let report = peer.report.lock().unwrap().clone();
     let session_gone = report.session.as_deref().is_none_or(|id| !server.session_open(id));
+    if variant == Variant::Delegation {
+        // No other device; what is left to check is what the flow made outside.
+        tokio::time::sleep(SETTLE).await;
+        let records = account.records.lock().unwrap().clone();
+        for device in server.live_token_devices() {
+            if !records.contains_key(&device) {
+                violations
+                    .push(format!("leftovers: tokens of device {device} live on, and no record knows it"));
+            }
+        }
+        // A failed flow keeps a record only of a device whose tokens were lost on the way.
+        let held = records.values().filter(|held| **held).count();
+        if outcome != "success" && held > records_before {
+            violations.push("leftovers: a failed delegation left a record with its tokens".into());
+        }
+        return (outcome, report);
+    }
     if outcome == "success" {
         if report.secrets.is_none() {
             violations.push("response: success, but the new device has no secrets".into());
         }
-    } else if report.channel && !server.silent() {
+    } else if report.channel && !server.silent() && !delete_faulted(server) {
         let told_in_time = report.told.as_ref().is_some_and(|(_, at)| *at <= ended + TELL_BOUND);
         if !told_in_time && !session_gone && report.stopped.is_none() {
             violations.push(format!("told: the other device was not told that the flow ended ({outcome})"));
         }
     }
     if let Some(seen) = report.secrets {
-        let code_needed = !variant.daemon_scans;
+        let code_needed = !daemon_scans;
         if !seen.approved || !seen.device_present || (code_needed && !seen.code_typed) {
             violations.push(format!("secrets: sent before check code, consent and device: {seen:?}"));
         }

@@ -78,7 +78,8 @@ impl Fault {
             // A write whose answer never came may have been answered by the other device before
             // the retry: a conflict.
             Fault::Timeout => &["Network", "ProtocolError"],
-            Fault::Status(404) => &["Expired", "Unsupported"],
+            // A missing OAuth route is the OAuth server refusing (a `Network` error names it).
+            Fault::Status(404) => &["Expired", "Unsupported", "Network"],
             Fault::Status(_) => &["ProtocolError", "Network"],
             Fault::Oversized | Fault::Replayed | Fault::Duplicated => &["ProtocolError", "Network"],
             Fault::ClockJump => &["Expired", "Network"],

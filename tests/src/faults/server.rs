@@ -58,8 +58,23 @@ struct Slot {
     created_by: Side,
 }
 
+/// A device authorization the OAuth stand-in handed out.
+struct Grant {
+    device_id: String,
+    approved: bool,
+    issued: bool,
+}
+
+/// Tokens the OAuth stand-in issued, by token: the device they sign in, and whether revoked.
+struct Issued {
+    device_id: String,
+    revoked: bool,
+}
+
 #[derive(Default)]
 struct State {
+    grants: HashMap<String, Grant>,
+    tokens: HashMap<String, Issued>,
     plan: BTreeMap<usize, Fault>,
     next: usize,
     log: Vec<Logged>,
@@ -70,6 +85,8 @@ struct State {
     answered: HashMap<String, Answer>,
     /// The other device stopped acting (a `Silent` fault hit).
     silent: bool,
+    /// `/versions` does not list the 2024 rendezvous (a server with the latest only).
+    no_2024: bool,
 }
 
 #[derive(Clone)]
@@ -176,6 +193,11 @@ impl StandIn {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// From now on `/versions` does not offer the 2024 rendezvous.
+    pub fn withdraw_2024(&self) {
+        self.state.lock().unwrap().no_2024 = true;
+    }
+
     /// The faults of the plan.
     pub fn plan(&self) -> Vec<Fault> {
         self.state.lock().unwrap().plan.values().copied().collect()
@@ -193,6 +215,19 @@ impl StandIn {
     /// The new device got its token: the homeserver knows it.
     pub fn add_device(&self, id: &str) {
         self.state.lock().unwrap().devices.insert(id.to_owned());
+    }
+
+    /// The user consented on the OAuth server's page: every pending authorization is approved.
+    pub fn approve(&self) {
+        for grant in self.state.lock().unwrap().grants.values_mut() {
+            grant.approved = true;
+        }
+    }
+
+    /// Devices that hold tokens the OAuth server issued and nobody revoked.
+    pub fn live_token_devices(&self) -> HashSet<String> {
+        let s = self.state.lock().unwrap();
+        s.tokens.values().filter(|t| !t.revoked).map(|t| t.device_id.clone()).collect()
     }
 
     pub fn has_device(&self, id: &str) -> bool {
@@ -326,6 +361,16 @@ fn step_of(path: &str) -> &'static str {
         "rendezvous-latest-session"
     } else if path.contains("/devices/") {
         "device"
+    } else if let Some(oauth) = path.strip_prefix("/oauth/") {
+        match oauth {
+            "register" => "oauth-register",
+            "device" => "oauth-device",
+            "token" => "oauth-token",
+            "revoke" => "oauth-revoke",
+            _ => "other",
+        }
+    } else if path.ends_with("/account/whoami") {
+        "whoami"
     } else {
         "other"
     }
@@ -415,7 +460,7 @@ fn route(
             200,
             json!({
                 "versions": ["v1.1", "v1.5", "v1.11", "v1.12", "v1.13"],
-                "unstable_features": { "org.matrix.msc4108": true }
+                "unstable_features": { "org.matrix.msc4108": !s.no_2024 }
             }),
         ),
         ("GET", p) if p.ends_with("/auth_metadata") => {
@@ -529,6 +574,78 @@ fn route(
                 _ => Answer::error(405, "M_UNRECOGNIZED"),
             }
         }
+        ("POST", "/oauth/register") => {
+            s.made += 1;
+            Answer::json(201, json!({ "client_id": format!("client{}", s.made) }))
+        }
+        ("POST", "/oauth/device") => {
+            let form = form(body);
+            let scope = form.get("scope").cloned().unwrap_or_default();
+            let device_id = scope.rsplit(":device:").next().unwrap_or_default().to_owned();
+            s.made += 1;
+            let code = format!("dc{}", s.made);
+            s.grants.insert(code.clone(), Grant { device_id, approved: false, issued: false });
+            let page = base.join("oauth/device").unwrap();
+            Answer::json(
+                200,
+                json!({
+                    "device_code": code,
+                    "user_code": "FAULTS",
+                    "verification_uri": page.as_str(),
+                    "verification_uri_complete": format!("{page}?user_code=FAULTS"),
+                    "expires_in": 600,
+                    "interval": 1,
+                }),
+            )
+        }
+        ("POST", "/oauth/token") => {
+            let form = form(body);
+            let code = form.get("device_code").cloned().unwrap_or_default();
+            let Some(grant) = s.grants.get_mut(&code) else {
+                return Answer::json(400, json!({ "error": "invalid_grant" }));
+            };
+            if !grant.approved {
+                return Answer::json(400, json!({ "error": "authorization_pending" }));
+            }
+            if grant.issued {
+                return Answer::json(400, json!({ "error": "invalid_grant" }));
+            }
+            grant.issued = true;
+            let device_id = grant.device_id.clone();
+            s.made += 1;
+            let (access, refresh) = (format!("at{}", s.made), format!("rt{}", s.made));
+            for token in [&access, &refresh] {
+                s.tokens.insert(token.clone(), Issued { device_id: device_id.clone(), revoked: false });
+            }
+            s.devices.insert(device_id);
+            Answer::json(
+                200,
+                json!({ "access_token": access, "refresh_token": refresh, "token_type": "Bearer", "expires_in": 300 }),
+            )
+        }
+        ("POST", "/oauth/revoke") => {
+            let form = form(body);
+            let token = form.get("token").cloned().unwrap_or_default();
+            // Revoking either token ends the device's session (as MAS does).
+            if let Some(device) = s.tokens.get(&token).map(|t| t.device_id.clone()) {
+                for t in s.tokens.values_mut().filter(|t| t.device_id == device) {
+                    t.revoked = true;
+                }
+                s.devices.remove(&device);
+            }
+            Answer::json(200, json!({}))
+        }
+        ("GET", "/_matrix/client/v3/account/whoami") => {
+            let token = header("authorization").unwrap_or_default();
+            let token = token.strip_prefix("Bearer ").unwrap_or_default();
+            match s.tokens.get(token) {
+                Some(t) if !t.revoked => {
+                    Answer::json(200, json!({ "user_id": "@example:localhost", "device_id": t.device_id }))
+                }
+                _ => Answer::error(401, "M_UNKNOWN_TOKEN"),
+            }
+        }
+        ("PUT", p) if p.contains("/devices/") => Answer::json(200, json!({})),
         ("GET", p) if p.contains("/devices/") => {
             let id = p.rsplit('/').next().unwrap_or_default();
             if s.devices.contains(id) {
@@ -539,6 +656,11 @@ fn route(
         }
         _ => Answer::error(404, "M_UNRECOGNIZED"),
     }
+}
+
+/// A form body's fields.
+fn form(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
 }
 
 /// `ETag`, `Date` and `Expires` of a 2024 session with `left` to live.

@@ -76,8 +76,8 @@ fn print_table(reports: &[CaseReport]) {
 }
 
 #[test]
-fn every_fault_at_every_request_of_every_grant() {
-    let clean = run_all(Variant::GRANTS.iter().map(|v| (*v, BTreeMap::new())).collect());
+fn every_fault_at_every_request_of_every_flow() {
+    let clean = run_all(Variant::ALL.iter().map(|v| (*v, BTreeMap::new())).collect());
     check(&clean);
     let mut cases = Vec::new();
     for r in &clean {
@@ -100,7 +100,7 @@ fn random_fault_sequences_by_seed() {
     let from: u64 = std::env::var("FAULT_SEED_FROM").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let cases = (from..from + seeds)
         .map(|seed| {
-            let variant = Variant::GRANTS[(seed % Variant::GRANTS.len() as u64) as usize];
+            let variant = Variant::ALL[(seed % Variant::ALL.len() as u64) as usize];
             (variant, faults::random_plan(seed, 40, 8))
         })
         .collect();
