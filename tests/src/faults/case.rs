@@ -361,6 +361,12 @@ async fn one_flow(
         }
     } else if report.channel && !server.silent() && !delete_faulted(server) {
         let told_in_time = report.told.as_ref().is_some_and(|(_, at)| *at <= ended + TELL_BOUND);
+        if !told_in_time && std::env::var_os("FAULT_STRICT_TELL").is_some() {
+            violations.push(format!(
+                "told(strict): no failure message ({outcome}, gone {session_gone}, stopped {:?})",
+                report.stopped
+            ));
+        }
         if !told_in_time && !session_gone && report.stopped.is_none() {
             violations.push(format!("told: the other device was not told that the flow ended ({outcome})"));
         }

@@ -10,6 +10,7 @@ use std::{
     sync::Mutex,
 };
 
+use matrix_linkd::protocol::wire::channel::Generation;
 use matrix_linkd_tests::faults::{
     self, ALL, Fault,
     case::{self, CaseReport, Variant},
@@ -106,5 +107,44 @@ fn random_fault_sequences_by_seed() {
         .collect();
     let reports = run_all(cases);
     println!("{} seeds from {from}", reports.len());
+    check(&reports);
+}
+
+// Regression tests of what the harness found, one each (the exhaustive pass covers them too).
+
+/// The scanner's `LoginInitiate` lands but its answer is cut off: the write is made sure of (2024)
+/// or the session deleted (latest), so the other device is not left waiting for its session to
+/// expire.
+#[test]
+fn a_lost_answer_to_the_scanners_first_write_leaves_nobody_waiting() {
+    let mut cases = Vec::new();
+    for generation in [Generation::V2024, Generation::Latest] {
+        for fault in [Fault::Reset, Fault::Timeout, Fault::Truncated, Fault::Oversized] {
+            // Requests of a scanning grant: auth metadata, the join read, then LoginInitiate.
+            cases.push((Variant::Grant { generation, daemon_scans: true }, BTreeMap::from([(2, fault)])));
+        }
+    }
+    let reports = run_all(cases);
+    for r in &reports {
+        assert_eq!(r.requests[2].step.split(' ').next(), Some("PUT"), "{:?}", r.requests);
+    }
+    check(&reports);
+}
+
+/// The token endpoint's answer with the new device's tokens is lost, or the laptop sleeps through
+/// the request: the device is not left on the account with nobody holding it and nothing knowing
+/// it (a record without tokens lists it).
+#[test]
+fn lost_tokens_leave_a_record_not_an_unknown_device() {
+    let cases = [Fault::Reset, Fault::Timeout, Fault::Truncated, Fault::Oversized, Fault::ClockJump]
+        .into_iter()
+        // Requests of a delegation: auth metadata, registration, device authorization, tokens.
+        .map(|fault| (Variant::Delegation, BTreeMap::from([(3, fault)])))
+        .collect();
+    let reports = run_all(cases);
+    for r in &reports {
+        assert_eq!(r.requests[3].step, "POST oauth-token");
+        assert_ne!(r.outcome, "success", "{}", r.plan.values().next().unwrap());
+    }
     check(&reports);
 }

@@ -184,7 +184,7 @@ impl DelegationFlow {
         ui.emit(FlowEvent::WaitingForToken { user_code: None });
         // Tokens lost on the way (an answer cut off, the flow stopped mid-request) leave a device
         // nobody holds: a record without tokens (kept when the flow fails) lists it, and
-        // `EndDelegation` ends it on the account page.
+        // `RevokeDelegation` ends it on the account page.
         let unheld = self.record(&client_id, &device_id, None);
         left.polling = Some((client_id.clone(), auth.device_code.clone(), unheld.clone()));
         let tokens = match device_grant::poll_tokens(http, &self.metadata, &client_id, &auth).await {
