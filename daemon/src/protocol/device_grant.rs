@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use matrix_sdk::reqwest::{self, header};
+use matrix_sdk::reqwest::{self, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::debug;
@@ -51,6 +51,8 @@ pub enum GrantError {
     Malformed,
     #[error("the OAuth server's answer is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the homeserver answered HTTP {0} for its OAuth metadata")]
+    Unavailable(u16),
     #[error("the OAuth server names an endpoint we may not use: {0}")]
     BadEndpoint(net::UrlError),
     /// The device code was refused as used (`invalid_grant`) after an answer of the token endpoint
@@ -169,6 +171,9 @@ async fn post_form(http: &reqwest::Client, endpoint: Url, pairs: &[(&str, &str)]
 /// `GET /_matrix/client/v1/auth_metadata`, then the MSC2965 unstable path. Every endpoint we
 /// send a code or token to must pass [`net::check_transport`].
 pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, reach: Reach) -> Result<Metadata> {
+    // A path that is not there (404: Synapse without OAuth) is the next path's turn; any other
+    // failure is the homeserver failing, not a homeserver without OAuth.
+    let mut failed = None;
     for path in
         ["_matrix/client/v1/auth_metadata", "_matrix/client/unstable/org.matrix.msc2965/auth_metadata"]
     {
@@ -187,8 +192,11 @@ pub async fn server_metadata(http: &reqwest::Client, homeserver: &Url, reach: Re
             }
             return Ok(m);
         }
+        if r.status() != StatusCode::NOT_FOUND {
+            failed = Some(r.status().as_u16());
+        }
     }
-    Err(GrantError::NoOAuth)
+    Err(failed.map_or(GrantError::NoOAuth, GrantError::Unavailable))
 }
 
 /// [`server_metadata`] of a server that must offer the device authorization grant.
@@ -378,19 +386,31 @@ pub async fn whoami(
 pub enum CodeEnd {
     /// The tokens came now (the user approved as the flow stopped): they are to be revoked.
     Issued(Tokens),
-    /// The code was used: an earlier answer carried tokens that never reached us.
+    /// The code was used (an earlier answer carried tokens that never reached us), or every look
+    /// lost its answer too, so that tokens may exist that nobody holds.
     Used,
-    /// No tokens exist for it (pending, denied, expired, or the server did not say).
+    /// No tokens exist for it (pending, denied, expired, or refused).
     Unused,
 }
 
-/// One last token request for `device_code`, for a flow that stopped while polling with it.
+/// The last look at `device_code` for a flow that stopped while polling with it; a look whose
+/// answer is lost (it may have exchanged the code) is followed by another, at most
+/// [`LOST_ANSWERS`] more.
 pub async fn end_code(http: &reqwest::Client, m: &Metadata, client_id: &str, device_code: &str) -> CodeEnd {
-    match poll_once(http, m, client_id, device_code).await {
-        Ok(Ok(tokens)) => CodeEnd::Issued(tokens),
-        Err(GrantError::Refused(error)) if error == policy::quote("invalid_grant") => CodeEnd::Used,
-        _ => CodeEnd::Unused,
+    for look in 0..=LOST_ANSWERS {
+        if look > 0 {
+            tokio::time::sleep(MIN_INTERVAL).await;
+        }
+        match poll_once(http, m, client_id, device_code).await {
+            Ok(Ok(tokens)) => return CodeEnd::Issued(tokens),
+            Err(GrantError::Refused(error)) if error == policy::quote("invalid_grant") => {
+                return CodeEnd::Used;
+            }
+            Err(GrantError::Network | GrantError::Malformed | GrantError::TooLarge(_)) => {}
+            _ => return CodeEnd::Unused,
+        }
     }
+    CodeEnd::Used
 }
 
 /// What one token request said.
@@ -482,6 +502,21 @@ mod tests {
     /// A homeserver briefly unavailable at the sign-in's last step (Synapse answers 503 when its
     /// auth service's connection was reset) does not fail a sign-in the user consented to; one
     /// that stays unavailable does, after a bounded number of tries.
+    /// A homeserver that fails its metadata requests (`503`) is failing, not one without OAuth:
+    /// found by the fault-injection campaign (both paths answered `503`, and the flow said the
+    /// homeserver does not use OAuth). A `404` on both still means no OAuth.
+    #[tokio::test]
+    async fn a_failing_metadata_endpoint_is_not_a_server_without_oauth() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+        for (status, expected) in [(503, GrantError::Unavailable(503)), (404, GrantError::NoOAuth)] {
+            let server = MockServer::start().await;
+            Mock::given(method("GET")).respond_with(ResponseTemplate::new(status)).mount(&server).await;
+            let base = Url::parse(&server.uri()).unwrap();
+            let got = server_metadata(&net::client(), &base, Reach::ANYWHERE).await.map(|_| ());
+            assert_eq!(got.map_err(|e| e.to_string()), Err(expected.to_string()));
+        }
+    }
+
     #[tokio::test]
     async fn whoami_rides_out_a_brief_unavailability() {
         use wiremock::{Mock, ResponseTemplate, matchers};

@@ -226,6 +226,7 @@ async fn one_flow(
     device: &str,
     violations: &mut Vec<String>,
 ) -> (String, Report) {
+    let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
     let gates = Arc::new(Gates::default());
     let peer = Peer::new(server, device, gates.clone());
     let (code_tx, mut code_rx) = mpsc::unbounded_channel::<u8>();
@@ -380,6 +381,13 @@ async fn one_flow(
     tokio::time::sleep(SETTLE).await;
     for task in tasks {
         task.abort();
+        let _ = task.await;
+    }
+    // Idle connections (ours, the other device's, the stand-in's ends) close after 90 s.
+    tokio::time::sleep(SETTLE).await;
+    let tasks_after = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    if std::env::var_os("FAULT_TASKS").is_some() {
+        eprintln!("tasks {tasks_before} -> {tasks_after}");
     }
     if server.daemons_open_sessions() > 0 {
         violations.push("leftovers: a rendezvous session the daemon created is still open".into());

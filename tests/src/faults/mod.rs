@@ -9,6 +9,7 @@
 
 pub mod case;
 pub mod peer;
+mod routes;
 pub mod server;
 
 use std::collections::BTreeMap;

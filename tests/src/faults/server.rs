@@ -1,20 +1,17 @@
-//! The stand-in servers of the fault-injection harness: one in-process homeserver that also runs
-//! both generations of rendezvous (2024 `org.matrix.msc4108`, latest `io.element.msc4388`), the
-//! OAuth server metadata and the device lookups a grant makes. It speaks HTTP/1.1 on raw loopback
-//! sockets so that a fault can be any byte-level failure: a reset, a half body, an answer that never
-//! comes, the same answer twice on one connection.
+//! The stand-in servers of the fault-injection harness, as the daemon reaches them: HTTP/1.1 on raw
+//! loopback sockets, so that a fault can be any byte-level failure (a reset, a half body, an answer
+//! that never comes, the same answer twice on one connection). What they answer is `routes.rs`.
 //!
 //! It listens twice: the daemon's port numbers every request and applies the plan's fault at its
 //! index; the other device's port never faults (the faults are the daemon's to survive). Both ports
 //! share one state, so a session created on one is read on the other.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -22,7 +19,10 @@ use tokio::{
 };
 use url::Url;
 
-use super::Fault;
+use super::{
+    Fault,
+    routes::{Answer, State, route, step_name},
+};
 
 /// Who sent a request: the daemon under test (its requests are numbered and may fault) or the
 /// scripted other device.
@@ -41,99 +41,10 @@ pub struct Logged {
     pub fault: Option<Fault>,
 }
 
-const PATH_2024: &str = "/_matrix/client/unstable/org.matrix.msc4108/rendezvous";
-const PATH_LATEST: &str = "/_matrix/client/unstable/io.element.msc4388/rendezvous";
-/// How long a rendezvous session lives (Synapse's 2024 default).
-pub const SESSION_LIFE: Duration = Duration::from_secs(120);
 /// How far a clock jump moves time (a laptop lid closed over lunch).
 pub const CLOCK_JUMP: Duration = Duration::from_secs(600);
 /// Extra bytes of an oversized answer: JSON whitespace, so the body stays valid JSON.
 const OVERSIZE: usize = 1024 * 1024;
-
-struct Slot {
-    /// The 2024 ETag or the latest sequence token, as a counter.
-    version: u64,
-    data: String,
-    expires: Instant,
-    created_by: Side,
-}
-
-/// A device authorization the OAuth stand-in handed out.
-struct Grant {
-    device_id: String,
-    approved: bool,
-    issued: bool,
-}
-
-/// Tokens the OAuth stand-in issued, by token: the device they sign in, and whether revoked.
-struct Issued {
-    device_id: String,
-    revoked: bool,
-}
-
-#[derive(Default)]
-struct State {
-    grants: HashMap<String, Grant>,
-    tokens: HashMap<String, Issued>,
-    plan: BTreeMap<usize, Fault>,
-    next: usize,
-    log: Vec<Logged>,
-    sessions: HashMap<String, Slot>,
-    made: u64,
-    devices: HashSet<String>,
-    /// The last answer to each step, for a replayed answer.
-    answered: HashMap<String, Answer>,
-    /// The other device stopped acting (a `Silent` fault hit).
-    silent: bool,
-    /// `/versions` does not list the 2024 rendezvous (a server with the latest only).
-    no_2024: bool,
-}
-
-#[derive(Clone)]
-struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(status: u16, v: Value) -> Self {
-        Answer {
-            status,
-            headers: vec![("Content-Type", "application/json".into())],
-            body: v.to_string().into_bytes(),
-        }
-    }
-
-    fn error(status: u16, errcode: &str) -> Self {
-        Self::json(status, json!({ "errcode": errcode, "error": "stand-in" }))
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            201 => "Created",
-            202 => "Accepted",
-            204 => "No Content",
-            304 => "Not Modified",
-            404 => "Not Found",
-            409 => "Conflict",
-            412 => "Precondition Failed",
-            _ => "Status",
-        };
-        let mut head = format!("HTTP/1.1 {} {reason}\r\n", self.status);
-        for (name, value) in &self.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if self.status != 204 && self.status != 304 {
-            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
-        }
-        head.push_str("\r\n");
-        let mut out = head.into_bytes();
-        out.extend_from_slice(&self.body);
-        out
-    }
-}
 
 /// What the connection does with a request.
 enum Action {
@@ -346,44 +257,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, side: Side, base
     }
 }
 
-/// The step a request is: method and what it is for, without IDs.
-fn step_of(path: &str) -> &'static str {
-    let path = path.split('?').next().unwrap_or(path);
-    if path == "/_matrix/client/versions" {
-        "versions"
-    } else if path.ends_with("/auth_metadata") {
-        "auth-metadata"
-    } else if path.starts_with(PATH_2024) {
-        "rendezvous-2024"
-    } else if path == PATH_LATEST {
-        "rendezvous-latest"
-    } else if path.starts_with(PATH_LATEST) {
-        "rendezvous-latest-session"
-    } else if path.contains("/devices/") {
-        "device"
-    } else if let Some(oauth) = path.strip_prefix("/oauth/") {
-        match oauth {
-            "register" => "oauth-register",
-            "device" => "oauth-device",
-            "token" => "oauth-token",
-            "revoke" => "oauth-revoke",
-            _ => "other",
-        }
-    } else if path.ends_with("/account/whoami") {
-        "whoami"
-    } else {
-        "other"
-    }
-}
-
-/// The step of a request, with the path of an unknown one (for the harness's own log).
-fn step_name(path: &str) -> String {
-    match step_of(path) {
-        "other" => format!("other {}", path.split('?').next().unwrap_or(path)),
-        known => known.to_owned(),
-    }
-}
-
+/// Applies the request's fault (if any) around what the stand-in answers.
 #[allow(clippy::too_many_arguments)]
 fn act(
     s: &mut State,
@@ -437,234 +311,4 @@ fn act(
         }
         _ => Action::Answer(bytes),
     }
-}
-
-fn http_date(at: SystemTime) -> String {
-    httpdate::fmt_http_date(at)
-}
-
-fn route(
-    s: &mut State,
-    side: Side,
-    base: &Url,
-    method: &str,
-    path: &str,
-    header: &dyn Fn(&str) -> Option<String>,
-    body: &[u8],
-) -> Answer {
-    let path = path.split('?').next().unwrap_or(path);
-    let now = Instant::now();
-    s.sessions.retain(|_, slot| slot.expires > now);
-    match (method, path) {
-        ("GET", "/_matrix/client/versions") => Answer::json(
-            200,
-            json!({
-                "versions": ["v1.1", "v1.5", "v1.11", "v1.12", "v1.13"],
-                "unstable_features": { "org.matrix.msc4108": !s.no_2024 }
-            }),
-        ),
-        ("GET", p) if p.ends_with("/auth_metadata") => {
-            let issuer = base.join("oauth/").unwrap();
-            let at = |p: &str| issuer.join(p).unwrap().to_string();
-            Answer::json(
-                200,
-                json!({
-                    "issuer": issuer.as_str(),
-                    "authorization_endpoint": at("authorize"),
-                    "token_endpoint": at("token"),
-                    "device_authorization_endpoint": at("device"),
-                    "registration_endpoint": at("register"),
-                    "revocation_endpoint": at("revoke"),
-                    "grant_types_supported": ["authorization_code", "refresh_token",
-                        "urn:ietf:params:oauth:grant-type:device_code"],
-                    "response_types_supported": ["code"],
-                    "response_modes_supported": ["query", "fragment"],
-                    "code_challenge_methods_supported": ["S256"],
-                }),
-            )
-        }
-        ("POST", PATH_2024) => {
-            s.made += 1;
-            let id = format!("rv{}", s.made);
-            s.sessions.insert(
-                id.clone(),
-                Slot { version: 1, data: String::new(), expires: now + SESSION_LIFE, created_by: side },
-            );
-            let mut a =
-                Answer::json(201, json!({ "url": base.join(&format!("{}/{id}", &PATH_2024[1..])).unwrap() }));
-            a.headers.extend(headers_2024(1, SESSION_LIFE));
-            a
-        }
-        (_, p) if p.starts_with(PATH_2024) => {
-            let id = p.rsplit('/').next().unwrap_or_default().to_owned();
-            let Some(slot) = s.sessions.get_mut(&id) else { return Answer::error(404, "M_NOT_FOUND") };
-            let etag = format!("\"{}\"", slot.version);
-            let left = slot.expires - now;
-            match method {
-                "GET" if header("if-none-match").as_deref() == Some(etag.as_str()) => Answer {
-                    status: 304,
-                    headers: headers_2024(slot.version, left).to_vec(),
-                    body: Vec::new(),
-                },
-                "GET" => Answer {
-                    status: 200,
-                    headers: [("Content-Type", "text/plain".into())]
-                        .into_iter()
-                        .chain(headers_2024(slot.version, left))
-                        .collect(),
-                    body: slot.data.clone().into_bytes(),
-                },
-                "PUT" if header("if-match").is_some_and(|m| m != etag) => {
-                    let mut a = Answer::error(412, "M_CONCURRENT_WRITE");
-                    a.headers.extend(headers_2024(slot.version, left));
-                    a
-                }
-                "PUT" => {
-                    slot.version += 1;
-                    slot.data = String::from_utf8_lossy(body).into_owned();
-                    Answer {
-                        status: 202,
-                        headers: headers_2024(slot.version, left).to_vec(),
-                        body: Vec::new(),
-                    }
-                }
-                "DELETE" => {
-                    s.sessions.remove(&id);
-                    Answer { status: 204, headers: Vec::new(), body: Vec::new() }
-                }
-                _ => Answer::error(405, "M_UNRECOGNIZED"),
-            }
-        }
-        ("GET", PATH_LATEST) => Answer::json(200, json!({ "create_available": true })),
-        ("POST", PATH_LATEST) => {
-            s.made += 1;
-            let id = format!("rv{}", s.made);
-            s.sessions.insert(
-                id.clone(),
-                Slot { version: 1, data: String::new(), expires: now + SESSION_LIFE, created_by: side },
-            );
-            Answer::json(
-                200,
-                json!({ "id": id, "sequence_token": "t1", "expires_in_ms": SESSION_LIFE.as_millis() as u64 }),
-            )
-        }
-        (_, p) if p.starts_with(PATH_LATEST) => {
-            let id = p.rsplit('/').next().unwrap_or_default().to_owned();
-            let Some(slot) = s.sessions.get_mut(&id) else { return Answer::error(404, "M_NOT_FOUND") };
-            let left = (slot.expires - now).as_millis() as u64;
-            match method {
-                "GET" => Answer::json(
-                    200,
-                    json!({ "sequence_token": format!("t{}", slot.version), "data": slot.data, "expires_in_ms": left }),
-                ),
-                "PUT" => {
-                    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-                    if v.get("sequence_token").and_then(Value::as_str) != Some(&format!("t{}", slot.version))
-                    {
-                        return Answer::error(409, "M_CONCURRENT_WRITE");
-                    }
-                    slot.version += 1;
-                    slot.data = v.get("data").and_then(Value::as_str).unwrap_or_default().to_owned();
-                    Answer::json(200, json!({ "sequence_token": format!("t{}", slot.version) }))
-                }
-                "DELETE" => {
-                    s.sessions.remove(&id);
-                    Answer::json(200, json!({}))
-                }
-                _ => Answer::error(405, "M_UNRECOGNIZED"),
-            }
-        }
-        ("POST", "/oauth/register") => {
-            s.made += 1;
-            Answer::json(201, json!({ "client_id": format!("client{}", s.made) }))
-        }
-        ("POST", "/oauth/device") => {
-            let form = form(body);
-            let scope = form.get("scope").cloned().unwrap_or_default();
-            let device_id = scope.rsplit(":device:").next().unwrap_or_default().to_owned();
-            s.made += 1;
-            let code = format!("dc{}", s.made);
-            s.grants.insert(code.clone(), Grant { device_id, approved: false, issued: false });
-            let page = base.join("oauth/device").unwrap();
-            Answer::json(
-                200,
-                json!({
-                    "device_code": code,
-                    "user_code": "FAULTS",
-                    "verification_uri": page.as_str(),
-                    "verification_uri_complete": format!("{page}?user_code=FAULTS"),
-                    "expires_in": 600,
-                    "interval": 1,
-                }),
-            )
-        }
-        ("POST", "/oauth/token") => {
-            let form = form(body);
-            let code = form.get("device_code").cloned().unwrap_or_default();
-            let Some(grant) = s.grants.get_mut(&code) else {
-                return Answer::json(400, json!({ "error": "invalid_grant" }));
-            };
-            if !grant.approved {
-                return Answer::json(400, json!({ "error": "authorization_pending" }));
-            }
-            if grant.issued {
-                return Answer::json(400, json!({ "error": "invalid_grant" }));
-            }
-            grant.issued = true;
-            let device_id = grant.device_id.clone();
-            s.made += 1;
-            let (access, refresh) = (format!("at{}", s.made), format!("rt{}", s.made));
-            for token in [&access, &refresh] {
-                s.tokens.insert(token.clone(), Issued { device_id: device_id.clone(), revoked: false });
-            }
-            s.devices.insert(device_id);
-            Answer::json(
-                200,
-                json!({ "access_token": access, "refresh_token": refresh, "token_type": "Bearer", "expires_in": 300 }),
-            )
-        }
-        ("POST", "/oauth/revoke") => {
-            let form = form(body);
-            let token = form.get("token").cloned().unwrap_or_default();
-            // Revoking either token ends the device's session (as MAS does).
-            if let Some(device) = s.tokens.get(&token).map(|t| t.device_id.clone()) {
-                for t in s.tokens.values_mut().filter(|t| t.device_id == device) {
-                    t.revoked = true;
-                }
-                s.devices.remove(&device);
-            }
-            Answer::json(200, json!({}))
-        }
-        ("GET", "/_matrix/client/v3/account/whoami") => {
-            let token = header("authorization").unwrap_or_default();
-            let token = token.strip_prefix("Bearer ").unwrap_or_default();
-            match s.tokens.get(token) {
-                Some(t) if !t.revoked => {
-                    Answer::json(200, json!({ "user_id": "@example:localhost", "device_id": t.device_id }))
-                }
-                _ => Answer::error(401, "M_UNKNOWN_TOKEN"),
-            }
-        }
-        ("PUT", p) if p.contains("/devices/") => Answer::json(200, json!({})),
-        ("GET", p) if p.contains("/devices/") => {
-            let id = p.rsplit('/').next().unwrap_or_default();
-            if s.devices.contains(id) {
-                Answer::json(200, json!({ "device_id": id }))
-            } else {
-                Answer::error(404, "M_NOT_FOUND")
-            }
-        }
-        _ => Answer::error(404, "M_UNRECOGNIZED"),
-    }
-}
-
-/// A form body's fields.
-fn form(body: &[u8]) -> HashMap<String, String> {
-    url::form_urlencoded::parse(body).into_owned().collect()
-}
-
-/// `ETag`, `Date` and `Expires` of a 2024 session with `left` to live.
-fn headers_2024(version: u64, left: Duration) -> [(&'static str, String); 3] {
-    let now = SystemTime::now();
-    [("ETag", format!("\"{version}\"")), ("Date", http_date(now)), ("Expires", http_date(now + left))]
 }
