@@ -393,9 +393,9 @@ pub enum CodeEnd {
     Unused,
 }
 
-/// The last look at `device_code` for a flow that stopped while polling with it; a look whose
-/// answer is lost (it may have exchanged the code) is followed by another, at most
-/// [`LOST_ANSWERS`] more.
+/// The last look at `device_code` for a flow that stopped while polling with it. A look without a
+/// definite answer (lost, cut off, a server error: it may have exchanged the code) is followed by
+/// another, at most [`LOST_ANSWERS`] more; when none answered, tokens may exist (`Used`).
 pub async fn end_code(http: &reqwest::Client, m: &Metadata, client_id: &str, device_code: &str) -> CodeEnd {
     for look in 0..=LOST_ANSWERS {
         if look > 0 {
@@ -403,11 +403,11 @@ pub async fn end_code(http: &reqwest::Client, m: &Metadata, client_id: &str, dev
         }
         match poll_once(http, m, client_id, device_code).await {
             Ok(Ok(tokens)) => return CodeEnd::Issued(tokens),
+            Ok(Err(_)) | Err(GrantError::AccessDenied | GrantError::Expired) => return CodeEnd::Unused,
             Err(GrantError::Refused(error)) if error == policy::quote("invalid_grant") => {
                 return CodeEnd::Used;
             }
-            Err(GrantError::Network | GrantError::Malformed | GrantError::TooLarge(_)) => {}
-            _ => return CodeEnd::Unused,
+            Err(_) => {}
         }
     }
     CodeEnd::Used

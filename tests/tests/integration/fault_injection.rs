@@ -173,3 +173,19 @@ fn a_lost_answer_to_the_last_look_at_a_code_still_settles_it() {
     );
     check(&reports);
 }
+
+/// Found by the 100,000-seed campaign: a delegation stopped after a server error, whose last look
+/// at its code met a clock jump or a server error (1,024,638; 1,027,627; 1,031,715; 1,038,337), or
+/// whose tokens came at the last look and could not be revoked (1,027,781): tokens lived on that no
+/// record knew. The last look now tries again on any answer that is not definite and keeps a
+/// record when none came; unrevocable tokens keep their record for `RevokeDelegation`.
+#[test]
+fn a_stopped_delegation_leaves_nothing_unknown_behind() {
+    let seeds = [1_024_638, 1_027_627, 1_027_781, 1_031_715, 1_038_337];
+    let reports =
+        run_all(seeds.iter().map(|s| (Variant::Delegation, faults::random_plan(*s, 40, 8))).collect());
+    for r in &reports {
+        assert!(r.requests.iter().filter(|l| l.step == "POST oauth-token").count() >= 2);
+    }
+    check(&reports);
+}

@@ -69,6 +69,7 @@ impl OwnEngine {
             issued: None,
             remembered: None,
             polling: None,
+            unheld: None,
         };
         let flow = DelegationFlow {
             http: self.http().clone(),
@@ -113,28 +114,33 @@ struct Leftovers {
     issued: Option<(String, Tokens)>,
     /// The device ID the record was kept under.
     remembered: Option<String>,
-    /// While polling for tokens: the client, the device code, and the record (without tokens) to
-    /// keep should the tokens turn out lost.
-    polling: Option<(String, String, Record)>,
+    /// While polling for tokens: the client and the device code.
+    polling: Option<(String, String)>,
+    /// The record (without tokens) to keep should the tokens turn out lost or unrevocable.
+    unheld: Option<Record>,
 }
 
 #[async_trait]
 impl Cleanup for Leftovers {
-    /// No other device to tell: the tokens go, and so does the record.
+    /// No other device to tell: the tokens go, and so does the record, unless something may live
+    /// on that only a record lets the user end (tokens that could not be revoked, or that were
+    /// issued and lost on the way).
     async fn stopped(&mut self, _: Tell) {
-        // Stopped while polling (the deadline, a cancel, a lid closed): one last look settles
+        let mut keep = None;
+        // Stopped while polling (the deadline, a cancel, a lid closed): a last look settles
         // whether tokens exist that nobody holds.
-        if let Some((client_id, code, record)) = self.polling.take() {
+        if let Some((client_id, code)) = self.polling.take() {
             let end = device_grant::end_code(&self.http, &self.metadata, &client_id, &code);
             match tokio::time::timeout(CLEANUP_LIMIT, end).await {
                 Ok(device_grant::CodeEnd::Issued(tokens)) => self.issued = Some((client_id, tokens)),
-                Ok(device_grant::CodeEnd::Used) => {
-                    warn!("the new device's tokens were issued and lost on the way; its record is kept");
-                    if let Err(e) = self.records.remember(record).await {
-                        warn!(error = %e, "could not record the device whose tokens were lost");
-                    }
+                Ok(device_grant::CodeEnd::Unused) => {}
+                // Used, or no answer in time: tokens may exist that nobody holds.
+                Ok(device_grant::CodeEnd::Used) | Err(_) => {
+                    warn!(
+                        "the new device's tokens may have been issued and lost on the way; its record is kept"
+                    );
+                    keep = self.unheld.clone();
                 }
-                _ => {}
             }
         }
         if let Some((client_id, tokens)) = self.issued.take() {
@@ -146,14 +152,30 @@ impl Cleanup for Leftovers {
             match revoked {
                 Ok(Ok(())) => info!("the new device's tokens were revoked"),
                 _ => {
-                    warn!("the new device's tokens could not be revoked; end its session on the account page")
+                    warn!(
+                        "the new device's tokens could not be revoked; its record is kept for RevokeDelegation"
+                    );
+                    keep = self.unheld.clone().map(|r| Record {
+                        access_token: tokens.access_token.clone(),
+                        refresh_token: tokens.refresh_token.clone(),
+                        ..r
+                    });
                 }
             }
         }
-        if let Some(device_id) = self.remembered.take()
-            && let Err(e) = self.records.forget(&device_id).await
-        {
-            warn!(error = %e, "could not forget the delegation record");
+        match keep {
+            Some(record) => {
+                if let Err(e) = self.records.remember(record).await {
+                    warn!(error = %e, "could not record the device that may live on");
+                }
+            }
+            None => {
+                if let Some(device_id) = self.remembered.take()
+                    && let Err(e) = self.records.forget(&device_id).await
+                {
+                    warn!(error = %e, "could not forget the delegation record");
+                }
+            }
         }
     }
 }
@@ -186,7 +208,8 @@ impl DelegationFlow {
         // nobody holds: a record without tokens (kept when the flow fails) lists it, and
         // `RevokeDelegation` ends it on the account page.
         let unheld = self.record(&client_id, &device_id, None);
-        left.polling = Some((client_id.clone(), auth.device_code.clone(), unheld.clone()));
+        left.unheld = Some(unheld.clone());
+        left.polling = Some((client_id.clone(), auth.device_code.clone()));
         let tokens = match device_grant::poll_tokens(http, &self.metadata, &client_id, &auth).await {
             Ok(tokens) => tokens,
             Err(GrantError::TokensLost) => {
