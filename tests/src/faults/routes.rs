@@ -148,17 +148,38 @@ fn http_date(at: SystemTime) -> String {
     httpdate::fmt_http_date(at)
 }
 
+/// One request as the stand-in read it.
+pub(super) struct Request {
+    pub(super) side: Side,
+    pub(super) method: String,
+    pub(super) path: String,
+    /// Names in lower case.
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl State {
+    /// A new rendezvous session (either generation): its ID.
+    fn new_session(&mut self, side: Side, now: Instant) -> String {
+        self.made += 1;
+        let id = format!("rv{}", self.made);
+        let slot = Slot { version: 1, data: String::new(), expires: now + SESSION_LIFE, created_by: side };
+        self.sessions.insert(id.clone(), slot);
+        id
+    }
+}
+
 /// What the stand-in answers to one request; sessions past their end are gone first.
-pub(super) fn route(
-    s: &mut State,
-    side: Side,
-    base: &Url,
-    method: &str,
-    path: &str,
-    header: &dyn Fn(&str) -> Option<String>,
-    body: &[u8],
-) -> Answer {
-    let path = path.split('?').next().unwrap_or(path);
+pub(super) fn route(s: &mut State, base: &Url, req: &Request) -> Answer {
+    let (method, body, side) = (req.method.as_str(), req.body.as_slice(), req.side);
+    let header = |name: &str| req.header(name).map(str::to_owned);
+    let path = req.path.split('?').next().unwrap_or(&req.path);
     let now = Instant::now();
     s.sessions.retain(|_, slot| slot.expires > now);
     match (method, path) {
@@ -190,12 +211,7 @@ pub(super) fn route(
             )
         }
         ("POST", PATH_2024) => {
-            s.made += 1;
-            let id = format!("rv{}", s.made);
-            s.sessions.insert(
-                id.clone(),
-                Slot { version: 1, data: String::new(), expires: now + SESSION_LIFE, created_by: side },
-            );
+            let id = s.new_session(side, now);
             let mut a =
                 Answer::json(201, json!({ "url": base.join(&format!("{}/{id}", &PATH_2024[1..])).unwrap() }));
             a.headers.extend(headers_2024(1, SESSION_LIFE));
@@ -243,12 +259,7 @@ pub(super) fn route(
         }
         ("GET", PATH_LATEST) => Answer::json(200, json!({ "create_available": true })),
         ("POST", PATH_LATEST) => {
-            s.made += 1;
-            let id = format!("rv{}", s.made);
-            s.sessions.insert(
-                id.clone(),
-                Slot { version: 1, data: String::new(), expires: now + SESSION_LIFE, created_by: side },
-            );
+            let id = s.new_session(side, now);
             Answer::json(
                 200,
                 json!({ "id": id, "sequence_token": "t1", "expires_in_ms": SESSION_LIFE.as_millis() as u64 }),

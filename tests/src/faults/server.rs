@@ -21,7 +21,7 @@ use url::Url;
 
 use super::{
     Fault,
-    routes::{Answer, State, route, step_name},
+    routes::{Answer, Request, State, route, step_name},
 };
 
 /// Who sent a request: the daemon under test (its requests are numbered and may fault) or the
@@ -160,10 +160,7 @@ impl StandIn {
 }
 
 /// Reads one request: head and `Content-Length` body. `None` when the client closed.
-async fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Option<(String, String, Vec<(String, String)>, Vec<u8>)> {
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, side: Side) -> Option<Request> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
@@ -190,7 +187,7 @@ async fn read_request(
             }
             let body = buf[head_len..head_len + len].to_vec();
             buf.drain(..head_len + len);
-            return Some((method, path, headers, body));
+            return Some(Request { side, method, path, headers, body });
         }
         if buf.len() > 64 * 1024 {
             return None;
@@ -206,10 +203,10 @@ async fn read_request(
 
 async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, side: Side, base: Url) {
     let mut buf = Vec::new();
-    while let Some((method, path, headers, body)) = read_request(&mut stream, &mut buf).await {
+    while let Some(req) = read_request(&mut stream, &mut buf, side).await {
         let (fault, step) = {
             let mut s = state.lock().unwrap();
-            let step = format!("{method} {}", step_name(&path));
+            let step = format!("{} {}", req.method, step_name(&req.path));
             match side {
                 Side::Daemon => {
                     let index = s.next;
@@ -224,13 +221,12 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, side: Side, base
         if fault == Some(Fault::ClockJump) {
             tokio::time::advance(CLOCK_JUMP).await;
         }
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let action = {
             let mut s = state.lock().unwrap();
             if fault == Some(Fault::Silent) {
                 s.silent = true;
             }
-            act(&mut s, fault, &step, side, &base, &method, &path, &header, &body)
+            act(&mut s, fault, &step, &base, &req)
         };
         match action {
             Action::Answer(bytes) => {
@@ -258,18 +254,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, side: Side, base
 }
 
 /// Applies the request's fault (if any) around what the stand-in answers.
-#[allow(clippy::too_many_arguments)]
-fn act(
-    s: &mut State,
-    fault: Option<Fault>,
-    step: &str,
-    side: Side,
-    base: &Url,
-    method: &str,
-    path: &str,
-    header: &dyn Fn(&str) -> Option<String>,
-    body: &[u8],
-) -> Action {
+fn act(s: &mut State, fault: Option<Fault>, step: &str, base: &Url, req: &Request) -> Action {
     // Faults where the request never reaches the homeserver.
     let refused = match fault {
         Some(Fault::Refused) => Some(Action::Reset(Vec::new())),
@@ -291,7 +276,7 @@ fn act(
     if let Some(action) = refused {
         return action;
     }
-    let answer = route(s, side, base, method, path, header, body);
+    let answer = route(s, base, req);
     let previous = s.answered.insert(step.to_owned(), answer.clone());
     let bytes = answer.bytes();
     match fault {

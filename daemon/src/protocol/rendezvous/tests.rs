@@ -82,38 +82,50 @@ async fn a_create_not_found_is_no_rendezvous_here() {
     assert_eq!(latest, Err(RendezvousError::Unavailable(404)));
 }
 
-/// A 2024 write that lands but whose answer is lost (the connection drops), after which the
-/// other device answers at once: the retry meets `412`, the slot holds the other device's
-/// answer, so the write is done, that answer is the next read, and the session is ours to
-/// delete. Found by the fault-injection suite (a reset at the scanner's `LoginInitiate`).
-#[tokio::test]
-async fn a_write_whose_answer_was_lost_is_made_sure_of() {
+/// A server that reads one request per connection, logs its method and writes what `answer` gives
+/// for that method and how many of its kind came before (`None`: the connection closes without an
+/// answer, as a reset or a proxy time-out leaves it).
+async fn answering(
+    answer: impl Fn(&str, usize) -> Option<Vec<u8>> + Send + 'static,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let log = seen.clone();
     tokio::spawn(async move {
-        let mut puts = 0;
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = vec![0u8; 4096];
             let n = s.read(&mut buf).await.unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
             let method = request.split(' ').next().unwrap_or_default().to_uppercase();
+            let before = log.lock().unwrap().iter().filter(|m| **m == method).count();
             log.lock().unwrap().push(method.clone());
-            let answer: &[u8] = match method.as_str() {
-                // The first write lands (and the other device answers); its answer is lost.
-                "PUT" if puts == 0 => {
-                    puts += 1;
-                    continue;
-                }
-                "PUT" => b"HTTP/1.1 412 Precondition Failed\r\nETag: \"3\"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-                "GET" => b"HTTP/1.1 200 OK\r\nETag: \"3\"\r\nContent-Length: 6\r\nConnection: close\r\n\r\ntheirs",
-                _ => b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
-            };
-            let _ = s.write_all(answer).await;
+            if let Some(bytes) = answer(&method, before) {
+                let _ = s.write_all(&bytes).await;
+            }
         }
     });
+    (addr, seen)
+}
+
+/// A 2024 write that lands but whose answer is lost (the connection drops), after which the
+/// other device answers at once: the retry meets `412`, the slot holds the other device's
+/// answer, so the write is done, that answer is the next read, and the session is ours to
+/// delete. Found by the fault-injection suite (a reset at the scanner's `LoginInitiate`).
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_made_sure_of() {
+    let (addr, seen) = answering(|method, before| {
+        let answer: &[u8] = match method {
+            // The first write lands (and the other device answers); its answer is lost.
+            "PUT" if before == 0 => return None,
+            "PUT" => b"HTTP/1.1 412 Precondition Failed\r\nETag: \"3\"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            "GET" => b"HTTP/1.1 200 OK\r\nETag: \"3\"\r\nContent-Length: 6\r\nConnection: close\r\n\r\ntheirs",
+            _ => b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+        };
+        Some(answer.to_vec())
+    })
+    .await;
     let url = Url::parse(&format!("http://{addr}/rendezvous/1")).unwrap();
     let mut session = Session2024::join(&http_client(), url);
     assert_eq!(session.send("ours").await, Ok(()));
@@ -126,35 +138,21 @@ async fn a_write_whose_answer_was_lost_is_made_sure_of() {
 /// as ours (the write may have landed), so it is deleted and the other device sees it end.
 #[tokio::test]
 async fn a_latest_write_whose_answer_was_lost_leaves_the_session_ours_to_delete() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 4096];
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-            let method = request.split(' ').next().unwrap_or_default().to_uppercase();
-            log.lock().unwrap().push(method.clone());
-            let answer: &[u8] = match method.as_str() {
-                "PUT" => continue,
-                "GET" => {
-                    let body = br#"{"sequence_token":"t1","data":"","expires_in_ms":60000}"#;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(head.as_bytes()).await;
-                    let _ = s.write_all(body).await;
-                    continue;
-                }
-                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-            };
-            let _ = s.write_all(answer).await;
+    let (addr, seen) = answering(|method, _| match method {
+        "PUT" => None,
+        "GET" => {
+            let body = r#"{"sequence_token":"t1","data":"","expires_in_ms":60000}"#;
+            Some(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )
         }
-    });
+        _ => Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_vec()),
+    })
+    .await;
     let base = Url::parse(&format!("http://{addr}/")).unwrap();
     let mut session = SessionLatest::join(&http_client(), &base, "01J").await.unwrap();
     assert_eq!(session.send("ours").await, Err(RendezvousError::Network));
