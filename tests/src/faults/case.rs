@@ -200,7 +200,7 @@ async fn run_inner(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport
         OwnEngine::new(&OAuthClient::default(), Reach { local_addresses: true, insecure_http: true });
 
     let mut violations = Vec::new();
-    let (outcome, report) = one_flow(&engine, &account, &server, variant, "FAULTED", &mut violations).await;
+    let (outcome, _) = one_flow(&engine, &account, &server, variant, "FAULTED", &mut violations).await;
     let requests = server.log();
 
     // `intact`: the session is ours still, and the next flow, without faults, succeeds.
@@ -213,7 +213,6 @@ async fn run_inner(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport
     if next != "success" || !again.is_empty() {
         violations.push(format!("intact: the next flow ended {next} {again:?}"));
     }
-    let _ = report;
     CaseReport { variant, plan, outcome, requests, violations }
 }
 
@@ -226,7 +225,6 @@ async fn one_flow(
     device: &str,
     violations: &mut Vec<String>,
 ) -> (String, Report) {
-    let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
     let gates = Arc::new(Gates::default());
     let peer = Peer::new(server, device, gates.clone());
     let (code_tx, mut code_rx) = mpsc::unbounded_channel::<u8>();
@@ -396,12 +394,6 @@ async fn one_flow(
     for task in tasks {
         task.abort();
         let _ = task.await;
-    }
-    // Idle connections (ours, the other device's, the stand-in's ends) close after 90 s.
-    tokio::time::sleep(SETTLE).await;
-    let tasks_after = tokio::runtime::Handle::current().metrics().num_alive_tasks();
-    if std::env::var_os("FAULT_TASKS").is_some() {
-        eprintln!("tasks {tasks_before} -> {tasks_after}");
     }
     if server.daemons_open_sessions() > 0 {
         violations.push("leftovers: a rendezvous session the daemon created is still open".into());
