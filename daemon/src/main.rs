@@ -8,7 +8,7 @@ use matrix_linkd::{
     cli::Args,
     config::{self, Config, Source},
     dbus::{self, Context},
-    protocol::{Engine, engine::OwnEngine},
+    protocol::{AccountPort, Engine, engine::OwnEngine},
 };
 use tracing::{error, info};
 
@@ -66,6 +66,9 @@ async fn run(cfg: Config, source: Source) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Flows a killed daemon left: their rendezvous sessions, codes and tokens (`protocol::intent`).
+    let (recovering, left): (_, Arc<dyn AccountPort>) = (ctx.engine.clone(), account.clone());
+    tokio::spawn(async move { recovering.recover(left).await });
     tokio::spawn(async move { account.restore().await });
 
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -299,11 +299,17 @@ impl Session {
 
     /// Starts the real daemon binary on this bus and waits for its name.
     pub async fn start_daemon(&mut self, extra_args: &[&str]) -> Result<usize> {
+        self.start_daemon_with(extra_args, &[]).await
+    }
+
+    /// [`Session::start_daemon`] with more environment (`LINKD_HOLD_AT` of a crash test).
+    pub async fn start_daemon_with(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> Result<usize> {
         let n = self.daemons.len();
         let log = std::fs::File::create(self.log_path(n))?;
         let child = self
             .command(daemon_bin())
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

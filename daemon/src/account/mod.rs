@@ -2,6 +2,7 @@
 //! encrypted store, created by a login flow, kept fresh as tokens refresh, wiped by `SignOut`.
 
 mod delegations;
+mod intents;
 mod lock;
 mod secrets;
 
@@ -89,6 +90,10 @@ impl StoredSession {
 pub struct Account {
     me: std::sync::Weak<Account>,
     store_dir: PathBuf,
+    /// The intent journal's public part (`intents.rs`).
+    journal_dir: PathBuf,
+    /// The intents of this daemon's own flows (a restart's clean-up leaves them alone).
+    own_intents: std::sync::Mutex<std::collections::HashSet<String>>,
     secrets: SecretStore,
     info: watch::Sender<SessionInfo>,
     client: Mutex<Option<Client>>,
@@ -105,6 +110,8 @@ impl Account {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             store_dir: data_dir.join("store"),
+            journal_dir: data_dir.join("journal"),
+            own_intents: Default::default(),
             secrets: SecretStore::default(),
             info: watch::Sender::new(SessionInfo { state: SessionState::Unknown, ..Default::default() }),
             client: Mutex::new(None),

@@ -25,6 +25,9 @@ pub enum ItemKind {
     StoreKey,
     /// JSON of one delegated device (`protocol::delegated::Record`), tagged with its device ID.
     Delegation,
+    /// JSON of what a flow made outside the daemon (`protocol::intent::Outside`), tagged with
+    /// the flow's intent ID.
+    Intent,
 }
 
 impl ItemKind {
@@ -33,6 +36,7 @@ impl ItemKind {
             ItemKind::Session => "session",
             ItemKind::StoreKey => "store-key",
             ItemKind::Delegation => "delegation",
+            ItemKind::Intent => "intent",
         }
     }
     fn label(self) -> &'static str {
@@ -40,6 +44,7 @@ impl ItemKind {
             ItemKind::Session => "matrix-linkd: Matrix session",
             ItemKind::StoreKey => "matrix-linkd: store encryption key",
             ItemKind::Delegation => "matrix-linkd: delegated device",
+            ItemKind::Intent => "matrix-linkd: flow in progress",
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use matrix_sdk::reqwest::{self, StatusCode, header};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::debug;
 use url::Url;
@@ -129,7 +129,7 @@ impl std::fmt::Debug for DeviceAuthorization {
 }
 
 /// Tokens from the token endpoint. Not `Debug`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: Option<String>,

@@ -99,6 +99,14 @@ impl Rendezvous {
         }
     }
 
+    /// Where the session is deleted (the intent journal keeps it for a restart's clean-up).
+    pub fn url(&self) -> Option<Url> {
+        match self {
+            Rendezvous::V2024(s) => Some(s.url().clone()),
+            Rendezvous::Latest { session, .. } => session.session_url().ok(),
+        }
+    }
+
     pub fn expires_at(&self) -> Option<Instant> {
         match self {
             Rendezvous::V2024(s) => s.expires_at(),

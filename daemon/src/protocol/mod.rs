@@ -6,6 +6,7 @@ pub mod delegated;
 pub mod device_grant;
 pub mod devices;
 pub mod engine;
+pub mod intent;
 pub mod kinds;
 pub mod link;
 pub mod rendezvous;
@@ -273,7 +274,7 @@ pub trait DelegationRecords: Send + Sync {
 /// The account as the engine sees it: the signed-in client, the secrets it shares, where a login
 /// puts the new session and where delegations are recorded. The account layer implements it.
 #[async_trait]
-pub trait AccountPort: LoginTarget + SecretsSource + DelegationRecords {
+pub trait AccountPort: LoginTarget + SecretsSource + DelegationRecords + intent::Journal {
     /// The signed-in client; `NotSignedIn` without one.
     async fn signed_in(&self) -> Result<Client>;
 }
@@ -301,4 +302,7 @@ pub trait Engine: Send + Sync {
         record: &delegated::Record,
         revoke_only: bool,
     ) -> Result<Option<delegated::Ended>>;
+    /// At start-up: cleans up after the flows a killed daemon left in `account`'s journal
+    /// ([`intent::settle`]); an intent a server did not answer for stays for the next start.
+    async fn recover(&self, account: Arc<dyn AccountPort>);
 }

@@ -497,7 +497,8 @@ impl SessionLatest {
         Ok(s)
     }
 
-    fn session_url(&self) -> Result<Url> {
+    /// The session's own URL (where it is read, written and deleted).
+    pub fn session_url(&self) -> Result<Url> {
         let mut u = latest_endpoint(&self.base)?;
         u.path_segments_mut().map_err(|_| RendezvousError::Malformed("base URL"))?.push(&self.id);
         Ok(u)

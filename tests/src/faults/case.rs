@@ -20,7 +20,10 @@ use matrix_linkd::{
     protocol::{
         AccountPort, DelegationRecords, DelegationRequest, Engine, FlowCommand, FlowEvent, FlowOutcome,
         FlowRequest, GenerationChoice, GrantRequest, LoginTarget, OAuthClient, Secret, SecretsSource,
-        delegated, engine::OwnEngine, wire::channel::Generation,
+        delegated,
+        engine::OwnEngine,
+        intent::{self, Intent, Journal},
+        wire::channel::Generation,
     },
 };
 use matrix_sdk::{Client, async_trait, store::RoomLoadSettings, test_utils::client::mock_matrix_session};
@@ -103,6 +106,28 @@ struct Account {
     client: Client,
     /// The delegations recorded: device ID, and whether the record holds tokens.
     records: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// The intent journal (what a restart would clean up).
+    journal: intent::InMemory,
+}
+
+#[async_trait]
+impl Journal for Account {
+    async fn write(&self, i: &Intent) -> Result<(), LinkError> {
+        self.journal.write(i).await
+    }
+    async fn remove(&self, id: &str) -> Result<(), LinkError> {
+        self.journal.remove(id).await
+    }
+    async fn left(&self) -> Result<Vec<Intent>, LinkError> {
+        self.journal.left().await
+    }
+}
+
+/// `leftovers`: a flow that ended closed its intent (nothing is left for a restart to do).
+fn intent_left_open(account: &Account, violations: &mut Vec<String>) {
+    for i in account.journal.entries() {
+        violations.push(format!("leftovers: the flow's intent is still open at step {}", i.step));
+    }
 }
 
 #[async_trait]
@@ -195,7 +220,11 @@ async fn run_inner(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport
     // The client's own start-up requests (`/versions`, the recovery state) are not the flow's.
     tokio::time::sleep(Duration::from_secs(5)).await;
     server.start_counting();
-    let account = Arc::new(Account { client: client.clone(), records: Default::default() });
+    let account = Arc::new(Account {
+        client: client.clone(),
+        records: Default::default(),
+        journal: Default::default(),
+    });
     let engine =
         OwnEngine::new(&OAuthClient::default(), Reach { local_addresses: true, insecure_http: true });
 
@@ -366,6 +395,7 @@ async fn one_flow(
         if outcome != "success" && held > records_before && !revoke_faulted {
             violations.push("leftovers: a failed delegation left a record with revoked tokens".into());
         }
+        intent_left_open(account, violations);
         return (outcome, report);
     }
     if outcome == "success" {
@@ -398,5 +428,6 @@ async fn one_flow(
     if server.daemons_open_sessions() > 0 {
         violations.push("leftovers: a rendezvous session the daemon created is still open".into());
     }
+    intent_left_open(account, violations);
     (outcome, report)
 }

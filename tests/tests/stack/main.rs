@@ -7,6 +7,7 @@
 //! `stack_sdk` and `stack_js`, on the proxy stack `stack_proxy`.
 
 mod stack_balancer;
+mod stack_crash;
 mod stack_delegation;
 mod stack_device_grant;
 mod stack_failures;

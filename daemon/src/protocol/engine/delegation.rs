@@ -61,8 +61,10 @@ impl OwnEngine {
         let (handle, port) = FlowHandle::pair(WireProtocol::None);
         let timeout = request.timeout;
         let span = info_span!("delegation", share_secrets = request.share_secrets);
+        let journal: Arc<dyn Journal> = account.clone();
         let records: Arc<dyn DelegationRecords> = account;
         let left = Leftovers {
+            noted: Noted::open(journal, Kind::Delegation).await?,
             http: self.http().clone(),
             metadata: metadata.clone(),
             records: records.clone(),
@@ -118,6 +120,8 @@ struct Leftovers {
     polling: Option<(String, String)>,
     /// The record (without tokens) to keep should the tokens turn out lost or unrevocable.
     unheld: Option<Record>,
+    /// The flow's intent: what a restart cleans up should the daemon be killed mid-flow.
+    noted: Noted,
 }
 
 #[async_trait]
@@ -177,6 +181,11 @@ impl Cleanup for Leftovers {
                 }
             }
         }
+        self.noted.close().await;
+    }
+
+    async fn succeeded(&mut self) {
+        self.noted.close().await;
     }
 }
 
@@ -191,6 +200,20 @@ impl DelegationFlow {
         let auth = device_grant::authorize(http, &self.metadata, &client_id, &device_id)
             .await
             .map_err(LinkError::from)?;
+        // Tokens lost on the way (an answer cut off, the flow stopped mid-request) leave a device
+        // nobody holds: a record without tokens (kept when the flow fails) lists it, and
+        // `RevokeDelegation` ends it on the account page.
+        let unheld = self.record(&client_id, &device_id, None);
+        // In the journal before the consent page can approve the code: a daemon killed from here
+        // on takes a last look at it on its next start, revokes what it yields or keeps the record.
+        left.noted
+            .note("code", |o| {
+                o.homeserver = Some(self.client.homeserver());
+                o.client_id = Some(client_id.clone());
+                o.device_code = Some(auth.device_code.clone());
+                o.record = Some(unheld.clone());
+            })
+            .await?;
         let page = auth.verification_uri_complete.as_deref().unwrap_or(&auth.verification_uri);
         let page = policy::consent_page(page, &self.metadata.issuer, self.reach).map_err(|e| {
             LinkError::ProtocolError(format!("the OAuth server's consent page is refused: {e}"))
@@ -204,10 +227,6 @@ impl DelegationFlow {
         ui.approval().await?;
         info!("consent page opened; polling for the user's decision");
         ui.emit(FlowEvent::WaitingForToken { user_code: None });
-        // Tokens lost on the way (an answer cut off, the flow stopped mid-request) leave a device
-        // nobody holds: a record without tokens (kept when the flow fails) lists it, and
-        // `RevokeDelegation` ends it on the account page.
-        let unheld = self.record(&client_id, &device_id, None);
         left.unheld = Some(unheld.clone());
         left.polling = Some((client_id.clone(), auth.device_code.clone()));
         let tokens = match device_grant::poll_tokens(http, &self.metadata, &client_id, &auth).await {
@@ -222,7 +241,10 @@ impl DelegationFlow {
             Err(e) => return Err(LinkError::from(e).into()),
         };
         left.polling = None;
+        left.noted.hold("tokens-received").await;
         left.issued = Some((client_id.clone(), tokens.clone()));
+        // Until the program took them, a restart revokes these.
+        left.noted.note("tokens", |o| o.tokens = Some(tokens.clone())).await?;
         let homeserver = self.client.homeserver();
         let (user, seen_device) = device_grant::whoami(http, &homeserver, &tokens.access_token).await?;
         if user != self.user_id || seen_device.is_some_and(|d| d != device_id) {
@@ -233,6 +255,7 @@ impl DelegationFlow {
         }
         self.records.remember(self.record(&client_id, &device_id, Some(&tokens))).await?;
         left.remembered = Some(device_id.clone());
+        left.noted.note("recorded", |o| o.recorded = true).await?;
         devices::rename(&self.client, &device_id, &self.request.device_display_name).await;
         let document = self.session_document(&homeserver, &client_id, &device_id, &tokens);
         ui.emit(FlowEvent::SessionReady(Secret(document)));
@@ -242,6 +265,7 @@ impl DelegationFlow {
             .await
             .map_err(|_| LinkError::Expired(format!("the session was not taken within {limit} s")))??;
         info!("session handed over");
+        left.noted.note("handed-over", |o| o.handed_over = true).await?;
         let trust = if self.bundle.is_some() {
             Trust::SecretsShared
         } else {

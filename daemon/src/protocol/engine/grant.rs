@@ -60,7 +60,7 @@ impl OwnEngine {
         };
         let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
         let span = info_span!("grant", scanned = opening.created.is_none(), generation = ?opening.generation);
-        let (left, first) = opening.split();
+        let (left, first) = opening.split(self, account.clone(), Kind::Grant).await?;
         let flow = GrantFlow {
             http: self.http().clone(),
             client,

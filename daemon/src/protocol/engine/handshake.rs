@@ -62,12 +62,13 @@ pub(super) async fn join(http: &reqwest::Client, qr: &LoginQr) -> Result<Rendezv
 }
 
 /// S: sends LoginInitiate, waits for LoginOk, returns the channel. The caller shows the check code.
-pub(super) async fn scanner_handshake(mut rv: Rendezvous, key: &[u8; 32], left: &mut Leftovers) -> Flow<()> {
+pub(super) async fn scanner_handshake(rv: Rendezvous, key: &[u8; 32], left: &mut Leftovers) -> Flow<()> {
     let (pending, initiate) =
         Initiated::start(rv.generation(), key, &rv.send_aad()).map_err(LinkError::from)?;
-    let sent = rv.send(&initiate).await;
-    left.rv = Some(rv);
-    sent.map_err(LinkError::from)?;
+    // In the journal before we write: a daemon killed from here on deletes the session on its
+    // next start, which ends the other device's flow.
+    left.hold_rendezvous(rv).await?;
+    left.rv.as_mut().expect("just set").send(&initiate).await.map_err(LinkError::from)?;
     debug!(message = "login_initiate", "rendezvous write");
     let rv = left.rv.as_mut().expect("just set");
     let (ok, aads) = rv.wait(Pace::Machine).await?;
@@ -153,7 +154,7 @@ pub(super) async fn generator_handshake(
                 let (rv, replacement, qr) = maker.make().await?;
                 made = Instant::now();
                 info!("the QR code expired unscanned; showing a new one");
-                left.rv = Some(rv);
+                left.hold_rendezvous(rv).await?;
                 generator = replacement;
                 ui.emit(FlowEvent::QrReady(Secret(qr)));
             }

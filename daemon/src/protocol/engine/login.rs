@@ -28,9 +28,10 @@ impl OwnEngine {
             net::check_transport(homeserver, self.reach)
                 .map_err(|e| LinkError::InvalidArgs(format!("the homeserver URL is refused: {e}")))?;
         }
+        let journal: Arc<dyn Journal> = account.clone();
         let target: Arc<dyn LoginTarget> = account;
         target.prepare().await?;
-        match self.spawn_login(target.clone(), request, scanned).await {
+        match self.spawn_login(target.clone(), journal, request, scanned).await {
             Ok(handle) => Ok(handle),
             Err(e) => {
                 target.abandon().await;
@@ -42,6 +43,7 @@ impl OwnEngine {
     async fn spawn_login(
         &self,
         target: Arc<dyn LoginTarget>,
+        journal: Arc<dyn Journal>,
         request: LoginRequest,
         scanned: Option<LoginQr>,
     ) -> Result<FlowHandle> {
@@ -84,7 +86,7 @@ impl OwnEngine {
         };
         let (handle, port) = FlowHandle::pair(wire_protocol(opening.generation));
         let span = info_span!("login", scanned = opening.created.is_none(), generation = ?opening.generation);
-        let (left, first) = opening.split();
+        let (left, first) = opening.split(self, journal, Kind::Login).await?;
         let flow = LoginFlow {
             http: self.http().clone(),
             target: target.clone(),
@@ -153,6 +155,15 @@ impl LoginFlow {
         };
         let (prepared, found) = self.prepare(&server, rendezvous_server.as_ref()).await?;
         let grant = self.authorize(prepared).await?;
+        // In the journal before the other device can approve it: a daemon killed from here on
+        // takes a last look at the code on its next start and revokes what it yields.
+        left.noted
+            .note("code", |o| {
+                o.homeserver = Some(grant.client.homeserver());
+                o.client_id = Some(grant.client_id.clone());
+                o.device_code = Some(grant.authorization.device_code.clone());
+            })
+            .await?;
         link(left).send(&protocol_message(&grant)).await?;
         let (msg, _) = link(left).recv(Pace::Human).await?;
         policy::expect_signal(&msg, "m.login.protocol_accepted")?;
@@ -167,6 +178,8 @@ impl LoginFlow {
                     GrantError::Expired => Stop::local(e.into(), FailureReason::AuthorizationExpired),
                     other => Stop::from(LinkError::from(other)),
                 })?;
+        // Until the session is kept (`adopt`), a stop or a restart revokes these.
+        left.noted.note("tokens", |o| o.tokens = Some(tokens.clone())).await?;
         let homeserver = grant.client.homeserver();
         let user_id = whoami(&self.http, &homeserver, &tokens.access_token, &grant.device_id).await?;
         check_server_name(&user_id, &server)?;

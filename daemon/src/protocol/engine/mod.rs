@@ -36,10 +36,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use url::Url;
 
 use super::{
-    AccountPort, Engine, FlowEvent, FlowHandle, FlowRequest, GenerationChoice, OAuthClient, Secret, Success,
-    WireProtocol, delegated,
+    AccountPort, DelegationRecords, Engine, FlowEvent, FlowHandle, FlowRequest, GenerationChoice,
+    OAuthClient, Secret, Success, WireProtocol, delegated,
     device_grant::{self, GrantError},
     devices,
+    intent::{self, Journal, Kind, Noted},
     link::{self, Link, Pace, Rendezvous, delete_later},
     rendezvous::{Session2024, SessionLatest},
     runner::{self, Cleanup, Flow, Stop, Tell, Ui},
@@ -89,18 +90,27 @@ impl OwnEngine {
 }
 
 /// What a flow over a rendezvous session leaves behind: the session to delete and, once the
-/// handshake is done, the channel to tell the other device on.
+/// handshake is done, the channel to tell the other device on; and the flow's intent, which
+/// knows it too, and a login's device code and tokens (`protocol::intent`).
 struct Leftovers {
     generation: Generation,
     /// Before the handshake: only a session to delete.
     rv: Option<Rendezvous>,
     /// After it: the channel to tell the other device on.
     link: Option<Link>,
+    noted: Noted,
+    /// For a login's code and tokens, should the flow stop with them.
+    http: reqwest::Client,
+    reach: Reach,
 }
 
 impl Leftovers {
-    fn new(generation: Generation, rv: Option<Rendezvous>) -> Self {
-        Self { generation, rv, link: None }
+    /// Takes the session the flow now works on, written to the journal first (before its QR code
+    /// is shown or we write to it).
+    async fn hold_rendezvous(&mut self, rv: Rendezvous) -> Result<()> {
+        let url = rv.url();
+        self.rv = Some(rv);
+        self.noted.note("rendezvous", |o| o.rendezvous = url).await
     }
 }
 
@@ -112,6 +122,7 @@ impl Cleanup for Leftovers {
         if let Some(link) = self.link.take() {
             delete_later(link.rv);
         }
+        self.noted.close().await;
     }
 
     /// Tells the other device (when there is a channel and something to say), then deletes the
@@ -139,6 +150,18 @@ impl Cleanup for Leftovers {
         } else if let Some(rv) = self.rv.take() {
             rv.delete().await;
         }
+        // A login stopped with a device code or tokens: tokens that came (or come on a last
+        // look) are revoked, so no device is left that nobody holds.
+        let o = self.noted.outside();
+        if o.device_code.is_some() || o.tokens.is_some() {
+            let mut what = self.noted.intent().clone();
+            what.outside.rendezvous = None;
+            if !intent::settle(&self.http, self.reach, &what, None).await {
+                // Left in the journal: the next start tries again.
+                return;
+            }
+        }
+        self.noted.close().await;
     }
 }
 
@@ -150,10 +173,28 @@ struct Opening {
 }
 
 impl Opening {
-    /// The flow's leftovers so far (the session we created) and the QR code to show first.
-    fn split(self) -> (Leftovers, Option<FlowEvent>) {
+    /// The flow's leftovers so far (the session we created, in the journal before its QR code is
+    /// shown) and the QR code to show first.
+    async fn split(
+        self,
+        engine: &OwnEngine,
+        journal: Arc<dyn Journal>,
+        kind: Kind,
+    ) -> Result<(Leftovers, Option<FlowEvent>)> {
+        let noted = Noted::open(journal, kind).await?;
+        let mut left = Leftovers {
+            generation: self.generation,
+            rv: None,
+            link: None,
+            noted,
+            http: engine.http().clone(),
+            reach: engine.reach,
+        };
         let (rv, qr) = self.created.unzip();
-        (Leftovers::new(self.generation, rv), qr.map(|qr| FlowEvent::QrReady(Secret(qr))))
+        if let Some(rv) = rv {
+            left.hold_rendezvous(rv).await?;
+        }
+        Ok((left, qr.map(|qr| FlowEvent::QrReady(Secret(qr)))))
     }
 }
 
@@ -202,6 +243,34 @@ impl Engine for OwnEngine {
         revoke_only: bool,
     ) -> Result<Option<delegated::Ended>> {
         delegated::end_session(self.http(), self.reach, client, record, revoke_only).await
+    }
+
+    async fn recover(&self, account: Arc<dyn AccountPort>) {
+        let left = match account.left().await {
+            Ok(left) => left,
+            Err(e) => {
+                warn!(error = %e, "cannot read the intent journal; flows a killed daemon left are not cleaned up");
+                return;
+            }
+        };
+        for intent in left {
+            info!(
+                kind = intent.kind.as_str(),
+                step = intent.step,
+                "cleaning up after a flow a stopped daemon left"
+            );
+            if intent::settle(
+                self.http(),
+                self.reach,
+                &intent,
+                Some(account.as_ref() as &dyn DelegationRecords),
+            )
+            .await
+                && let Err(e) = account.remove(&intent.id).await
+            {
+                warn!(error = %e, "could not close a settled intent");
+            }
+        }
     }
 }
 

@@ -198,7 +198,15 @@ async fn a_panicking_flow_still_tells_and_cleans_up() {
     let mut theirs = pending.confirm(&ok, &[]).unwrap();
 
     let (handle, port) = FlowHandle::pair(WireProtocol::V2024);
-    let left = Leftovers::new(Generation::V2024, None);
+    let journal = Arc::new(intent::InMemory::default());
+    let left = Leftovers {
+        generation: Generation::V2024,
+        rv: None,
+        link: None,
+        noted: Noted::open(journal.clone(), Kind::Grant).await.unwrap(),
+        http: net::client(),
+        reach: Reach::ANYWHERE,
+    };
     let body = async move |_: &mut Ui, left: &mut Leftovers| -> Flow<Success> {
         left.link = Some(Link::new(rv, channel, true, true));
         panic!("a bug in a flow step");
@@ -216,6 +224,7 @@ async fn a_panicking_flow_still_tells_and_cleans_up() {
     assert!(link::wait_pending_deletes(Duration::from_secs(10)).await);
     let requests = server.received_requests().await.unwrap();
     assert!(requests.iter().any(|r| r.method.as_str() == "DELETE"), "the session was not deleted");
+    assert!(journal.entries().is_empty(), "the flow's intent was left open");
 }
 
 /// Start-up: a new engine has not built its HTTP client (loading the system's trust roots takes
