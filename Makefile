@@ -49,7 +49,7 @@ test-unit:
 # The suites are modules of two test binaries (tests/tests/integration, tests/tests/stack): one link
 # of the dependency graph each, not one per suite. tests/suites.sh runs them one after another.
 INTEGRATION_SUITES := fault_injection flows failures bus desktop cli boundaries sandbox interop concurrency delegation recipes
-STACK_SUITES := stack_sdk stack_js stack_failures stack_rendezvous stack_device_grant stack_latest stack_balancer stack_delegation stack_script
+STACK_SUITES := stack_sdk stack_js stack_failures stack_crash stack_rendezvous stack_device_grant stack_latest stack_balancer stack_delegation stack_script
 
 test-integration:
 	CARGO=$(CARGO) tests/suites.sh integration $(INTEGRATION_SUITES)
