@@ -215,8 +215,11 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Bound on one intent's clean-up at start-up.
+/// Bound on one intent's clean-up (at a stop, at start-up).
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+/// Tries within it, and the pause between them.
+const SETTLE_TRIES: u32 = 3;
+const SETTLE_PAUSE: Duration = Duration::from_secs(5);
 
 /// Cleans up after a flow that a killed daemon left: deletes its rendezvous session, settles its
 /// device code, revokes tokens nobody holds, keeps a record of a device it could not end.
@@ -228,8 +231,18 @@ pub async fn settle(
     intent: &Intent,
     records: Option<&dyn DelegationRecords>,
 ) -> bool {
-    // No answer in time: not done.
-    tokio::time::timeout(SETTLE_LIMIT, settle_inner(http, reach, intent, records)).await.unwrap_or(false)
+    // A server that failed once (a 5xx, a cut answer) is asked again, within the limit; no answer
+    // in time: not done.
+    let tries = async {
+        for _ in 1..SETTLE_TRIES {
+            if settle_inner(http, reach, intent, records).await {
+                return true;
+            }
+            tokio::time::sleep(SETTLE_PAUSE).await;
+        }
+        settle_inner(http, reach, intent, records).await
+    };
+    tokio::time::timeout(SETTLE_LIMIT, tries).await.unwrap_or(false)
 }
 
 async fn settle_inner(
@@ -281,6 +294,11 @@ async fn settle_inner(
                 {
                     warn!(error = %e, "could not forget the delegation record");
                 }
+            }
+            Err(_) if o.record.is_none() => {
+                // A login's: no record can keep them; not done.
+                warn!("the tokens of a stopped flow could not be revoked");
+                return false;
             }
             Err(_) => {
                 warn!("the tokens of a stopped flow could not be revoked; its device is recorded");

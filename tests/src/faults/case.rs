@@ -19,11 +19,11 @@ use matrix_linkd::{
     net::Reach,
     protocol::{
         AccountPort, DelegationRecords, DelegationRequest, Engine, FlowCommand, FlowEvent, FlowOutcome,
-        FlowRequest, GenerationChoice, GrantRequest, LoginTarget, OAuthClient, Secret, SecretsSource,
-        delegated,
+        FlowRequest, GenerationChoice, GrantRequest, LoginRequest, LoginTarget, OAuthClient, Secret,
+        SecretsSource, delegated,
         engine::OwnEngine,
         intent::{self, Intent, Journal},
-        wire::channel::Generation,
+        wire::{channel::Generation, messages::HomeserverRef},
     },
 };
 use matrix_sdk::{Client, async_trait, store::RoomLoadSettings, test_utils::client::mock_matrix_session};
@@ -33,7 +33,7 @@ use url::Url;
 
 use super::{
     Fault,
-    peer::{Gates, Peer, Report},
+    peer::{Gates, Peer, Report, Role},
     server::{CLOCK_JUMP, Logged, StandIn},
 };
 
@@ -45,6 +45,11 @@ const RESPONSE_SLACK: Duration = Duration::from_secs(60);
 const TELL_BOUND: Duration = Duration::from_secs(10);
 /// Time given to the clean-up after the Response before leftovers are counted.
 const SETTLE: Duration = Duration::from_secs(120);
+/// Long enough for every idle pooled connection to close (reqwest keeps one 90 s, and hyper's
+/// reaper looks at intervals): after it, every task alive is one that something still holds.
+/// Measured: after 100 s of quiet some of the client's start-up connections were still open,
+/// after 200 s none were.
+const QUIET: Duration = Duration::from_secs(200);
 
 /// Which flow a case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,12 +62,14 @@ pub enum Variant {
     GrantAuto { offers_2024: bool },
     /// A delegation sharing the secrets: the daemon runs the device authorization grant itself.
     Delegation,
+    /// A login: the daemon is the new device; `daemon_scans`: it scans the existing device's code.
+    Login { generation: Generation, daemon_scans: bool },
 }
 
 impl Variant {
-    /// Every flow the harness drives: the grants of both generations and both QR directions,
-    /// and the delegation.
-    pub const ALL: [Variant; 7] = [
+    /// Every flow the harness drives: the grants and logins of both generations and both QR
+    /// directions, and the delegation.
+    pub const ALL: [Variant; 11] = [
         Variant::Grant { generation: Generation::V2024, daemon_scans: false },
         Variant::Grant { generation: Generation::V2024, daemon_scans: true },
         Variant::Grant { generation: Generation::Latest, daemon_scans: false },
@@ -70,6 +77,26 @@ impl Variant {
         Variant::GrantAuto { offers_2024: true },
         Variant::GrantAuto { offers_2024: false },
         Variant::Delegation,
+        Variant::Login { generation: Generation::V2024, daemon_scans: false },
+        Variant::Login { generation: Generation::V2024, daemon_scans: true },
+        Variant::Login { generation: Generation::Latest, daemon_scans: false },
+        Variant::Login { generation: Generation::Latest, daemon_scans: true },
+    ];
+
+    /// The flows of the exhaustive pass in `make test` (its 3-minute budget): every grant, the
+    /// delegation, and the logins of both generations and both QR directions between them (2024
+    /// with the daemon's code, the latest scanning the other device's). The random pass and
+    /// `FAULT_EXHAUSTIVE=all` take [`Variant::ALL`].
+    pub const EXHAUSTIVE: [Variant; 9] = [
+        Variant::Grant { generation: Generation::V2024, daemon_scans: false },
+        Variant::Grant { generation: Generation::V2024, daemon_scans: true },
+        Variant::Grant { generation: Generation::Latest, daemon_scans: false },
+        Variant::Grant { generation: Generation::Latest, daemon_scans: true },
+        Variant::GrantAuto { offers_2024: true },
+        Variant::GrantAuto { offers_2024: false },
+        Variant::Delegation,
+        Variant::Login { generation: Generation::V2024, daemon_scans: false },
+        Variant::Login { generation: Generation::Latest, daemon_scans: true },
     ];
 
     pub fn name(&self) -> String {
@@ -84,9 +111,26 @@ impl Variant {
             Variant::GrantAuto { offers_2024: true } => "grant/auto-2024/shows".into(),
             Variant::GrantAuto { offers_2024: false } => "grant/auto-latest/shows".into(),
             Variant::Delegation => "delegation".into(),
+            Variant::Login { generation, daemon_scans } => {
+                let generation = match generation {
+                    Generation::V2024 => "2024",
+                    Generation::Latest => "latest",
+                };
+                format!("login/{generation}/{}", if *daemon_scans { "scans" } else { "shows" })
+            }
         }
     }
+
+    fn is_login(&self) -> bool {
+        matches!(self, Variant::Login { .. })
+    }
 }
+
+/// The existing device's private cross-signing keys (unpadded base64 of 32 bytes each): what a
+/// grant shares and what a login's other device sends.
+pub const SEED_MASTER: &str = "bWFzdGVybWFzdGVybWFzdGVybWFzdGVybWFzdGVyMDE";
+pub const SEED_SELF_SIGNING: &str = "c2VsZnNlbGZzZWxmc2VsZnNlbGZzZWxmc2VsZnNlbGY";
+pub const SEED_USER_SIGNING: &str = "dXNlcnVzZXJ1c2VydXNlcnVzZXJ1c2VydXNlcnVzZXI";
 
 /// What one case found.
 #[derive(Debug)]
@@ -108,6 +152,8 @@ struct Account {
     records: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// The intent journal (what a restart would clean up).
     journal: intent::InMemory,
+    /// The devices of the logins that succeeded (their sessions hold the tokens).
+    adopted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[async_trait]
@@ -123,23 +169,42 @@ impl Journal for Account {
     }
 }
 
-/// `leftovers`: a flow that ended closed its intent (nothing is left for a restart to do).
+/// A flow that left its intent open (its clean-up met a failing server, a clock jump) left it
+/// for the next start: the daemon starts again here (faults cleared: a later time) and settles
+/// it, as `main` does. What is checked after is what is left even then.
+async fn restart_if_left(engine: &OwnEngine, account: &Arc<Account>, server: &StandIn) {
+    if !account.journal.entries().is_empty() {
+        server.clear_plan();
+        let port: Arc<dyn AccountPort> = account.clone();
+        engine.recover(port).await;
+    }
+}
+
+/// `leftovers`: every intent is closed, by the flow or by a restart's clean-up.
 fn intent_left_open(account: &Account, violations: &mut Vec<String>) {
     for i in account.journal.entries() {
         violations.push(format!("leftovers: the flow's intent is still open at step {}", i.step));
     }
 }
 
+/// Where a login puts its session: a fresh matrix-sdk client (memory store) on the stand-in; the
+/// clients of the logins that succeeded are kept (they hold their devices' tokens).
 #[async_trait]
 impl LoginTarget for Account {
     async fn prepare(&self) -> Result<(), LinkError> {
-        Err(LinkError::AlreadySignedIn)
+        Ok(())
     }
-    async fn new_client(&self, _: &Url) -> Result<Client, LinkError> {
-        Err(LinkError::AlreadySignedIn)
+    async fn new_client(&self, homeserver: &Url) -> Result<Client, LinkError> {
+        Client::builder()
+            .homeserver_url(homeserver.as_str())
+            .build()
+            .await
+            .map_err(|e| LinkError::Failed(format!("client: {e}")))
     }
-    async fn adopt(&self, _: Client) -> Result<(), LinkError> {
-        Err(LinkError::AlreadySignedIn)
+    async fn adopt(&self, client: Client) -> Result<(), LinkError> {
+        let device = client.device_id().map(|d| d.to_string()).unwrap_or_default();
+        self.adopted.lock().unwrap().insert(device);
+        Ok(())
     }
     async fn abandon(&self) {}
 }
@@ -149,9 +214,9 @@ impl SecretsSource for Account {
     async fn secrets_bundle(&self) -> Result<SecretsBundle, LinkError> {
         Ok(serde_json::from_value(serde_json::json!({
             "cross_signing": {
-                "master_key": "bWFzdGVybWFzdGVybWFzdGVybWFzdGVybWFzdGVyMDE",
-                "self_signing_key": "c2VsZnNlbGZzZWxmc2VsZnNlbGZzZWxmc2VsZnNlbGY",
-                "user_signing_key": "dXNlcnVzZXJ1c2VydXNlcnVzZXJ1c2VydXNlcnVzZXI",
+                "master_key": SEED_MASTER,
+                "self_signing_key": SEED_SELF_SIGNING,
+                "user_signing_key": SEED_USER_SIGNING,
             },
             "backup": {
                 "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
@@ -195,6 +260,11 @@ pub fn kind_of(e: &LinkError) -> String {
     debug.split(['(', ' ', '{']).next().unwrap_or_default().to_owned()
 }
 
+/// Tasks alive on the case's runtime.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
 /// Runs one case on a fresh single-threaded runtime with a paused clock.
 pub fn run(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -217,20 +287,30 @@ async fn run_inner(variant: Variant, plan: BTreeMap<usize, Fault>) -> CaseReport
         .await
         .expect("session");
     let token = client.access_token();
-    // The client's own start-up requests (`/versions`, the recovery state) are not the flow's.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The client's own start-up requests (`/versions`, the recovery state) are not the flow's, nor
+    // are their pooled connections.
+    tokio::time::sleep(QUIET).await;
     server.start_counting();
     let account = Arc::new(Account {
         client: client.clone(),
         records: Default::default(),
         journal: Default::default(),
+        adopted: Default::default(),
     });
     let engine =
         OwnEngine::new(&OAuthClient::default(), Reach { local_addresses: true, insecure_http: true });
 
     let mut violations = Vec::new();
+    let tasks = alive_tasks();
     let (outcome, _) = one_flow(&engine, &account, &server, variant, "FAULTED", &mut violations).await;
     let requests = server.log();
+    // `leftovers`: no task of the flow outlives it. Idle pooled connections (a task on each end)
+    // close after some quiet, so both counts are taken after `QUIET`.
+    tokio::time::sleep(QUIET).await;
+    let left = alive_tasks().saturating_sub(tasks);
+    if left > 0 {
+        violations.push(format!("leftovers: {left} tasks of the flow still alive"));
+    }
 
     // `intact`: the session is ours still, and the next flow, without faults, succeeds.
     server.clear_plan();
@@ -255,12 +335,18 @@ async fn one_flow(
     violations: &mut Vec<String>,
 ) -> (String, Report) {
     let gates = Arc::new(Gates::default());
-    let peer = Peer::new(server, device, gates.clone());
+    let role = if variant.is_login() { Role::Existing } else { Role::NewDevice };
+    let peer = Peer::new(server, device, gates.clone(), role);
     let (code_tx, mut code_rx) = mpsc::unbounded_channel::<u8>();
     let mut typed = None;
     let mut tasks = Vec::new();
-    let daemon_scans = matches!(variant, Variant::Grant { daemon_scans: true, .. });
-    let qr_code = if let Variant::Grant { generation, daemon_scans: true } = variant {
+    let daemon_scans = matches!(
+        variant,
+        Variant::Grant { daemon_scans: true, .. } | Variant::Login { daemon_scans: true, .. }
+    );
+    let qr_code = if let Variant::Grant { generation, daemon_scans: true }
+    | Variant::Login { generation, daemon_scans: true } = variant
+    {
         let generated = match peer.generate(generation).await {
             Ok(generated) => generated,
             Err(e) => {
@@ -290,6 +376,16 @@ async fn one_flow(
             timeout: FLOW_TIMEOUT,
             device_creation_timeout: Duration::from_secs(60),
         }),
+        Variant::Login { generation, .. } => FlowRequest::Login(LoginRequest {
+            generation: match generation {
+                Generation::V2024 => GenerationChoice::V2024,
+                Generation::Latest => GenerationChoice::Latest,
+            },
+            homeserver: qr_code.is_none().then(|| HomeserverRef::Url(server.daemon_url.clone())),
+            qr_code,
+            device_display_name: "Fault login".into(),
+            timeout: FLOW_TIMEOUT,
+        }),
         Variant::Delegation => FlowRequest::Delegation(DelegationRequest {
             client_name: "Fault client".into(),
             device_display_name: "Fault device".into(),
@@ -300,6 +396,8 @@ async fn one_flow(
         }),
     };
     let started = Instant::now();
+    // Tokens that lived before this flow (a faulted flow's, left by a lost answer) are not its own.
+    let live_before = server.live_token_devices();
     let records_before = {
         let live = server.live_token_devices();
         account
@@ -378,6 +476,7 @@ async fn one_flow(
     if variant == Variant::Delegation {
         // No other device; what is left to check is what the flow made outside.
         tokio::time::sleep(SETTLE).await;
+        restart_if_left(engine, account, server).await;
         let records = account.records.lock().unwrap().clone();
         for device in server.live_token_devices() {
             if !records.contains_key(&device) {
@@ -427,6 +526,23 @@ async fn one_flow(
     }
     if server.daemons_open_sessions() > 0 {
         violations.push("leftovers: a rendezvous session the daemon created is still open".into());
+    }
+    restart_if_left(engine, account, server).await;
+    if variant.is_login() {
+        // Tokens issued to a login live on only in the session it kept. Unless an answer that
+        // may have carried tokens was lost (the daemon cannot revoke what never reached it; the
+        // OAuth server may end the grant when the used code comes again) or a revocation's was.
+        let lost = server.log().iter().any(|l| {
+            l.fault.is_some_and(|f| f.loses_answer())
+                && (l.step == "POST oauth-token" || l.step == "POST oauth-revoke")
+        });
+        let adopted = account.adopted.lock().unwrap().clone();
+        for device in server.live_token_devices() {
+            if !adopted.contains(&device) && !live_before.contains(&device) && !lost {
+                violations
+                    .push(format!("leftovers: tokens of device {device} live on, and nobody holds them"));
+            }
+        }
     }
     intent_left_open(account, violations);
     (outcome, report)

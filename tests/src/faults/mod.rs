@@ -70,6 +70,20 @@ impl std::fmt::Display for Fault {
 }
 
 impl Fault {
+    /// The request was carried out and its answer may never have reached the client whole (a
+    /// clock jump: the flow's deadline may have stopped it while it waited).
+    pub fn loses_answer(self) -> bool {
+        matches!(
+            self,
+            Fault::Reset
+                | Fault::Timeout
+                | Fault::Truncated
+                | Fault::Oversized
+                | Fault::Replayed
+                | Fault::ClockJump
+        )
+    }
+
     /// The errors (`LinkError` kinds) a flow may end with when this fault hit it; success is
     /// always allowed (the fault was survived). Anything else is a wrong error name.
     pub fn allowed(self) -> &'static [&'static str] {

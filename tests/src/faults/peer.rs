@@ -1,5 +1,6 @@
-//! The other device of a fault-injection case: a scripted new device that a grant lets in, on
-//! either generation, scanning the daemon's QR code or showing its own. It runs on the daemon's
+//! The other device of a fault-injection case: a scripted new device that a grant lets in, or a
+//! scripted existing device that lets the daemon in (a login), on either generation, scanning the
+//! daemon's QR code or showing its own. It runs on the daemon's
 //! own wire code (channel, rendezvous clients) over the stand-in's clean port, and records what it
 //! saw: whether the channel came up, whether and when it was told that the flow ended, and whether
 //! the secrets came before the user's check code, consent and its own device.
@@ -16,7 +17,7 @@ use matrix_linkd::{
         rendezvous::{Session2024, SessionLatest},
         wire::{
             channel::{Generation, Generator, Initiated},
-            messages::{DEVICE_AUTHORIZATION_GRANT, DeviceGrant, LoginMessage},
+            messages::{CrossSigningSecrets, DEVICE_AUTHORIZATION_GRANT, DeviceGrant, LoginMessage},
             qr::{Intent, LoginQr, Prefix},
         },
     },
@@ -67,6 +68,15 @@ pub struct Generated {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// Which device the peer plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The new device of a grant.
+    NewDevice,
+    /// The existing device of a login: it names the homeserver, consents, sends the secrets.
+    Existing,
+}
+
 /// The other device's end of a case.
 pub struct Peer {
     pub server: StandIn,
@@ -74,6 +84,7 @@ pub struct Peer {
     pub device: String,
     pub gates: Arc<Gates>,
     pub report: Shared,
+    pub role: Role,
 }
 
 fn to_peer(server: &StandIn, url: &Url) -> Url {
@@ -89,8 +100,8 @@ fn to_daemon(server: &StandIn, url: &Url) -> Url {
 }
 
 impl Peer {
-    pub fn new(server: &StandIn, device: &str, gates: Arc<Gates>) -> Self {
-        Self { server: server.clone(), device: device.to_owned(), gates, report: Default::default() }
+    pub fn new(server: &StandIn, device: &str, gates: Arc<Gates>, role: Role) -> Self {
+        Self { server: server.clone(), device: device.to_owned(), gates, report: Default::default(), role }
     }
 
     /// The daemon showed `qr`: scan it and play the new device. `code` gets the check code this
@@ -110,16 +121,22 @@ impl Peer {
         let http = net::client();
         let generator = Generator::new(generation);
         let key = generator.public_key();
+        // A new device's code asks to be let in; an existing device's offers to let one in and
+        // names its homeserver.
+        let (intent, server) = match self.role {
+            Role::NewDevice => (Intent::Login, None),
+            Role::Existing => (Intent::Reciprocate, Some(self.server.daemon_url.to_string())),
+        };
         let (rv, qr) = match generation {
             Generation::V2024 => {
                 let s = Session2024::create(&http, &self.server.peer_url, Reach::ANYWHERE)
                     .await
                     .map_err(|e| format!("the other device could not create its session: {e}"))?;
                 let qr = LoginQr::V2024 {
-                    intent: Intent::Login,
+                    intent,
                     key,
                     rendezvous_url: to_daemon(&self.server, s.url()).to_string(),
-                    server: None,
+                    server,
                 };
                 (Rendezvous::V2024(s), qr)
             }
@@ -129,7 +146,7 @@ impl Peer {
                     .map_err(|e| format!("the other device could not create its session: {e}"))?;
                 let qr = LoginQr::Msc4388 {
                     prefix: Prefix::Unstable,
-                    intent: Intent::Login,
+                    intent,
                     key,
                     rendezvous_id: s.id().to_owned(),
                     base_url: self.server.daemon_url.to_string(),
@@ -154,6 +171,7 @@ impl Peer {
             device: self.device.clone(),
             gates: self.gates.clone(),
             report: self.report.clone(),
+            role: self.role,
         }
     }
 
@@ -193,7 +211,10 @@ impl Peer {
         let _ = code.send(channel.check_code());
         self.report.lock().unwrap().channel = true;
         let mut link = Link::new(rv, channel, true, true);
-        self.new_device(&mut link).await
+        match self.role {
+            Role::NewDevice => self.new_device(&mut link).await,
+            Role::Existing => self.existing_device(&mut link, true).await,
+        }
     }
 
     async fn generated_inner(
@@ -213,6 +234,10 @@ impl Peer {
         let shown = typed.recv().await.ok_or("no check code shown")?;
         if shown != link.channel.check_code() {
             return Err("the daemon showed a wrong check code".into());
+        }
+        if self.role == Role::Existing {
+            // The daemon scanned our code, which names the homeserver: it asks to sign in at once.
+            return self.existing_device(&mut link, false).await;
         }
         let msg = self.recv(&mut link).await?;
         if !matches!(msg, LoginMessage::Protocols { ref protocols, .. } if protocols.iter().any(|p| p == DEVICE_AUTHORIZATION_GRANT))
@@ -256,6 +281,52 @@ impl Peer {
         Ok(())
     }
 
+    /// After the handshake, as the existing device: names the homeserver (when the daemon showed
+    /// the code), takes the daemon's sign-in request, consents on the OAuth page, waits for the
+    /// daemon's success and sends the secrets.
+    async fn existing_device(&self, link: &mut Link, name_homeserver: bool) -> Result<(), String> {
+        self.alive().await;
+        if name_homeserver {
+            let here = self.server.daemon_url.to_string();
+            let protocols = vec![DEVICE_AUTHORIZATION_GRANT.to_owned()];
+            let msg = match link.rv.generation() {
+                Generation::V2024 => {
+                    LoginMessage::Protocols { protocols, homeserver: Some(here), base_url: None }
+                }
+                Generation::Latest => {
+                    LoginMessage::Protocols { protocols, homeserver: None, base_url: Some(here) }
+                }
+            };
+            link.send(&msg).await.map_err(|e| format!("protocols: {e}"))?;
+        }
+        let msg = self.recv(link).await?;
+        let LoginMessage::Protocol { device_id, device_authorization_grant: Some(_), .. } = msg else {
+            return Err(format!("expected m.login.protocol, got {}", msg.kind()));
+        };
+        self.alive().await;
+        // This device's user consents on the OAuth server's page.
+        self.gates.approved.store(true, Ordering::SeqCst);
+        self.server.approve();
+        link.send(&LoginMessage::ProtocolAccepted {}).await.map_err(|e| format!("accepted: {e}"))?;
+        let msg = self.recv(link).await?;
+        if msg != (LoginMessage::Success {}) {
+            return Err(format!("expected m.login.success, got {}", msg.kind()));
+        }
+        self.alive().await;
+        // As an existing device does: the secrets go only to a device that exists.
+        let device_present = self.server.has_device(&device_id);
+        if !device_present {
+            return Err("the new device does not exist".into());
+        }
+        link.send(&secrets()).await.map_err(|e| format!("secrets: {e}"))?;
+        self.report.lock().unwrap().secrets = Some(SecretsSeen {
+            code_typed: self.gates.code_typed.load(Ordering::SeqCst),
+            approved: true,
+            device_present,
+        });
+        Ok(())
+    }
+
     /// The next message; an end (`m.login.failure`, `m.login.declined`) is recorded as told.
     async fn recv(&self, link: &mut Link) -> Result<LoginMessage, String> {
         let (msg, _) = link.recv(Pace::Machine).await.map_err(|e| format!("read: {e}"))?;
@@ -268,6 +339,18 @@ impl Peer {
             return Err("told: declined".into());
         }
         Ok(msg)
+    }
+}
+
+/// The secrets an existing device sends (cross-signing keys only: no key backup to look for).
+fn secrets() -> LoginMessage {
+    LoginMessage::Secrets {
+        cross_signing: CrossSigningSecrets {
+            master_key: super::case::SEED_MASTER.into(),
+            self_signing_key: super::case::SEED_SELF_SIGNING.into(),
+            user_signing_key: super::case::SEED_USER_SIGNING.into(),
+        },
+        backup: None,
     }
 }
 

@@ -3,6 +3,7 @@
 use matrix_sdk::{
     SessionMeta, SessionTokens,
     authentication::oauth::{ClientId, OAuthSession, UserSession},
+    encryption::BundleImportError,
     ruma::OwnedUserId,
     store::RoomLoadSettings,
 };
@@ -212,10 +213,17 @@ impl LoginFlow {
         })?;
         // Imports the keys, signs our device with the self-signing key and uploads keys and
         // signature together; then connects to the key backup. Any failure is fatal.
-        grant.client.encryption().import_secrets_bundle(&bundle).await.map_err(|_| {
-            Stop::silent(LinkError::Failed(
-                "importing the secrets or uploading the signed device keys failed".into(),
-            ))
+        // A homeserver that did not take the keys is a network failure like any other request's;
+        // anything else is ours (the store).
+        grant.client.encryption().import_secrets_bundle(&bundle).await.map_err(|e| {
+            Stop::silent(match e {
+                BundleImportError::DeviceKeys(matrix_sdk::Error::Http(_)) => {
+                    LinkError::Network("the homeserver did not take the new device's signed keys".into())
+                }
+                _ => LinkError::Failed(
+                    "importing the secrets or uploading the signed device keys failed".into(),
+                ),
+            })
         })?;
         info!("secrets imported, device cross-signed");
         devices::rename(&grant.client, &grant.device_id, &self.device_display_name).await;
