@@ -398,6 +398,24 @@ pub async fn signed_in_daemon(login_prefix: &str) -> Result<SignedInDaemon> {
     Ok(SignedInDaemon { stack, login, phone, session })
 }
 
+/// The signed-out daemon behind `linkd` starts a login on `stack`, showing a QR code of the
+/// `protocol` generation (`2024`, `latest`); returns it at `QrReady`.
+pub async fn login_showing_qr(
+    linkd: &matrix_linkd_client::Linkd,
+    stack: &Stack,
+    protocol: &str,
+) -> Result<matrix_linkd_client::Flow> {
+    let mut flow = linkd
+        .start_login(matrix_linkd_client::LoginOptions {
+            homeserver: Some(stack.synapse.to_string()),
+            protocol: Some(protocol.into()),
+            ..Default::default()
+        })
+        .await?;
+    crate::wait_state(&mut flow, matrix_linkd_client::State::QrReady).await?;
+    Ok(flow)
+}
+
 /// A grant at consent: the user approves on D-Bus, then on the OAuth page; waits for the end.
 pub async fn consent_and_finish(
     stack: &Stack,

@@ -4,7 +4,7 @@
 //!
 //! `FAULT_SEEDS=N` sets how many seeds the random pass runs (`make chaos` runs 100,000);
 //! `FAULT_SEED_FROM` where they start. `FAULT_EXHAUSTIVE=all` runs the single-fault pass over
-//! every flow (`Variant::ALL`) rather than the `make test` set (`Variant::EXHAUSTIVE`).
+//! every flow (`Variant::ALL`) rather than the `make test` set (`Variant::exhaustive`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -79,9 +79,9 @@ fn print_table(reports: &[CaseReport]) {
 
 #[test]
 fn every_fault_at_every_request_of_every_flow() {
-    let variants: &[Variant] = match std::env::var("FAULT_EXHAUSTIVE").as_deref() {
-        Ok("all") => &Variant::ALL,
-        _ => &Variant::EXHAUSTIVE,
+    let variants = match std::env::var("FAULT_EXHAUSTIVE").as_deref() {
+        Ok("all") => Variant::ALL.to_vec(),
+        _ => Variant::exhaustive(),
     };
     let clean = run_all(variants.iter().map(|v| (*v, BTreeMap::new())).collect());
     check(&clean);

@@ -28,7 +28,7 @@ use matrix_linkd_tests::{
         DaemonSettings, DelegatingDaemon, delegating_daemon, device_status, quiet_delegation, token_works,
     },
     peers, quiet_grant,
-    stack::{SignedInDaemon, Stack, daemon_session, signed_in_daemon},
+    stack::{SignedInDaemon, Stack, daemon_session, login_showing_qr, signed_in_daemon},
     wait_state,
 };
 
@@ -244,14 +244,7 @@ async fn login_2024_killed_at_every_step() -> Result<()> {
     let mut n = 0;
     for at in [State::QrReady, State::WaitingForCheckCode, State::WaitingForToken] {
         let linkd = session.client().await?;
-        let mut flow = linkd
-            .start_login(LoginOptions {
-                homeserver: Some(stack.synapse.to_string()),
-                protocol: Some("2024".into()),
-                ..Default::default()
-            })
-            .await?;
-        wait_state(&mut flow, State::QrReady).await?;
+        let mut flow = login_showing_qr(&linkd, &stack, "2024").await?;
         let qr = flow.qr_code("raw").await?;
         let mut peer = None;
         let mut uri = None;
@@ -292,14 +285,7 @@ async fn login_2024_killed_at_every_step() -> Result<()> {
         .wait_session_state(matrix_linkd_tests::api::SessionState::SignedOut, Duration::from_secs(20))
         .await?;
     let linkd = session.client().await?;
-    let mut flow = linkd
-        .start_login(LoginOptions {
-            homeserver: Some(stack.synapse.to_string()),
-            protocol: Some("2024".into()),
-            ..Default::default()
-        })
-        .await?;
-    wait_state(&mut flow, State::QrReady).await?;
+    let mut flow = login_showing_qr(&linkd, &stack, "2024").await?;
     let mut peer = peers::grant_scanning(phone.clone(), flow.qr_code("raw").await?);
     let code = peer.shown_code().await?;
     wait_state(&mut flow, State::WaitingForCheckCode).await?;
@@ -368,14 +354,7 @@ async fn login_latest_killed_at_every_step() -> Result<()> {
     let mut n = 0;
     for at in [State::WaitingForCheckCode, State::WaitingForToken] {
         let joining = new.client().await?;
-        let mut login_flow = joining
-            .start_login(LoginOptions {
-                homeserver: Some(stack.synapse.to_string()),
-                protocol: Some("latest".into()),
-                ..Default::default()
-            })
-            .await?;
-        wait_state(&mut login_flow, State::QrReady).await?;
+        let mut login_flow = login_showing_qr(&joining, &stack, "latest").await?;
         let qr = login_flow.qr_code("raw").await?;
         let mut grant = granting.start_grant(GrantOptions { qr_code: Some(qr), ..quiet_grant() }).await?;
         wait_state(&mut grant, State::ShowingCheckCode).await?;

@@ -12,8 +12,8 @@ use matrix_linkd_tests::api::errors;
 use matrix_linkd_tests::{
     quiet_grant,
     stack::{
-        SignedInDaemon, Stack, assert_cross_signed, assert_seen_verified, consent_and_finish,
-        daemon_access_token, daemon_session, signed_in_daemon,
+        SignedInDaemon, assert_cross_signed, assert_seen_verified, consent_and_finish, daemon_access_token,
+        daemon_session, login_showing_qr, signed_in_daemon,
     },
     wait_state,
 };
@@ -30,19 +30,6 @@ async fn latest_grant_showing_qr(granting: &Linkd) -> Result<Flow> {
         granting.start_grant(GrantOptions { protocol: Some("latest".into()), ..quiet_grant() }).await?;
     wait_state(&mut grant, State::QrReady).await?;
     Ok(grant)
-}
-
-/// The signed-out daemon logs in, showing a latest-generation QR code.
-async fn latest_login_showing_qr(joining: &Linkd, stack: &Stack) -> Result<Flow> {
-    let mut login_flow = joining
-        .start_login(LoginOptions {
-            homeserver: Some(stack.synapse.to_string()),
-            protocol: Some("latest".into()),
-            ..Default::default()
-        })
-        .await?;
-    wait_state(&mut login_flow, State::QrReady).await?;
-    Ok(login_flow)
 }
 
 /// The flow ended because the other daemon sent `m.login.failure` with `user_cancelled`.
@@ -93,7 +80,7 @@ async fn latest_new_daemon_shows_qr_existing_daemon_scans() -> Result<()> {
     let new = daemon_session(&stack, 120).await?;
 
     let joining = new.client().await?;
-    let mut login_flow = latest_login_showing_qr(&joining, &stack).await?;
+    let mut login_flow = login_showing_qr(&joining, &stack, "latest").await?;
     assert_eq!(login_flow.proxy().protocol().await?, 2);
     let qr = login_flow.qr_code("raw").await?;
     assert_latest_qr(&qr)?;
@@ -155,7 +142,7 @@ async fn latest_cancel_on_the_new_daemon_tells_the_granting_one() -> Result<()> 
     let new = daemon_session(&stack, 120).await?;
 
     let joining = new.client().await?;
-    let mut login_flow = latest_login_showing_qr(&joining, &stack).await?;
+    let mut login_flow = login_showing_qr(&joining, &stack, "latest").await?;
     let granting = existing.client().await?;
     let mut grant = granting
         .start_grant(GrantOptions { qr_code: Some(login_flow.qr_code("raw").await?), ..quiet_grant() })
