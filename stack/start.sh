@@ -151,12 +151,14 @@ ENV
   fi
   for p in synapse oauth; do
     if ! kill -0 "$(cat "$DIR/$p.pid")" 2>/dev/null; then
-      log "$p died"; tail -n 20 "$DIR/oauth.log" "$D/stdout.log" "$D/homeserver.log" >&2 2>/dev/null || true
+      log "$p died"; grep -v '^access ' "$DIR/oauth.log" | tail -n 20 >&2 2>/dev/null || true
+      tail -n 20 "$D/stdout.log" "$D/homeserver.log" >&2 2>/dev/null || true
       "$ROOT/stack/stop.sh" || true; exit 1
     fi
   done
   sleep 0.1
 done
-log "did not come up in 30 s"; tail -20 "$D/homeserver.log" "$DIR/oauth.log" >&2 || true
+log "did not come up in 30 s"; tail -20 "$D/homeserver.log" >&2 || true
+grep -v '^access ' "$DIR/oauth.log" | tail -n 20 >&2 || true
 "$ROOT/stack/stop.sh" || true
 exit 1

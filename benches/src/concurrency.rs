@@ -19,9 +19,10 @@ use matrix_linkd_tests::Session;
 use zbus::{MatchRule, MessageStream, message::Type as MessageType, zvariant::Value};
 
 use crate::{
-    common::{median, percentile},
+    common::{access_lines, log_len, median, oauth_access, oauth_log_len, percentile},
     idle::usage,
 };
+use matrix_linkd_tests::stack::Stack;
 
 pub struct Burst {
     pub flows: usize,
@@ -40,6 +41,38 @@ pub struct Burst {
     pub cancelled: usize,
     pub signed_in_after: bool,
     pub first_error: Option<String>,
+    /// Requests of each kind to the homeserver and the OAuth server from the burst's start to the
+    /// last flow at `QrReady` (their access logs): discovery, and the rendezvous creations.
+    pub requests: Vec<(&'static str, usize)>,
+}
+
+/// The requests the burst row counts: (name, whether Synapse's log holds it (else the OAuth
+/// server's), whether a line is one).
+type Counted = (&'static str, bool, fn(&str) -> bool);
+const COUNTED: [Counted; 5] = [
+    ("`/.well-known/matrix/client`", true, |l| l.contains("/.well-known/matrix/client")),
+    ("`/_matrix/client/versions`", true, |l| l.contains("/_matrix/client/versions")),
+    ("`auth_metadata`", true, |l| l.contains("/auth_metadata")),
+    ("OAuth server metadata", false, |l| l.contains("/.well-known/openid-configuration")),
+    // A creation is a `POST` to the endpoint itself; later requests name a session under it.
+    ("rendezvous creations", true, |l| l.contains("\"POST /") && l.contains("/rendezvous HTTP")),
+];
+
+/// Counts [`COUNTED`] in the logs since the marks.
+fn count_requests(stack: &Stack, synapse_from: u64, oauth_from: u64) -> Vec<(&'static str, usize)> {
+    let synapse: Vec<String> = access_lines(stack, synapse_from).collect();
+    let oauth = oauth_access(stack, oauth_from);
+    COUNTED
+        .iter()
+        .map(|(name, on_synapse, is)| {
+            let n = if *on_synapse {
+                synapse.iter().filter(|l| is(l)).count()
+            } else {
+                oauth.iter().filter(|(_, l)| is(l)).count()
+            };
+            (*name, n)
+        })
+        .collect()
 }
 
 /// One flow, subscribed to before it is started (as `matrix_linkd_client` does).
@@ -87,7 +120,7 @@ async fn start(slot: &Slot) -> Result<Duration> {
     Ok(call)
 }
 
-pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
+pub async fn burst(stack: &Stack, session: &Session, pid: u32, n: usize) -> Result<Burst> {
     let connections = n.div_ceil(2);
     let mut linkds = Vec::new();
     for _ in 0..connections {
@@ -119,6 +152,7 @@ pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
             anyhow::Ok((v, probe_linkd))
         }
     });
+    let (synapse_mark, oauth_mark) = (log_len(stack), oauth_log_len(stack));
     let t0 = Instant::now();
     let tasks: Vec<_> = slots
         .into_iter()
@@ -158,6 +192,8 @@ pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
     }
     stop.store(true, Ordering::Relaxed);
     let (probes, probe_linkd) = probe.await??;
+    // Synapse logs a request once it is answered: every flow at `QrReady` has had its answers.
+    let requests = count_requests(stack, synapse_mark, oauth_mark);
     let rss_mib = usage(pid).map(|u| u.rss as f64 / 1024.0).unwrap_or(f64::NAN);
 
     let t1 = Instant::now();
@@ -198,16 +234,22 @@ pub async fn burst(session: &Session, pid: u32, n: usize) -> Result<Burst> {
         cancelled,
         signed_in_after,
         first_error,
+        requests,
     })
 }
 
+/// p50, p99 (nearest rank; shown where there are 100 values or more) and max, in ms.
 fn ms(v: &[f64]) -> String {
-    format!(
-        "p50 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
-        percentile(v.to_vec(), 0.5),
-        percentile(v.to_vec(), 0.99),
-        v.iter().copied().fold(f64::NAN, f64::max)
-    )
+    let max = v.iter().copied().fold(f64::NAN, f64::max);
+    if v.len() >= 100 {
+        format!(
+            "p50 {:.1} ms · p99 {:.1} ms · max {max:.1} ms",
+            percentile(v.to_vec(), 0.5),
+            percentile(v.to_vec(), 0.99)
+        )
+    } else {
+        format!("p50 {:.1} ms · max {max:.1} ms ({} values: no p99)", percentile(v.to_vec(), 0.5), v.len())
+    }
 }
 
 impl Burst {
@@ -225,6 +267,10 @@ impl Burst {
                 self.probes.len(),
                 ms(&self.probes),
                 median(self.probes.clone())
+            ),
+            format!(
+                "| requests from the burst's start to the last `QrReady` (one homeserver; the daemon restarted before it, nothing cached) | {} |",
+                self.requests.iter().map(|(what, n)| format!("{what} {n}")).collect::<Vec<_>>().join(" · ")
             ),
             format!("| daemon RSS with the flows at `QrReady` | {:.1} MiB |", self.rss_mib),
             format!(

@@ -6,15 +6,9 @@ use matrix_linkd_client::{Flow, GrantOptions, Linkd, LoginOptions, State};
 use matrix_linkd_tests::{Session, peers, wait_state};
 
 use crate::{
-    common::{Cx, Recorder, Run, blocking},
+    common::{APPROVE, CONSENT, Cx, Recorder, Run, SCAN, TYPE, blocking},
     hops::{Hop, hops},
 };
-
-/// The human steps, as the output names them.
-pub const SCAN: &str = "scan the QR code";
-pub const TYPE: &str = "type the check code";
-pub const APPROVE: &str = "press Approve";
-pub const CONSENT: &str = "consent on the OAuth page";
 
 fn quiet_grant(protocol: Option<&str>) -> GrantOptions {
     GrantOptions {
@@ -31,8 +25,8 @@ async fn new_client(cx: &Cx<'_>) -> Result<matrix_sdk::Client> {
 
 /// The daemon is the new device and shows the QR code; the matrix-sdk phone (2024: it accepts the
 /// protocol before its user consents) scans it. Ends signed in.
-pub async fn daemon_login(cx: &Cx<'_>, linkd: &Linkd, phone: &matrix_sdk::Client) -> Result<Run> {
-    let mut r = Recorder::start(cx);
+pub async fn daemon_login(cx: &Cx<'_>, run: usize, linkd: &Linkd, phone: &matrix_sdk::Client) -> Result<Run> {
+    let mut r = Recorder::start(cx, run);
     let mut flow = linkd
         .start_login(LoginOptions { homeserver: Some(cx.stack.synapse.to_string()), ..Default::default() })
         .await?;
@@ -58,8 +52,8 @@ pub async fn daemon_login(cx: &Cx<'_>, linkd: &Linkd, phone: &matrix_sdk::Client
 }
 
 /// Baseline for login: a matrix-sdk new device shows the QR code, the matrix-sdk phone scans it.
-pub async fn sdk_login(cx: &Cx<'_>, phone: &matrix_sdk::Client) -> Result<Run> {
-    let mut r = Recorder::start(cx);
+pub async fn sdk_login(cx: &Cx<'_>, run: usize, phone: &matrix_sdk::Client) -> Result<Run> {
+    let mut r = Recorder::start(cx, run);
     let mut new = peers::login_generating(new_client(cx).await?);
     let qr = new.qr().await?;
     r.lap();
@@ -83,8 +77,8 @@ pub async fn sdk_login(cx: &Cx<'_>, phone: &matrix_sdk::Client) -> Result<Run> {
 
 /// The daemon is the existing device and shows the QR code; a matrix-sdk new device scans it.
 /// The daemon's user presses Approve (which opens the consent page), then consents there.
-pub async fn daemon_grant(cx: &Cx<'_>, linkd: &Linkd) -> Result<Run> {
-    let mut r = Recorder::start(cx);
+pub async fn daemon_grant(cx: &Cx<'_>, run: usize, linkd: &Linkd) -> Result<Run> {
+    let mut r = Recorder::start(cx, run);
     let mut flow = linkd.start_grant(quiet_grant(None)).await?;
     wait_state(&mut flow, State::QrReady).await?;
     let qr = flow.qr_code("raw").await?;
@@ -119,8 +113,8 @@ async fn grant_user(cx: &Cx<'_>, r: &mut Recorder<'_>, flow: &mut Flow, code: u8
 
 /// Baseline for grant: a matrix-sdk existing device shows the QR code, a matrix-sdk new device
 /// scans it. matrix-sdk's existing device has no Approve step: its user only consents.
-pub async fn sdk_grant(cx: &Cx<'_>, phone: &matrix_sdk::Client) -> Result<Run> {
-    let mut r = Recorder::start(cx);
+pub async fn sdk_grant(cx: &Cx<'_>, run: usize, phone: &matrix_sdk::Client) -> Result<Run> {
+    let mut r = Recorder::start(cx, run);
     let mut existing = peers::grant_generating(phone.clone());
     let qr = existing.qr().await?;
     r.lap();
@@ -145,10 +139,16 @@ pub async fn sdk_grant(cx: &Cx<'_>, phone: &matrix_sdk::Client) -> Result<Run> {
 /// Our engine on both sides: daemon `a` (signed in) grants and shows the QR code, daemon `b` scans
 /// it and signs in. `a`'s user types the code `b` shows, presses Approve, then consents on the OAuth
 /// page. Returns the run and the reactions per hop; signs `b` out again.
-pub async fn daemons_grant(cx: &Cx<'_>, a: &Session, b: &Session, protocol: &str) -> Result<(Run, Vec<Hop>)> {
+pub async fn daemons_grant(
+    cx: &Cx<'_>,
+    run: usize,
+    a: &Session,
+    b: &Session,
+    protocol: &str,
+) -> Result<(Run, Vec<Hop>)> {
     let (linkd_a, linkd_b) = (a.client().await?, b.client().await?);
     let (from_a, from_b) = (a.log(0).len(), b.log(0).len());
-    let mut r = Recorder::start(cx);
+    let mut r = Recorder::start(cx, run);
     let mut grant = linkd_a.start_grant(quiet_grant(Some(protocol))).await?;
     wait_state(&mut grant, State::QrReady).await?;
     let qr = grant.qr_code("raw").await?;

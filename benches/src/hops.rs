@@ -1,7 +1,7 @@
 //! Reaction per hop, from both daemons' debug logs: the other side's rendezvous write -> our next
 //! write, less the time our own user took in between.
 
-use crate::common::percentile;
+use crate::common::{percentile, tail};
 
 /// What one hop waited for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,18 +94,19 @@ pub fn hops(log_a: &str, log_b: &str) -> Vec<Hop> {
     out
 }
 
-/// `| engine | machine hops | p50 | p99 | human-paced hops | p50 | p99 | token hops | p50 |`
+/// `| engine | machine hops | p50 | tail | human-paced hops | p50 | tail | token hops | p50 |`, the
+/// tail being the p99 of 100 hops or more, else the largest.
 pub fn row(name: &str, hops: &[Hop]) -> String {
     let of = |w: Waited| hops.iter().filter(|h| h.waited == w).map(|h| h.ms).collect::<Vec<f64>>();
     let (m, h, t) = (of(Waited::Machine), of(Waited::Human), of(Waited::Token));
     format!(
-        "| {name} | {} | {:.0} ms | {:.0} ms | {} | {:.0} ms | {:.0} ms | {} | {:.0} ms |",
+        "| {name} | {} | {:.0} ms | {} | {} | {:.0} ms | {} | {} | {:.0} ms |",
         m.len(),
         percentile(m.clone(), 0.5),
-        percentile(m, 0.99),
+        tail(&m, " ms", 0),
         h.len(),
         percentile(h.clone(), 0.5),
-        percentile(h, 0.99),
+        tail(&h, " ms", 0),
         t.len(),
         percentile(t, 0.5),
     )

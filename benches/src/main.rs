@@ -1,10 +1,11 @@
 //! `make bench`: figures, not pass/fail, for the release daemon on the real stack (Synapse + the
-//! OAuth server), with a modelled person: `BENCH_HUMAN_DELAY` seconds (default 2) before each
-//! human step (scanning the QR code, typing the check code, pressing Approve, consenting on the
-//! OAuth page), the same in the daemon's rows and in matrix-sdk's. It prints every run, then a
+//! OAuth server), with a modelled person: before each human step (scanning the QR code, typing the
+//! check code, pressing Approve, consenting on the OAuth page) a time drawn from ½ to 1½ times
+//! `BENCH_HUMAN_DELAY` seconds (default 2), the same for run *i* of every row (`BENCH_SEED`). It prints every run, then a
 //! block of Markdown tables for BENCHMARKS.md:
-//!   - full flows split by phase, with and without the person's time, and consent -> token
-//!     (bounded by the OAuth `interval`): the daemon against matrix-sdk <-> matrix-sdk (the
+//!   - full flows split by phase, with and without the person's time, consent -> token and the
+//!     part of it spent waiting out the OAuth `interval` (the OAuth server's access log), and the
+//!     machine time (less the person, less that wait): the daemon against matrix-sdk <-> matrix-sdk (the
 //!     baseline) in the same run, and our engine on both sides (2024 and latest generation);
 //!   - rendezvous requests per flow (Synapse's access log, both devices together);
 //!   - reaction per hop, from both daemons' debug logs;
@@ -15,7 +16,7 @@
 //!   - binary sizes.
 //!
 //! `LINKD_DAEMON_BIN` names the daemon measured (`make bench`: target/release/matrix-linkd); a
-//! debug build is refused unless `BENCH_ALLOW_DEBUG=1`. `BENCH_RUNS` (3) flows of each kind.
+//! debug build is refused unless `BENCH_ALLOW_DEBUG=1`. `BENCH_RUNS` (5) flows of each kind.
 
 mod binary;
 mod common;
@@ -53,18 +54,20 @@ async fn run() -> Result<()> {
         "release build"
     };
     let stack = common::stack()?;
-    let log_clock = common::log_clock(&stack).await?;
     let delay = s.delay.as_secs_f64();
     println!("matrix-linkd benchmark");
     println!("daemon measured: {} — {build}", daemon.path.display());
     println!("  {}", daemon.describe());
     println!("stack `{}`: Synapse {}, OAuth server {}", stack.name, stack.synapse, stack.oauth);
     println!(
-        "modelled person: {delay:.2} s before each human step ({}, {}, {}, {}), in every row alike",
-        flows::SCAN,
-        flows::TYPE,
-        flows::APPROVE,
-        flows::CONSENT
+        "modelled person: before each human step ({}, {}, {}, {}) a time drawn from {:.2} to {:.2} s (seed {}), the same for run i of every row",
+        common::SCAN,
+        common::TYPE,
+        common::APPROVE,
+        common::CONSENT,
+        delay / 2.0,
+        delay * 1.5,
+        s.seed
     );
     println!(
         "{} runs per kind; the baseline is matrix-sdk 0.18 on both sides, in this run, on this stack\n",
@@ -75,7 +78,7 @@ async fn run() -> Result<()> {
     let phone = stack.existing_device(&login).await?;
     let session = daemon_session(&stack, 120).await?;
     let linkd = session.client().await?;
-    let cx = Cx { stack: &stack, login: &login, delay: s.delay, log_clock };
+    let cx = Cx { stack: &stack, login: &login, delay: s.delay, seed: s.seed };
 
     let kind = |name| Kind { name, runs: Vec::new() };
     let mut d_login = kind("daemon login (daemon shows QR; matrix-sdk phone scans)");
@@ -92,23 +95,23 @@ async fn run() -> Result<()> {
     };
     println!("flows:");
     for i in 0..n {
-        record(&mut b_login, i, flows::sdk_login(&cx, &phone).await?);
-        record(&mut d_login, i, flows::daemon_login(&cx, &linkd, &phone).await?);
+        record(&mut b_login, i, flows::sdk_login(&cx, i, &phone).await?);
+        record(&mut d_login, i, flows::daemon_login(&cx, i, &linkd, &phone).await?);
         if i + 1 < n {
             linkd.sign_out().await?;
         }
     }
     for i in 0..n {
-        record(&mut b_grant, i, flows::sdk_grant(&cx, &phone).await?);
-        record(&mut d_grant, i, flows::daemon_grant(&cx, &linkd).await?);
+        record(&mut b_grant, i, flows::sdk_grant(&cx, i, &phone).await?);
+        record(&mut d_grant, i, flows::daemon_grant(&cx, i, &linkd).await?);
     }
     // Our engine on both sides: the signed-in daemon grants, a second daemon signs in.
     let other = daemon_session(&stack, 120).await?;
     for i in 0..n {
-        let (r, h) = flows::daemons_grant(&cx, &session, &other, "2024").await?;
+        let (r, h) = flows::daemons_grant(&cx, i, &session, &other, "2024").await?;
         record(&mut ours_2024, i, r);
         hops_2024.extend(h);
-        let (r, h) = flows::daemons_grant(&cx, &session, &other, "latest").await?;
+        let (r, h) = flows::daemons_grant(&cx, i, &session, &other, "latest").await?;
         record(&mut ours_latest, i, r);
         hops_latest.extend(h);
     }
@@ -126,7 +129,12 @@ async fn run() -> Result<()> {
     busy.start_daemon(&[]).await?;
     busy.wait_session_state(SessionState::SignedOut, Duration::from_secs(20)).await?;
     sign_in_daemon(&stack, &busy, &phone, &login).await?;
-    let burst = concurrency::burst(&busy, busy.daemon_pid(0), s.flows).await?;
+    // A cold start: what the daemon learnt of the homeserver while it signed in is gone, so the
+    // burst's discovery requests are counted.
+    busy.stop_daemon(0)?;
+    let cold = busy.start_daemon(&[]).await?;
+    busy.wait_session_state(SessionState::SignedIn, Duration::from_secs(30)).await?;
+    let burst = concurrency::burst(&stack, &busy, busy.daemon_pid(cold), s.flows).await?;
     for line in burst.markdown().iter().skip(2) {
         println!("  {line}");
     }
@@ -136,7 +144,7 @@ async fn run() -> Result<()> {
 
     // Start-ups: that daemon again (its session stored), then one never signed in.
     println!("\nstart-up ({} of each)", s.starts);
-    busy.stop_daemon(0)?;
+    busy.stop_daemon(cold)?;
     let (restored, signed_in_starts) =
         startup::series(&busy, "signed in", SessionState::SignedIn as u32, s.starts).await?;
     let fresh = Session::start().await?;
@@ -169,8 +177,11 @@ async fn run() -> Result<()> {
     // The Markdown block.
     let mut md = vec![
         format!(
-            "Daemon `{}` ({build}). Person: {delay:.2} s before each human step. Flows: median of {n}, every run below.",
-            daemon.path.display()
+            "Daemon `{}` ({build}). Person: {:.2}-{:.2} s before each human step, drawn (seed {}), the same for run i of every row. Flows: median of {n}, every run below.",
+            daemon.path.display(),
+            delay / 2.0,
+            delay * 1.5,
+            s.seed
         ),
         String::new(),
         "| binary | size | symbols |".to_owned(),
@@ -203,7 +214,7 @@ async fn run() -> Result<()> {
     );
     md.push(String::new());
     md.push(
-        "| engine on both sides | machine hops | p50 | p99 | human-paced hops | p50 | p99 | token hops (consent + interval) | p50 |"
+        "| engine on both sides | machine hops | p50 | p99 (max under 100 hops) | human-paced hops | p50 | p99 (max under 100 hops) | token hops (consent + interval) | p50 |"
             .to_owned(),
     );
     md.push("|---|---|---|---|---|---|---|---|---|".to_owned());

@@ -254,6 +254,14 @@ async function introspect(req, res, body) {
 
 const PUBLIC = new URL(ISSUER);
 const server = http.createServer(async (req, res) => {
+  // An access line per request, for the bench (`benches/src/common.rs`): Unix time in ms, the
+  // method, the path without its query (which may carry a user code), the status, and the grant
+  // type of a token request. No body, no header, no token.
+  const received = Date.now();
+  res.on('finish', () => {
+    const grant = req.body?.grant_type ? ` ${req.body.grant_type}` : '';
+    console.log(`access ${received} ${req.method} ${req.url.split('?')[0]} ${res.statusCode}${grant}`);
+  });
   try {
     // Synapse reads our metadata at our own address, past the proxy: answer as MAS does, with
     // the public URLs (its `public_base`), not ones made from this request's address.
