@@ -2,10 +2,11 @@
 //! it, and the polling that waits for the other device.
 //!
 //! Polling adapts to who acts next. While a machine reply is due (the other device only has to
-//! read, compute and write) we look again after tens of milliseconds and back off; while a person
-//! acts (scanning, typing a code, consenting in a browser) we look after half a second, then once
-//! a second. Every 2024 read is conditional (`If-None-Match`), and no wait runs
-//! past the session's end: the server's `Expires` (2024) or `expires_in_ms` (latest).
+//! read, compute and write) we look again after 50 ms and back off over the second in which a
+//! peer that looks once a second sees our write; while a person acts (scanning, typing a code,
+//! consenting in a browser) we look after half a second, then once a second; while only our own
+//! user decides, every few seconds. Every 2024 read is conditional (`If-None-Match`), and no wait
+//! runs past the session's end: the server's `Expires` (2024) or `expires_in_ms` (latest).
 
 use std::time::Duration;
 
@@ -29,13 +30,14 @@ use crate::error::LinkError;
 pub enum Pace {
     /// The message is probably there already (we were busy with our own user): look at once.
     Now,
-    /// The other device only has to compute: look soon and often, then back off.
+    /// The other device only has to see our write and compute: look soon, then back off over the
+    /// second a peer looking once a second (matrix-sdk, or we waiting on a person) takes to see it.
     Machine,
     /// A person acts first: a look after half a second, then one every second, as matrix-sdk
     /// looks all the time: the other device's answer is seen within a second of the person acting.
     Human,
     /// Nothing is due from the other device (our own user decides); we only watch for it giving
-    /// up.
+    /// up, which ends the flow within a few seconds.
     Watch,
 }
 
@@ -43,10 +45,10 @@ impl Pace {
     /// Delays before each look, in milliseconds; the last one repeats.
     fn delays(self) -> &'static [u64] {
         match self {
-            Pace::Now => &[0, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
-            Pace::Machine => &[30, 30, 40, 60, 80, 120, 160, 250, 400, 600, 1000],
+            Pace::Now => &[0, 50, 100, 150, 200, 250, 250, 500, 1000],
+            Pace::Machine => &[50, 100, 150, 200, 250, 250, 500, 1000],
             Pace::Human => &[500, 1000],
-            Pace::Watch => &[1000, 2000, 3000],
+            Pace::Watch => &[2000, 3000],
         }
     }
 }
@@ -363,6 +365,15 @@ mod tests {
             looks += 1;
         }
         assert!(looks <= 32, "{looks} looks in 30 s");
+        // An answer that comes when a peer looking once a second sees our write (within a second)
+        // is seen within 250 ms of it, with at most 6 looks: matrix-sdk takes up to a second, and
+        // one look.
+        let d = Pace::Machine.delays();
+        let at: Vec<u64> = (0..d.len()).map(|i| d[..=i].iter().sum()).collect();
+        assert!(at.windows(2).filter(|w| w[0] < 1000).all(|w| w[1] - w[0] <= 250), "{at:?}");
+        assert!(at.iter().filter(|t| **t < 1000).count() <= 6, "{at:?}");
+        // Watching for our own user costs a look every few seconds.
+        assert!(Pace::Watch.delays()[0] >= 2000);
     }
 
     /// Latest generation: before the handshake both forms of the base URL are read (normalised

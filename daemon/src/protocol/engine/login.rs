@@ -166,7 +166,12 @@ impl LoginFlow {
             })
             .await?;
         link(left).send(&protocol_message(&grant)).await?;
-        let (msg, _) = link(left).recv(Pace::Human).await?;
+        // Where we scanned, the other device's user still types the check code first; where we
+        // showed the QR code, our own user typed it and the existing device answers as a machine
+        // (matrix-sdk's accepts before its user consents): read it as one, so that the first
+        // token request goes out as soon as the answer is there.
+        let pace = if link(left).scanned { Pace::Human } else { Pace::Machine };
+        let (msg, _) = link(left).recv(pace).await?;
         policy::expect_signal(&msg, "m.login.protocol_accepted")?;
         ui.emit(FlowEvent::WaitingForToken {
             user_code: Some(Secret(grant.authorization.user_code.clone())),
