@@ -106,7 +106,7 @@ BENCH_STACK := STACK_NAME=bench SYNAPSE_PORT=19108 OAUTH_PORT=19180
 
 bench: deps release
 	$(CARGO) build --profile bench -p matrix-linkd-bench
-	$(BENCH_STACK) stack/with-stack.sh env LINKD_DAEMON_BIN=$(abspath target/release/matrix-linkd) target/release/linkd-bench
+	$(BENCH_STACK) stack/with-stack.sh env LINKD_NO_REBUILD=1 LINKD_DAEMON_BIN=$(abspath target/release/matrix-linkd) target/release/linkd-bench
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the QR parser, the message decoder, the channel decoders, the
 # engine's message handling and the D-Bus options reader.

@@ -18,7 +18,7 @@ pub struct Settings {
     pub seed: u64,
     /// `BENCH_IDLE_SECS` (60): the idle window.
     pub idle_secs: u64,
-    /// `BENCH_STARTS` (5): daemon start-ups of each kind.
+    /// `BENCH_STARTS` (15): daemon start-ups of each kind.
     pub starts: usize,
     /// `BENCH_FLOWS` (100): grants started at once in the concurrency row.
     pub flows: usize,
@@ -42,7 +42,7 @@ impl Settings {
             delay: Duration::from_secs_f64(delay),
             seed: env_or("BENCH_SEED", 4108)?,
             idle_secs: env_or("BENCH_IDLE_SECS", 60)?,
-            starts: env_or("BENCH_STARTS", 5usize)?.max(1),
+            starts: env_or("BENCH_STARTS", 15usize)?.max(1),
             flows,
         })
     }

@@ -19,7 +19,7 @@ use matrix_linkd_tests::Session;
 use zbus::{MatchRule, MessageStream, message::Type as MessageType, zvariant::Value};
 
 use crate::{
-    common::{access_lines, log_len, median, oauth_access, oauth_log_len, percentile},
+    common::{access_lines, median, oauth_access, percentile},
     idle::usage,
 };
 use matrix_linkd_tests::stack::Stack;
@@ -41,7 +41,7 @@ pub struct Burst {
     pub cancelled: usize,
     pub signed_in_after: bool,
     pub first_error: Option<String>,
-    /// Requests of each kind to the homeserver and the OAuth server from the burst's start to the
+    /// Requests of each kind to the homeserver and the OAuth server from the daemon's start to the
     /// last flow at `QrReady` (their access logs): discovery, and the rendezvous creations.
     pub requests: Vec<(&'static str, usize)>,
 }
@@ -120,7 +120,8 @@ async fn start(slot: &Slot) -> Result<Duration> {
     Ok(call)
 }
 
-pub async fn burst(stack: &Stack, session: &Session, pid: u32, n: usize) -> Result<Burst> {
+/// `marks`: where the servers' logs stood (Synapse's, the OAuth server's) when the daemon started.
+pub async fn burst(stack: &Stack, marks: (u64, u64), session: &Session, pid: u32, n: usize) -> Result<Burst> {
     let connections = n.div_ceil(2);
     let mut linkds = Vec::new();
     for _ in 0..connections {
@@ -152,7 +153,6 @@ pub async fn burst(stack: &Stack, session: &Session, pid: u32, n: usize) -> Resu
             anyhow::Ok((v, probe_linkd))
         }
     });
-    let (synapse_mark, oauth_mark) = (log_len(stack), oauth_log_len(stack));
     let t0 = Instant::now();
     let tasks: Vec<_> = slots
         .into_iter()
@@ -193,7 +193,7 @@ pub async fn burst(stack: &Stack, session: &Session, pid: u32, n: usize) -> Resu
     stop.store(true, Ordering::Relaxed);
     let (probes, probe_linkd) = probe.await??;
     // Synapse logs a request once it is answered: every flow at `QrReady` has had its answers.
-    let requests = count_requests(stack, synapse_mark, oauth_mark);
+    let requests = count_requests(stack, marks.0, marks.1);
     let rss_mib = usage(pid).map(|u| u.rss as f64 / 1024.0).unwrap_or(f64::NAN);
 
     let t1 = Instant::now();
@@ -269,7 +269,7 @@ impl Burst {
                 median(self.probes.clone())
             ),
             format!(
-                "| requests from the burst's start to the last `QrReady` (one homeserver; the daemon restarted before it, nothing cached) | {} |",
+                "| requests from the daemon's start (it restarted after signing in: nothing learnt) to the last `QrReady`, one homeserver | {} |",
                 self.requests.iter().map(|(what, n)| format!("{what} {n}")).collect::<Vec<_>>().join(" · ")
             ),
             format!("| daemon RSS with the flows at `QrReady` | {:.1} MiB |", self.rss_mib),

@@ -11,13 +11,15 @@
 //!   - reaction per hop, from both daemons' debug logs;
 //!   - concurrency: `BENCH_FLOWS` (100) grants at once, method latency during the burst;
 //!   - start-up: exec -> bus name owned, exec -> `SessionState` 3 with a stored session, and a
-//!     signed-out start (`BENCH_STARTS`, 5, of each);
+//!     signed-out start (`BENCH_STARTS`, 15, of each); D-Bus activation -> the first reply and the
+//!     state it carries;
 //!   - idle daemons signed in and out over `BENCH_IDLE_SECS` (60): RSS, CPU, HTTP requests;
 //!   - binary sizes.
 //!
 //! `LINKD_DAEMON_BIN` names the daemon measured (`make bench`: target/release/matrix-linkd); a
 //! debug build is refused unless `BENCH_ALLOW_DEBUG=1`. `BENCH_RUNS` (5) flows of each kind.
 
+mod activation;
 mod binary;
 mod common;
 mod concurrency;
@@ -132,9 +134,10 @@ async fn run() -> Result<()> {
     // A cold start: what the daemon learnt of the homeserver while it signed in is gone, so the
     // burst's discovery requests are counted.
     busy.stop_daemon(0)?;
+    let marks = (common::log_len(&stack), common::oauth_log_len(&stack));
     let cold = busy.start_daemon(&[]).await?;
     busy.wait_session_state(SessionState::SignedIn, Duration::from_secs(30)).await?;
-    let burst = concurrency::burst(&stack, &busy, busy.daemon_pid(cold), s.flows).await?;
+    let burst = concurrency::burst(&stack, marks, &busy, busy.daemon_pid(cold), s.flows).await?;
     for line in burst.markdown().iter().skip(2) {
         println!("  {line}");
     }
@@ -155,6 +158,8 @@ async fn run() -> Result<()> {
     ))?;
     let (signed_out, signed_out_starts) =
         startup::series(&fresh, "signed out", SessionState::SignedOut as u32, s.starts).await?;
+
+    let activations = activation::series(s.starts).await?;
 
     // Idle: no phone, no flows; the flows' delayed rendezvous deletions (3 s) pass first.
     drop(phone);
@@ -233,6 +238,10 @@ async fn run() -> Result<()> {
         &signed_in_starts,
     ));
     md.push(startup::row("no stored session", SessionState::SignedOut as u32, &signed_out_starts));
+    md.push(String::new());
+    md.push("| start-up by the bus | starts | first reply | state |".to_owned());
+    md.push("|---|---|---|---|".to_owned());
+    md.push(activation::row(&activations));
     md.push(String::new());
     md.push(format!(
         "| idle over {} s ({} HTTP requests to Synapse from all of them) | VmRSS | RssAnon | RssFile | CPU |",

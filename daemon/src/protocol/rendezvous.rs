@@ -228,10 +228,10 @@ impl std::fmt::Debug for Session2024 {
 
 impl Session2024 {
     /// Whether the homeserver offers the 2024 rendezvous: its `/versions` lists
-    /// `org.matrix.msc4108`.
-    pub async fn offered(http: &reqwest::Client, homeserver: &Url) -> bool {
-        let Some(v) = net::resolve::versions(http, homeserver).await else { return false };
-        v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false)
+    /// `org.matrix.msc4108`. `None` when `/versions` could not be read.
+    pub async fn offered(http: &reqwest::Client, homeserver: &Url) -> Option<bool> {
+        let v = net::resolve::versions(http, homeserver).await?;
+        Some(v.pointer("/unstable_features/org.matrix.msc4108").and_then(Value::as_bool).unwrap_or(false))
     }
 
     /// Creates a session on `homeserver` (G). The session URL the server answers is held to the

@@ -42,8 +42,15 @@ impl OwnEngine {
                 let generation = self
                     .generations
                     .get_or(&key, async || {
-                        choose_generation(self.http(), request.generation, &homeserver, token.as_deref())
-                            .await
+                        let offers_2024 = async || self.offers_2024(&homeserver).await;
+                        choose_generation(
+                            self.http(),
+                            request.generation,
+                            &homeserver,
+                            token.as_deref(),
+                            offers_2024,
+                        )
+                        .await
                     })
                     .await?;
                 let maker = QrMaker {

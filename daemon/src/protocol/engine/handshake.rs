@@ -197,17 +197,19 @@ pub(super) fn show_check_code(ui: &Ui, channel: &Channel) {
 
 /// Which generation to generate a QR code in: the caller's or the config's choice; `auto` takes
 /// 2024 (every shipping client scans it) where the server offers it, else the latest.
+/// `offers_2024` says whether the server's `/versions` offers 2024 (the engine's cached answer).
 pub(super) async fn choose_generation(
     http: &reqwest::Client,
     choice: GenerationChoice,
     homeserver: &Url,
     access_token: Option<&str>,
+    offers_2024: impl AsyncFnOnce() -> bool,
 ) -> Result<Generation> {
     match choice {
         GenerationChoice::V2024 => Ok(Generation::V2024),
         GenerationChoice::Latest => Ok(Generation::Latest),
         GenerationChoice::Auto => {
-            if Session2024::offered(http, homeserver).await {
+            if offers_2024().await {
                 return Ok(Generation::V2024);
             }
             match SessionLatest::discover(http, homeserver, access_token).await {

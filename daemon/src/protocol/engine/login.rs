@@ -70,8 +70,10 @@ impl OwnEngine {
                     )
                 })?;
                 let homeserver = net::resolve::given(self.http(), &named, self.reach).await?;
+                let offers_2024 = async || self.offers_2024(&homeserver).await;
                 let generation =
-                    choose_generation(self.http(), request.generation, &homeserver, None).await?;
+                    choose_generation(self.http(), request.generation, &homeserver, None, offers_2024)
+                        .await?;
                 let maker = QrMaker {
                     http: self.http().clone(),
                     generation,

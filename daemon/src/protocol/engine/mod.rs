@@ -66,15 +66,25 @@ pub struct OwnEngine {
     client_ids: Arc<Mutex<HashMap<String, String>>>,
     /// The servers flows may reach (`security.allow_insecure_http`, `allow_local_addresses`).
     reach: Reach,
-    /// Recent answers by homeserver: its OAuth issuer, the generation `auto` picks there.
+    /// Recent answers by homeserver: its OAuth issuer, the generation `auto` picks there, and
+    /// whether its `/versions` offers the 2024 rendezvous (asked by that choice and by the
+    /// capabilities published at sign-in alike: one request for both).
     issuers: cache::Recent<Url>,
     generations: cache::Recent<Generation>,
+    offers_2024: cache::Recent<bool>,
 }
 
 impl OwnEngine {
     /// The client for every request a flow makes ([`net::client_for`] this engine's reach).
     fn http(&self) -> &reqwest::Client {
         self.http_client.get_or_init(|| net::client_for(self.reach))
+    }
+
+    /// Whether `homeserver` offers the 2024 rendezvous, from a recent answer when there is one.
+    /// An unreadable `/versions` counts as no, and is asked again next time.
+    async fn offers_2024(&self, homeserver: &Url) -> bool {
+        let ask = async || Session2024::offered(self.http(), homeserver).await.ok_or(());
+        self.offers_2024.get_or(homeserver.as_str(), ask).await.unwrap_or(false)
     }
 
     pub fn new(oauth: &OAuthClient, reach: Reach) -> Self {
@@ -85,6 +95,7 @@ impl OwnEngine {
             reach,
             issuers: Default::default(),
             generations: Default::default(),
+            offers_2024: Default::default(),
         }
     }
 }
@@ -219,7 +230,7 @@ impl Engine for OwnEngine {
         let homeserver = client.homeserver();
         let token = client.access_token();
         let (v2024, latest) = tokio::join!(
-            Session2024::offered(self.http(), &homeserver),
+            self.offers_2024(&homeserver),
             SessionLatest::discover(self.http(), &homeserver, token.as_deref()),
         );
         let mut offered = Vec::new();
