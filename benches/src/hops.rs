@@ -45,7 +45,8 @@ fn events(log: &str, side: usize) -> Vec<(f64, usize, Ev)> {
                 Ev::Write { token: l.contains("m.login.success") }
             } else if l.contains("rendezvous read") {
                 Ev::Read { human: l.contains("pace=Human") }
-            } else if l.contains("user answered") {
+            } else if l.contains(" answered") && l.contains("waited_ms=") {
+                // The runner's `{what} answered` (the check code, approval): our own user's time.
                 let ms = l.split("waited_ms=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok()?;
                 Ev::UserWait(ms / 1000.0)
             } else {
@@ -110,4 +111,24 @@ pub fn row(name: &str, hops: &[Hop]) -> String {
         t.len(),
         percentile(t, 0.5),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our own user's time, as the runner logs it (`the check code answered`), is not a reaction:
+    /// a hop that spans it counts without it.
+    #[test]
+    fn our_users_time_is_left_out() {
+        let a = "2026-12-08T01:47:33.515128Z DEBUG grant: matrix_linkd::protocol::engine::handshake: rendezvous write login_ok
+2026-12-08T01:47:35.517876Z DEBUG grant: matrix_linkd::protocol::link: rendezvous read looks=1 pace=Watch
+2026-12-08T01:47:36.405733Z DEBUG grant: matrix_linkd::protocol::runner: the check code answered waited_ms=2800
+2026-12-08T01:47:36.466457Z DEBUG grant: matrix_linkd::protocol::link: rendezvous write m.login.protocol_accepted";
+        let b = "2026-12-08T01:47:33.600000Z DEBUG login: matrix_linkd::protocol::link: rendezvous write m.login.protocol";
+        let h = hops(a, b);
+        assert_eq!(h.len(), 2, "B answered A's LoginOk, A answered B's message");
+        assert!((h[0].ms - 84.872).abs() < 1.0, "{}", h[0].ms);
+        assert!((h[1].ms - 66.457).abs() < 1.0, "2.87 s less the 2.8 s our user took: {}", h[1].ms);
+    }
 }
