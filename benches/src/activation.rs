@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use matrix_linkd_tests::{BUS_NAME, MANAGER_PATH, Session, SessionOptions, api::MANAGER_INTERFACE};
-use zbus::{fdo::DBusProxy, names::BusName, zvariant::OwnedValue};
+use matrix_linkd_tests::{BUS_NAME, Session, SessionOptions};
+use zbus::{fdo::DBusProxy, names::BusName};
 
 use crate::common::median;
 
@@ -38,17 +38,8 @@ pub async fn series(n: usize) -> Result<Vec<Activation>> {
         let session = Session::start_with(SessionOptions { keyring: true, activation: true }).await?;
         let conn = session.connect().await?;
         let t = Instant::now();
-        let reply = conn
-            .call_method(
-                Some(BUS_NAME),
-                MANAGER_PATH,
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &(MANAGER_INTERFACE, "SessionState"),
-            )
-            .await?;
+        let state = matrix_linkd_tests::read_session_state(&conn).await?;
         let reply_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let state = u32::try_from(reply.body().deserialize::<OwnedValue>()?)?;
         println!("  activation {}/{n}: first reply {reply_ms:.1} ms, SessionState {state}", i + 1);
         out.push(Activation { reply_ms, state });
         let pid =

@@ -169,13 +169,15 @@ impl<'a> Recorder<'a> {
         self.lap();
         let phases: [f64; 5] = self.laps.try_into().map_err(|l: Vec<f64>| anyhow!("{} phases", l.len()))?;
         let polls = token_polls(self.stack, self.oauth_mark);
+        let rendezvous: Vec<String> =
+            access_lines(self.stack, self.mark).filter(|l| l.contains("rendezvous")).collect();
         let waited = self.consent.and_then(|at| interval_wait(&polls, at));
         Ok(Run {
             phases,
             person: self.person.took.as_secs_f64(),
             steps: self.person.steps,
-            requests: access_lines(self.stack, self.mark).filter(|l| l.contains("rendezvous")).count(),
-            breakdown: breakdown(access_lines(self.stack, self.mark).filter(|l| l.contains("rendezvous"))),
+            requests: rendezvous.len(),
+            breakdown: breakdown(rendezvous.into_iter()),
             token: waited.map(|(token, _)| token),
             interval_wait: waited.map(|(_, wait)| wait),
             token_requests: polls.len(),

@@ -472,6 +472,21 @@ impl Drop for Session {
 pub const LOCAL_TEST_SETUP: &str = "[security]\nallow_local_addresses = true\n";
 
 /// Config for tests: fast, quiet, nothing opened on the desktop.
+/// `Properties.Get(SessionState)` on the Manager, as a bare call on `conn`: one that may start the
+/// daemon through D-Bus activation (a proxy would first ask who owns the name).
+pub async fn read_session_state(conn: &zbus::Connection) -> Result<u32> {
+    let reply = conn
+        .call_method(
+            Some(BUS_NAME),
+            MANAGER_PATH,
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(api::MANAGER_INTERFACE, "SessionState"),
+        )
+        .await?;
+    Ok(u32::try_from(reply.body().deserialize::<zbus::zvariant::OwnedValue>()?)?)
+}
+
 pub fn test_config(homeserver: &str, flow_timeout: u64) -> String {
     format!(
         "homeserver = \"{homeserver}\"\nlog_level = \"debug\"\n[timeouts]\nflow = {flow_timeout}\ndevice_creation = 10\n[desktop]\nopen_uri = false\n{LOCAL_TEST_SETUP}"

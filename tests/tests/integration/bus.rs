@@ -23,17 +23,8 @@ async fn dbus_activation_starts_the_daemon() -> Result<()> {
     // Any call to the name starts the daemon through the activation file's Exec=. The first one
     // here reads `SessionState`: the answer is the settled state (no kept session: `SignedOut`),
     // not `Unknown` or `Restoring` while the daemon looks in the keyring.
-    let reply = conn
-        .call_method(
-            Some(BUS_NAME),
-            MANAGER_PATH,
-            Some("org.freedesktop.DBus.Properties"),
-            "Get",
-            &(api::MANAGER_INTERFACE, "SessionState"),
-        )
-        .await?;
-    let state: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
-    assert_eq!(u32::try_from(state)?, SessionState::SignedOut as u32, "the activating call's answer");
+    let state = matrix_linkd_tests::read_session_state(&conn).await?;
+    assert_eq!(state, SessionState::SignedOut as u32, "the activating call's answer");
     let linkd = matrix_linkd_client::Linkd::with_connection(conn.clone()).await?;
     assert_eq!(linkd.manager().version().await?, 1);
     assert!(dbus.name_has_owner(name.clone()).await?);
